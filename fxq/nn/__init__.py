@@ -1,0 +1,1 @@
+"""Quantized, reference and fused modules that fxq lowers to."""

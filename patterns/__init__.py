@@ -1,0 +1,1 @@
+"""Pattern tables (fusion, observation, lowering) and the matcher they share."""

@@ -1,0 +1,43 @@
+"""Shared test helpers: the torch.ao reference (skipped cleanly where torch no longer ships it) and SQNR."""
+import importlib
+import warnings
+
+import pytest
+import torch
+
+
+def torch_ao():
+    """Return torch.ao's FX quantization modules as a namespace, or skip the test with a reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantization = importlib.import_module("torch.ao.quantization")
+            quantize_fx = importlib.import_module("torch.ao.quantization.quantize_fx")
+    except ImportError as error:  # torch without the deprecated torch.ao package
+        pytest.skip(f"torch.ao.quantization is not available in this torch ({error}); nothing to compare with")
+    return _Namespace(quantization=quantization, quantize_fx=quantize_fx)
+
+
+class _Namespace:
+    def __init__(self, **items):
+        self.__dict__.update(items)
+
+
+def sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of `other` against `reference`, in dB (inf when equal)."""
+    reference = reference.dequantize() if reference.is_quantized else reference
+    other = other.dequantize() if other.is_quantized else other
+    noise = (reference.float() - other.float()).pow(2).mean()
+    signal = reference.float().pow(2).mean()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(signal / noise))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_engine():
+    torch.manual_seed(0)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86"
+    yield
+    torch.backends.quantized.engine = previous
