@@ -1,0 +1,126 @@
+"""Float fused modules produced by fusion, and batch-norm folding.
+
+The fused modules are `nn.Sequential` subclasses, so they print and run exactly like the float
+modules they group; their type is what the lowering tables match to pick a fused int8 kernel.
+
+    >>> import torch
+    >>> conv, bn = torch.nn.Conv2d(3, 8, 3).eval(), torch.nn.BatchNorm2d(8).eval()
+    >>> folded = fold_bn_into_conv(conv, bn)          # conv and bn are left untouched
+    >>> fused = ConvReLU2d(folded, torch.nn.ReLU())
+"""
+import copy
+from typing import Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "BNReLU2d", "BNReLU3d",
+    "fold_bn_into_conv", "fold_bn_into_linear",
+]
+
+
+class _Fused(nn.Sequential):
+    """A float `first -> relu` pair; checks the member types so a wrong fusion fails where it is made."""
+
+    _first_type: type = nn.Module
+
+    def __init__(self, first: nn.Module, relu: nn.Module) -> None:
+        if not isinstance(first, self._first_type) or not isinstance(relu, nn.ReLU):
+            raise TypeError(
+                f"fxq.nn.fused.{type(self).__name__} expects ({self._first_type.__name__}, ReLU), got "
+                f"({type(first).__name__}, {type(relu).__name__}); check the fusion pattern that built it."
+            )
+        super().__init__(first, relu)
+
+
+class LinearReLU(_Fused):
+    """`nn.Linear` followed by `nn.ReLU`, lowered to one `quantized::linear_relu`."""
+
+    _first_type = nn.Linear
+
+
+class ConvReLU1d(_Fused):
+    """`nn.Conv1d` followed by `nn.ReLU`, lowered to one `quantized::conv1d_relu`."""
+
+    _first_type = nn.Conv1d
+
+
+class ConvReLU2d(_Fused):
+    """`nn.Conv2d` followed by `nn.ReLU`, lowered to one `quantized::conv2d_relu`."""
+
+    _first_type = nn.Conv2d
+
+
+class ConvReLU3d(_Fused):
+    """`nn.Conv3d` followed by `nn.ReLU`, lowered to one `quantized::conv3d_relu`."""
+
+    _first_type = nn.Conv3d
+
+
+class BNReLU2d(_Fused):
+    """`nn.BatchNorm2d` followed by `nn.ReLU`, lowered to one `quantized::batch_norm2d_relu`."""
+
+    _first_type = nn.BatchNorm2d
+
+
+class BNReLU3d(_Fused):
+    """`nn.BatchNorm3d` followed by `nn.ReLU`, lowered to one `quantized::batch_norm3d_relu`."""
+
+    _first_type = nn.BatchNorm3d
+
+
+def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BN as `y = x * scale + shift` per channel (running statistics, not batch ones)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"cannot fold {type(bn).__name__}: it has no running statistics (track_running_stats=False); "
+            "keep it unfused or build it with track_running_stats=True."
+        )
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    return scale, beta - bn.running_mean * scale
+
+
+def _fold(weight: torch.Tensor, bias, bn, out_axis: int) -> Tuple[nn.Parameter, nn.Parameter]:
+    if weight.shape[out_axis] != bn.num_features:
+        raise ValueError(
+            f"cannot fold {type(bn).__name__}({bn.num_features}) into a layer with "
+            f"{weight.shape[out_axis]} output channels; the BN must directly follow that layer."
+        )
+    with torch.no_grad():
+        scale, shift = _bn_scale_shift(bn)
+        shape = [1] * weight.dim()
+        shape[out_axis] = -1
+        new_weight = weight * scale.reshape(shape).to(weight.dtype)
+        old_bias = bias if bias is not None else torch.zeros(bn.num_features, dtype=weight.dtype)
+        new_bias = old_bias * scale + shift
+    return nn.Parameter(new_weight, weight.requires_grad), nn.Parameter(new_bias.to(weight.dtype), weight.requires_grad)
+
+
+def fold_bn_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """Return a new conv computing `bn(conv(x))` in eval mode; `conv` and `bn` are not modified.
+
+        >>> conv, bn = torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8).eval()
+        >>> folded = fold_bn_into_conv(conv, bn)
+        >>> folded.bias is not None
+        True
+    """
+    if conv.transposed:
+        raise NotImplementedError(f"fold_bn_into_conv: {type(conv).__name__} (transposed conv) is not supported.")
+    folded = copy.deepcopy(conv)
+    folded.weight, folded.bias = _fold(conv.weight, conv.bias, bn, out_axis=0)
+    return folded
+
+
+def fold_bn_into_linear(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    """Return a new Linear computing `bn(linear(x))` in eval mode; the inputs are not modified.
+
+        >>> folded = fold_bn_into_linear(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6).eval())
+        >>> folded.weight.shape
+        torch.Size([6, 4])
+    """
+    folded = copy.deepcopy(linear)
+    folded.weight, folded.bias = _fold(linear.weight, linear.bias, bn, out_axis=0)
+    return folded

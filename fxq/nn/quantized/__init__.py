@@ -1,0 +1,22 @@
+"""Quantized modules: quint8 tensors in, quint8 tensors out, on `torch.ops.quantized` kernels.
+
+Weighted modules are built from `fxq.nn.reference` modules with `from_reference`; the others from
+float modules with `from_float` or directly. None of them knows observers.
+
+    >>> from fxq.nn import quantized as nnq
+    >>> qconv = nnq.Conv2d.from_reference(ref_conv, output_scale=0.05, output_zero_point=70)
+    >>> qadd = nnq.functional.add(qa, qb, 0.1, 128)
+"""
+from fxq.nn.quantized import functional
+from fxq.nn.quantized._packing import current_engine, pack_conv, pack_linear, unpack_conv, unpack_linear
+from fxq.nn.quantized.activation import ELU, Hardswish, LeakyReLU, Softmax
+from fxq.nn.quantized.conv import Conv1d, Conv2d, Conv3d, ConvReLU1d, ConvReLU2d, ConvReLU3d
+from fxq.nn.quantized.linear import Linear, LinearReLU
+from fxq.nn.quantized.normalization import BatchNorm2d, BatchNorm3d, BNReLU2d, BNReLU3d, LayerNorm
+
+__all__ = [
+    "functional", "current_engine", "pack_linear", "unpack_linear", "pack_conv", "unpack_conv",
+    "Linear", "LinearReLU", "Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d",
+    "BatchNorm2d", "BatchNorm3d", "BNReLU2d", "BNReLU3d", "LayerNorm",
+    "Hardswish", "ELU", "LeakyReLU", "Softmax",
+]

@@ -1,0 +1,95 @@
+"""Quantized activations whose output qparams differ from the input's: Hardswish, ELU, LeakyReLU, Softmax.
+
+(ReLU, ReLU6, sigmoid, tanh, hardsigmoid run on quantized tensors directly and need no module.)
+
+    >>> Hardswish(scale=0.02, zero_point=20)
+    QuantizedHardswish(scale=0.02, zero_point=20)
+    >>> qsoftmax = Softmax.from_float(torch.nn.Softmax(dim=-1), 1 / 256, 0)
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fxq.nn.quantized._base import QuantizedModule
+
+__all__ = ["Hardswish", "ELU", "LeakyReLU", "Softmax"]
+
+
+def _check_type(cls: type, float_module: nn.Module, float_type: type) -> None:
+    if not isinstance(float_module, float_type):
+        raise TypeError(f"fxq.nn.quantized.{cls.__name__}.from_float expects nn.{float_type.__name__}, "
+                        f"got {type(float_module).__name__}.")
+
+
+class Hardswish(QuantizedModule):
+    """int8 hardswish."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.hardswish(x, self.scale, self.zero_point)
+
+    @classmethod
+    def from_float(cls, float_module: nn.Hardswish, output_scale: float, output_zero_point: int) -> "Hardswish":
+        _check_type(cls, float_module, nn.Hardswish)
+        return cls(output_scale, output_zero_point)
+
+
+class ELU(QuantizedModule):
+    """int8 ELU with slope `alpha` for negative inputs."""
+
+    def __init__(self, scale: float = 1.0, zero_point: int = 0, alpha: float = 1.0) -> None:
+        super().__init__(scale, zero_point)
+        self.alpha = float(alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, {self._output_repr()}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.elu(x, self.scale, self.zero_point, self.alpha)
+
+    @classmethod
+    def from_float(cls, float_module: nn.ELU, output_scale: float, output_zero_point: int) -> "ELU":
+        _check_type(cls, float_module, nn.ELU)
+        return cls(output_scale, output_zero_point, float_module.alpha)
+
+
+class LeakyReLU(QuantizedModule):
+    """int8 leaky ReLU with `negative_slope`."""
+
+    def __init__(self, scale: float = 1.0, zero_point: int = 0, negative_slope: float = 0.01) -> None:
+        super().__init__(scale, zero_point)
+        self.negative_slope = float(negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}, {self._output_repr()}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.leaky_relu(x, self.negative_slope, False, self.scale, self.zero_point)
+
+    @classmethod
+    def from_float(cls, float_module: nn.LeakyReLU, output_scale: float, output_zero_point: int) -> "LeakyReLU":
+        _check_type(cls, float_module, nn.LeakyReLU)
+        return cls(output_scale, output_zero_point, float_module.negative_slope)
+
+
+class Softmax(QuantizedModule):
+    """int8 softmax along `dim` (None picks the legacy implicit dim, as `nn.Softmax(dim=None)` does)."""
+
+    def __init__(self, dim: Optional[int] = None, scale: float = 1.0, zero_point: int = 0) -> None:
+        super().__init__(scale, zero_point)
+        self.dim = dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, {self._output_repr()}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.dim
+        if dim is None:
+            rank = x.dim()
+            dim = 0 if rank == 0 or rank == 1 or rank == 3 else 1
+        return torch.ops.quantized.softmax(x, dim, self.scale, self.zero_point)
+
+    @classmethod
+    def from_float(cls, float_module: nn.Softmax, output_scale: float, output_zero_point: int) -> "Softmax":
+        _check_type(cls, float_module, nn.Softmax)
+        return cls(float_module.dim, output_scale, output_zero_point)

@@ -1,0 +1,62 @@
+"""Quantized Linear and Linear+ReLU on `quantized::linear` / `quantized::linear_relu`.
+
+    >>> ref = fxq.nn.reference.Linear.from_float(torch.nn.Linear(64, 32), weight_qparams)
+    >>> qlinear = Linear.from_reference(ref, output_scale=0.0123, output_zero_point=64)
+    >>> qlinear
+    QuantizedLinear(in_features=64, out_features=32, scale=0.0123, zero_point=64, qscheme=torch.per_channel_affine, engine=x86)
+    >>> y = qlinear(torch.quantize_per_tensor(x, 0.02, 128, torch.quint8))
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from fxq.nn import reference
+from fxq.nn.quantized._base import WeightedQuantizedModule
+from fxq.nn.quantized._packing import pack_linear, unpack_linear
+
+__all__ = ["Linear", "LinearReLU"]
+
+
+class Linear(WeightedQuantizedModule):
+    """int8 `y = x @ W.T + b`: quint8 input and output, qint8 weight, float bias."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, engine: Optional[str] = None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        weight = torch.quantize_per_tensor(torch.zeros(out_features, in_features), 1.0, 0, torch.qint8)
+        self.set_weight_bias(weight, torch.zeros(out_features) if bias else None, engine)
+
+    def _pack(self, weight: torch.Tensor, bias: Optional[torch.Tensor], engine: str):
+        return pack_linear(weight, bias, engine)
+
+    def _unpack(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return unpack_linear(self._packed_params)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._output_repr()}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear(x, self._packed_params, self.scale, self.zero_point)
+
+    @classmethod
+    def from_reference(cls, ref: reference.Linear, output_scale: float, output_zero_point: int,
+                       engine: Optional[str] = None) -> "Linear":
+        """Build from a reference Linear (or a fused `[reference.Linear, ReLU]` sequence) and output qparams."""
+        if isinstance(ref, nn.Sequential):
+            ref = ref[0]
+        if not isinstance(ref, reference.Linear):
+            raise TypeError(f"fxq.nn.quantized.{cls.__name__}.from_reference expects fxq.nn.reference.Linear, "
+                            f"got {type(ref).__name__}; convert the float Linear to a reference one first.")
+        module = cls(ref.in_features, ref.out_features, ref.bias is not None, engine)
+        module.set_weight_bias(ref.quantized_weight(), ref.bias)
+        module.scale, module.zero_point = float(output_scale), int(output_zero_point)
+        return module
+
+
+class LinearReLU(Linear):
+    """int8 `relu(x @ W.T + b)` in one kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_relu(x, self._packed_params, self.scale, self.zero_point)
