@@ -42,9 +42,11 @@ FLOATS = {"bn2": lambda: _trained(nn.BatchNorm2d(3)), "bn3": lambda: _trained(nn
 # name: (float module key or None, build ours(float), build torch.ao's(nnq, nniq, float), input shape)
 CASES = {
     "BatchNorm2d": ("bn2", lambda f: nnq.BatchNorm2d.from_float(f, f32(0.05), 60),
-                    lambda q, i, f: q.BatchNorm2d.from_reference(f, torch.tensor(0.05), torch.tensor(60)), (2, 3, 4, 4)),
+                    lambda q, i, f: q.BatchNorm2d.from_reference(f, torch.tensor(0.05), torch.tensor(60)),
+                    (2, 3, 4, 4)),
     "BatchNorm3d": ("bn3", lambda f: nnq.BatchNorm3d.from_float(f, f32(0.05), 60),
-                    lambda q, i, f: q.BatchNorm3d.from_reference(f, torch.tensor(0.05), torch.tensor(60)), (1, 3, 2, 4, 4)),
+                    lambda q, i, f: q.BatchNorm3d.from_reference(f, torch.tensor(0.05), torch.tensor(60)),
+                    (1, 3, 2, 4, 4)),
     "BNReLU2d": ("bn2", lambda f: nnq.BNReLU2d.from_float(f, f32(0.03), 0),
                  lambda q, i, f: i.BNReLU2d.from_reference([f], torch.tensor(0.03), torch.tensor(0)), (2, 3, 4, 4)),
     "BNReLU3d": ("bn3", lambda f: nnq.BNReLU3d.from_float(f, f32(0.03), 0),

@@ -29,9 +29,11 @@ _INT_RANGE = {torch.qint8: (-128, 127), torch.quint8: (0, 255), torch.qint32: (-
 def _check_qparams(owner: str, qparams: WeightQParams) -> None:
     for key in ("qscheme", "dtype", "scale", "zero_point"):
         if key not in qparams:
-            raise KeyError(f"{owner}: weight_qparams is missing {key!r}; pass qscheme, dtype, scale, zero_point (and axis).")
+            raise KeyError(f"{owner}: weight_qparams is missing {key!r}; "
+                           "pass qscheme, dtype, scale, zero_point (and axis).")
     if qparams["qscheme"] not in _PER_TENSOR + _PER_CHANNEL:
-        raise ValueError(f"{owner}: weight qscheme {qparams['qscheme']} is not supported; use a per-tensor or per-channel one.")
+        raise ValueError(f"{owner}: weight qscheme {qparams['qscheme']} is not supported; "
+                         "use a per-tensor or per-channel affine/symmetric one.")
     if qparams["dtype"] not in _INT_RANGE:
         raise ValueError(f"{owner}: weight dtype {qparams['dtype']} is not supported; use torch.qint8 or torch.quint8.")
     if qparams["qscheme"] in _PER_CHANNEL and "axis" not in qparams:
@@ -56,7 +58,8 @@ class _ReferenceWeight:
         low, high = _INT_RANGE[self.weight_dtype]
         quant_range = [qparams.get("quant_min", low), qparams.get("quant_max", high)]
         self.register_buffer("weight_scale", torch.as_tensor(qparams["scale"], dtype=torch.float).detach().clone())
-        self.register_buffer("weight_zero_point", torch.as_tensor(qparams["zero_point"], dtype=torch.long).detach().clone())
+        zero_point = torch.as_tensor(qparams["zero_point"], dtype=torch.long)
+        self.register_buffer("weight_zero_point", zero_point.detach().clone())
         self.register_buffer("weight_axis", torch.tensor(int(qparams.get("axis", 0))))
         self.register_buffer("weight_quant_range", torch.tensor(quant_range, dtype=torch.long))
 
@@ -69,7 +72,8 @@ class _ReferenceWeight:
         weight = self.weight.detach().float()
         if self.is_per_channel:
             axis = int(self.weight_axis)
-            qweight = torch.quantize_per_channel(weight, self.weight_scale, self.weight_zero_point, axis, self.weight_dtype)
+            qweight = torch.quantize_per_channel(
+                weight, self.weight_scale, self.weight_zero_point, axis, self.weight_dtype)
         else:
             qweight = torch.quantize_per_tensor(
                 weight, float(self.weight_scale), int(self.weight_zero_point), self.weight_dtype)
@@ -99,7 +103,8 @@ class _ReferenceWeight:
         destination[prefix + "weight_qscheme"] = self.weight_qscheme
         destination[prefix + "weight_dtype"] = self.weight_dtype
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         for key in ("weight_qscheme", "weight_dtype"):
             if prefix + key in state_dict:
                 setattr(self, key, state_dict.pop(prefix + key))
@@ -108,7 +113,8 @@ class _ReferenceWeight:
         for key in ("weight_scale", "weight_zero_point"):  # per-channel and per-tensor shapes differ
             if prefix + key in state_dict:
                 self.register_buffer(key, torch.empty_like(state_dict[prefix + key]))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @classmethod
     def from_float(cls, float_module: nn.Module, weight_qparams: WeightQParams) -> nn.Module:

@@ -35,13 +35,15 @@ class QuantizedModule(nn.Module):
         destination[prefix + "scale"] = torch.tensor(self.scale, dtype=torch.double)
         destination[prefix + "zero_point"] = torch.tensor(self.zero_point, dtype=torch.long)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         values = _pop_keys(state_dict, prefix, ("scale", "zero_point"), missing_keys)
         if "scale" in values:
             self.scale = float(values["scale"])
         if "zero_point" in values:
             self.zero_point = int(values["zero_point"])
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 def _pop_keys(state_dict: Dict[str, Any], prefix: str, keys: Tuple[str, ...], missing_keys: list) -> Dict[str, Any]:
@@ -90,17 +92,20 @@ class WeightedQuantizedModule(QuantizedModule):
         self.set_weight_bias(*self._unpack(), engine=engine)
 
     def _output_repr(self) -> str:
-        return f"scale={self.scale}, zero_point={self.zero_point}, qscheme={self.weight().qscheme()}, engine={self.engine}"
+        qscheme = self.weight().qscheme()
+        return f"scale={self.scale}, zero_point={self.zero_point}, qscheme={qscheme}, engine={self.engine}"
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight"], destination[prefix + "bias"] = self._unpack()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         values = _pop_keys(state_dict, prefix, ("weight", "bias"), missing_keys)
         if "weight" in values:
             self.set_weight_bias(values["weight"], values.get("bias"))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # Pickling (torch.save, copy.deepcopy): store the unpacked weight and repack for the same engine,
     # falling back to the current one where that engine does not exist (e.g. x86 -> an ARM machine).

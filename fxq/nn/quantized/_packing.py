@@ -28,7 +28,8 @@ def current_engine() -> str:
 def _engine(engine: str) -> Iterator[None]:
     supported = torch.backends.quantized.supported_engines
     if engine not in supported:
-        raise ValueError(f"quantized engine {engine!r} is not available in this torch build; choose one of {supported}.")
+        raise ValueError(f"quantized engine {engine!r} is not available in this torch build; "
+                         f"choose one of {supported}.")
     previous = torch.backends.quantized.engine
     if previous != engine:
         torch.backends.quantized.engine = engine

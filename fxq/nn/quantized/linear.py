@@ -3,7 +3,8 @@
     >>> ref = fxq.nn.reference.Linear.from_float(torch.nn.Linear(64, 32), weight_qparams)
     >>> qlinear = Linear.from_reference(ref, output_scale=0.0123, output_zero_point=64)
     >>> qlinear
-    QuantizedLinear(in_features=64, out_features=32, scale=0.0123, zero_point=64, qscheme=torch.per_channel_affine, engine=x86)
+    QuantizedLinear(in_features=64, out_features=32, scale=0.0123, zero_point=64,
+                    qscheme=torch.per_channel_affine, engine=x86)
     >>> y = qlinear(torch.quantize_per_tensor(x, 0.02, 128, torch.quint8))
 """
 from typing import Optional, Tuple
