@@ -1,0 +1,1 @@
+"""Scripts that are not the library: benchmarks against torch.ao (see tools/bench.py)."""
