@@ -1,0 +1,185 @@
+"""Lowering table: reference subgraphs (``dequantize -> float op -> quantize``) -> quantized kernels.
+
+Each rewrite gets the :class:`~fxq.patterns.rewrites.Lowering` helpers and the match, and returns True when it
+lowered the op. It checks everything first, so returning False leaves the reference graph untouched: the op
+then simply runs in float between a dequantize and a quantize.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxq.nn import fused, reference
+from fxq.nn import quantized as qnn
+from fxq.nn.quantized import functional as qF
+from fxq.patterns.functional_weights import float_conv, float_linear
+from fxq.patterns.matcher import Match, Table, chain, row
+from fxq.patterns.ops import (ADD, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
+                              MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
+from fxq.patterns.rewrites import Lowering
+
+Rewrite = Callable[[Lowering, Match], bool]
+
+
+def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """A call's argument by position or keyword."""
+    if index < len(node.args):
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+# ---- modules ----
+
+def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
+    """call_module of a reference (or fused reference) module -> the quantized module at the same path."""
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node, module = match.anchor, low.modules[match.anchor.target]
+        inner = module[0] if isinstance(module, nn.Sequential) else module
+        source, out = low.quantized_source(node.args[0]), low.output(match.last)
+        if not isinstance(inner, reference_type) or source is None or out is None or len(node.args) != 1:
+            return False
+        low.set_module(node.target, quantized_type.from_reference(module, out.scale, out.zero_point))
+        node.args = (source,)
+        low.replace_output(out, node)
+        return True
+    return rewrite
+
+
+def module_from_float(quantized_type: type) -> Rewrite:
+    """call_module of a float module with a quantized kernel (norms, activations) -> its quantized module."""
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node = match.anchor
+        source, out = low.quantized_source(node.args[0]), low.output(match.last)
+        if source is None or out is None or len(node.args) != 1:
+            return False
+        module = quantized_type.from_float(low.modules[node.target], out.scale, out.zero_point)
+        low.set_module(node.target, module)
+        node.args = (source,)
+        low.replace_output(out, node)
+        return True
+    return rewrite
+
+
+# ---- functions ----
+
+def binary(kernel: Callable) -> Rewrite:
+    """add / mul / matmul of two quantized tensors (optionally followed by relu) -> one quantized kernel."""
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node = match.anchor
+        sources = low.quantized_sources(list(node.args[:2]))
+        out = low.output(match.last)
+        if sources is None or out is None or len(node.args) != 2 or node.kwargs:
+            return False
+        low.replace_output(out, low.call_before(out, "call_function", kernel, (*sources, out.scale, out.zero_point)))
+        return True
+    return rewrite
+
+
+def _cat(low: Lowering, match: Match) -> bool:
+    node = match.anchor
+    tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
+    sources = low.quantized_sources(list(tensors)) if isinstance(tensors, (list, tuple)) else None
+    out = low.output(node)
+    if sources is None or out is None:
+        return False
+    low.replace_output(out, low.call_before(out, "call_function", qF.cat, (sources, dim, out.scale, out.zero_point)))
+    return True
+
+
+def unary(kernel: Callable, extra_args: Callable[[fx.Node], tuple] = lambda node: ()) -> Rewrite:
+    """f(x, ...) on a quantized x -> kernel(q, *extra, scale, zero_point) (or *extra after the qparams)."""
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node = match.anchor
+        source, out = low.quantized_source(node.args[0]), low.output(match.last)
+        if source is None or out is None:
+            return False
+        args = kernel_args(kernel, source, extra_args(node), out)
+        low.replace_output(out, low.call_before(out, "call_function", kernel, args))
+        return True
+    return rewrite
+
+
+def kernel_args(kernel: Callable, source: fx.Node, extra: tuple, out) -> tuple:
+    if kernel is qF.elu:
+        return (source, out.scale, out.zero_point, *extra)
+    return (source, *extra, out.scale, out.zero_point)
+
+
+def _softmax_dim(node: fx.Node) -> tuple:
+    return (arg(node, 1, "dim"),)
+
+
+def _layer_norm_args(node: fx.Node) -> tuple:
+    return (list(arg(node, 1, "normalized_shape")), arg(node, 2, "weight"), arg(node, 3, "bias"),
+            arg(node, 4, "eps", 1e-5))
+
+
+def in_quantized_domain(low: Lowering, match: Match) -> bool:
+    """Ops that keep their input's qparams (or have fixed ones) run on the quantized tensor as they are."""
+    node = match.anchor
+    source, out = low.quantized_source(node.args[0]) if node.args else None, low.output(match.last)
+    if source is None or out is None:
+        return False
+    node.args = (source,) + tuple(node.args[1:])
+    low.replace_output(out, match.last)
+    return True
+
+
+def functional_weighted(build_float: Callable, quantized_plain: type, quantized_relu: type) -> Rewrite:
+    """F.linear / F.conv on a quantized input and a quantize-dequantized weight attribute -> quantized module."""
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node = match.anchor
+        source, out = low.quantized_source(node.args[0]), low.output(match.last)
+        float_module, weight_qparams = build_float(low, node)
+        if source is None or out is None or float_module is None:
+            return False
+        ref = _REFERENCE[type(float_module)].from_float(float_module, weight_qparams)
+        quantized_type = quantized_relu if len(match.nodes) > 1 else quantized_plain
+        name = low.add_module(node.name + "_quantized", quantized_type.from_reference(ref, out.scale, out.zero_point))
+        low.replace_output(out, low.call_before(out, "call_module", name, (source,)))
+        return True
+    return rewrite
+
+
+_REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
+              nn.Conv3d: reference.Conv3d}
+_QUANTIZED_CONV = {F.conv1d: (qnn.Conv1d, qnn.ConvReLU1d), F.conv2d: (qnn.Conv2d, qnn.ConvReLU2d),
+                   F.conv3d: (qnn.Conv3d, qnn.ConvReLU3d)}
+
+
+def _rows():
+    yield row(reference.Linear, weighted_module(qnn.Linear, reference.Linear))      # dq -> linear -> q
+    yield row(fused.LinearReLU, weighted_module(qnn.LinearReLU, reference.Linear))  # dq -> linear+relu -> q
+    for float_conv_type, ref, plain, relu in (
+            (fused.ConvReLU1d, reference.Conv1d, qnn.Conv1d, qnn.ConvReLU1d),
+            (fused.ConvReLU2d, reference.Conv2d, qnn.Conv2d, qnn.ConvReLU2d),
+            (fused.ConvReLU3d, reference.Conv3d, qnn.Conv3d, qnn.ConvReLU3d)):
+        yield row(ref, weighted_module(plain, ref))                                 # dq -> conv -> q
+        yield row(float_conv_type, weighted_module(relu, ref))                      # dq -> conv+relu -> q
+    for float_type, quantized_type in ((nn.BatchNorm2d, qnn.BatchNorm2d), (nn.BatchNorm3d, qnn.BatchNorm3d),
+                                       (nn.LayerNorm, qnn.LayerNorm), (nn.Hardswish, qnn.Hardswish),
+                                       (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax)):
+        yield row(float_type, module_from_float(quantized_type))                     # dq -> norm/act -> q
+    yield row(chain(ADD, RELU), binary(qF.add_relu))                                 # dq, dq -> add -> relu -> q
+    yield row(chain(MUL, RELU), binary(qF.mul_relu))
+    yield row(ADD, binary(qF.add))                                                   # dq, dq -> add -> q
+    yield row(MUL, binary(qF.mul))
+    yield row(MATMUL[:2], binary(qF.matmul))                                         # dq, dq -> matmul -> q
+    yield row(CAT, _cat)                                                             # [dq...] -> cat -> q
+    yield row(SOFTMAX[1:], unary(qF.softmax, _softmax_dim))                          # dq -> softmax -> q
+    yield row(LAYER_NORM[1], unary(qF.layer_norm, _layer_norm_args))
+    yield row(HARDSWISH[1], unary(qF.hardswish))
+    yield row(ELU[1], unary(qF.elu, lambda n: (arg(n, 1, "alpha", 1.0),)))
+    yield row(LEAKY_RELU[1], unary(qF.leaky_relu, lambda n: (arg(n, 1, "negative_slope", 0.01),)))
+    yield row(chain(F.linear, RELU), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
+    yield row(F.linear, functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))  # dq, dq(w) -> F.linear -> q
+    for conv in CONV_FUNCTIONS:
+        plain, relu = _QUANTIZED_CONV[conv]
+        yield row(chain(conv, RELU), functional_weighted(float_conv, plain, relu))
+        yield row(conv, functional_weighted(float_conv, plain, relu))
+    yield row(SHARES_INPUT_QPARAMS + SIGMOID + HARDSIGMOID + TANH, in_quantized_domain)  # dq -> maxpool -> q
+
+
+LOWERING = Table("lowering", _rows())

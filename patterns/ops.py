@@ -1,0 +1,38 @@
+"""Families of ops that are spelled several ways (module, function, method), named once for every table."""
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RELU = (nn.ReLU, F.relu, torch.relu, "relu", "relu_")
+ADD = (operator.add, torch.add, operator.iadd, "add")
+MUL = (operator.mul, torch.mul, operator.imul, "mul")
+MATMUL = (torch.matmul, operator.matmul, torch.bmm)
+CAT = (torch.cat, torch.concat, torch.concatenate)
+
+CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
+BATCH_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+
+SOFTMAX = (nn.Softmax, F.softmax, torch.softmax, "softmax")
+SIGMOID = (nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")
+HARDSIGMOID = (nn.Hardsigmoid, F.hardsigmoid)
+TANH = (nn.Tanh, torch.tanh, F.tanh, "tanh")
+LAYER_NORM = (nn.LayerNorm, F.layer_norm)
+HARDSWISH = (nn.Hardswish, F.hardswish)
+ELU = (nn.ELU, F.elu)
+LEAKY_RELU = (nn.LeakyReLU, F.leaky_relu)
+
+# Ops whose output is a re-arrangement or a monotone map of one input: they keep the input's qparams.
+SHAPE_METHODS = ("view", "reshape", "permute", "transpose", "flatten", "squeeze", "unsqueeze", "contiguous",
+                 "detach", "repeat", "expand", "mean", "clamp")
+SHARES_INPUT_QPARAMS = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    nn.Flatten, nn.Identity, nn.Dropout, F.dropout, nn.ReLU6, F.relu6, nn.Hardtanh, F.hardtanh,
+    torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+    torch.mean, torch.clamp,
+) + RELU + SHAPE_METHODS

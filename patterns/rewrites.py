@@ -1,0 +1,87 @@
+"""Building blocks for lowering rewrites: find the quantized inputs and output qparams around a reference op.
+
+In the reference graph a quantized op reads ``dequantize(q)`` inputs and writes into one
+``quantize_per_tensor(out, scale, zero_point, dtype)``. A rewrite reads those, builds the quantized op, and
+only then touches the graph (it decides first, so a failed match leaves the graph as it was).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+
+
+@dataclass(frozen=True)
+class OutputQParams:
+    node: fx.Node  # the quantize_per_tensor node to replace
+    scale: float
+    zero_point: int
+    dtype: torch.dtype
+
+
+class Lowering:
+    """What a lowering rewrite may use: the GraphModule, its modules, and graph helpers."""
+
+    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module]):
+        self.gm, self.modules = gm, modules
+        self._names: dict[str, int] = {}
+
+    @staticmethod
+    def quantized_source(arg: Any) -> Optional[fx.Node]:
+        """``q`` if ``arg`` is ``dequantize(q)``, else None."""
+        if isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target == "dequantize":
+            return arg.args[0]
+        return None
+
+    def quantized_sources(self, args: list) -> Optional[list]:
+        sources = [self.quantized_source(a) for a in args]
+        return None if any(s is None for s in sources) else sources
+
+    @staticmethod
+    def output(last: fx.Node) -> Optional[OutputQParams]:
+        """The single ``quantize_per_tensor`` that ``last`` feeds, with its (constant) qparams."""
+        if len(last.users) != 1:
+            return None
+        (user,) = last.users
+        if user.op != "call_function" or user.target is not torch.quantize_per_tensor:
+            return None
+        _, scale, zero_point, dtype = user.args
+        if not isinstance(scale, float) or not isinstance(zero_point, int):
+            return None
+        return OutputQParams(user, scale, zero_point, dtype)
+
+    def attribute(self, node: Any) -> Optional[torch.Tensor]:
+        """The tensor behind a ``get_attr`` node (None for anything else)."""
+        if not isinstance(node, fx.Node) or node.op != "get_attr":
+            return None
+        value = self.gm
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        return value
+
+    def set_module(self, path: str, module: nn.Module) -> None:
+        parent, _, name = path.rpartition(".")
+        setattr(self.modules[parent] if parent else self.gm, name, module)
+        self.modules[path] = module
+
+    def add_module(self, prefix: str, module: nn.Module) -> str:
+        index = self._names.get(prefix, 0)
+        while hasattr(self.gm, f"{prefix}_{index}"):
+            index += 1
+        self._names[prefix] = index + 1
+        name = f"{prefix}_{index}"
+        self.gm.add_submodule(name, module)
+        self.modules[name] = module
+        return name
+
+    @staticmethod
+    def replace_output(out: OutputQParams, new: fx.Node) -> None:
+        """Everything that read the quantize node now reads ``new`` (which already yields the quantized value)."""
+        new.meta.update({k: v for k, v in out.node.meta.items() if k not in new.meta})
+        out.node.replace_all_uses_with(new)
+
+    def call_before(self, out: OutputQParams, op: str, target: Any, args: tuple, kwargs: dict = None) -> fx.Node:
+        with self.gm.graph.inserting_before(out.node):
+            return self.gm.graph.create_node(op, target, args, kwargs or {})
