@@ -1,0 +1,29 @@
+"""The fxq state of an observed model: everything convert_fx needs, kept in one place on the GraphModule.
+
+It is a plain attribute (``gm._fxq_state``), so it survives ``copy.deepcopy`` and ``torch.save`` of the
+observed model (torch.fx regenerates node metadata on load, so nothing convert needs lives there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import fx
+
+STATE_ATTRIBUTE = "_fxq_state"
+
+
+@dataclass
+class FxqState:
+    """``qconfigs``: node name -> QConfig (None: float); ``prepare_config``: the PrepareCustomConfig used."""
+
+    qconfigs: dict = field(default_factory=dict)
+    prepare_config: Any = None
+
+
+def get_state(gm: Any) -> Optional[FxqState]:
+    return getattr(gm, STATE_ATTRIBUTE, None)
+
+
+def set_state(gm: fx.GraphModule, state: FxqState) -> None:
+    setattr(gm, STATE_ATTRIBUTE, state)

@@ -1,0 +1,35 @@
+"""Remove what lowering left behind: dead nodes, unused modules, ``quantize(dequantize(q))`` round trips.
+
+Requires: a lowered graph. Guarantees: no dead node, no submodule the graph does not call, and no dequantize
+that is immediately re-quantized with the qparams it already has. Position: last in convert.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from fxq.passes.context import PassContext
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    for node in list(gm.graph.nodes):
+        if _is_requantize_of_same(node):
+            node.replace_all_uses_with(node.args[0].args[0])
+            ctx.count("dequantize/quantize pairs removed")
+    before = len(gm.graph.nodes)
+    gm.graph.eliminate_dead_code()
+    ctx.count("dead nodes removed", before - len(gm.graph.nodes))
+    gm.delete_all_unused_submodules()
+    return gm
+
+
+def _is_requantize_of_same(node: fx.Node) -> bool:
+    """quantize_per_tensor(dequantize(q), s, z, dtype) where q is quantize_per_tensor(x, s, z, dtype)."""
+    if node.op != "call_function" or node.target is not torch.quantize_per_tensor:
+        return False
+    dequantized = node.args[0]
+    if not (isinstance(dequantized, fx.Node) and dequantized.op == "call_method" and dequantized.target == "dequantize"):
+        return False
+    source = dequantized.args[0]
+    same_kernel = source.op == "call_function" and source.target is torch.quantize_per_tensor
+    return same_kernel and tuple(source.args[1:]) == tuple(node.args[1:])

@@ -1,0 +1,33 @@
+"""State shared by the passes of one prepare or convert run."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import fx, nn
+
+
+@dataclass
+class PassContext:
+    """What a pass may read and report. One per prepare_fx / convert_fx call.
+
+    ``stats[pass_name]`` counts what each pass did ("observers inserted": 40); passes add to it with ``count``.
+    """
+
+    qconfig_mapping: Any = None
+    prepare_config: Any = None
+    convert_config: Any = None
+    example_inputs: tuple = ()
+    state: Any = None  # the fxq state stored on the observed GraphModule (fxq.state.FxqState)
+    warnings: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    current_pass: str = ""
+
+    def count(self, what: str, amount: int = 1) -> None:
+        self.stats.setdefault(self.current_pass, Counter())[what] += amount
+
+
+def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
+    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree)."""
+    return dict(gm.named_modules())

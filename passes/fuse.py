@@ -1,0 +1,53 @@
+"""Fuse chains of float modules (conv -> bn -> relu, linear -> relu, ...) into one module, per patterns/fusion.py.
+
+Requires: a traced GraphModule in eval mode (batch norm is folded into the preceding weights, which is only
+exact with frozen statistics). Guarantees: the fused module replaces the first module of the chain at the same
+path; the other nodes of the chain are gone; the float outputs are unchanged up to rounding.
+Position: after record_values, before assign_qconfig.
+
+Before / after::
+
+    conv = self.conv(x); bn = self.bn(conv); relu = F.relu(bn)   ->   conv = self.conv(x)   # ConvReLU2d
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from torch import fx
+
+from fxq.passes.context import PassContext, modules_of
+from fxq.patterns.fusion import FUSION
+
+log = logging.getLogger(__name__)
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    if gm.training:
+        ctx.warnings.append("the model is in training mode: fusion (batch norm folding) skipped; call model.eval()")
+        return gm
+    modules = modules_of(gm)
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    erased: set = set()
+    for node in list(gm.graph.nodes):
+        if node in erased or node.op != "call_module" or calls[node.target] != 1:
+            continue  # erased by an earlier fusion, or a module called from several places (fusing would change them all)
+        match = FUSION.match(node, modules)
+        if match is None:
+            continue
+        parts = [modules[n.target] if n.op == "call_module" else None for n in match.nodes]
+        fused = match.rule.action(*parts)
+        _replace_module(gm, modules, node.target, fused)
+        for extra in reversed(match.nodes[1:]):
+            extra.replace_all_uses_with(node)
+            gm.graph.erase_node(extra)
+            erased.add(extra)
+        ctx.count(f"fused {match.rule.name}")
+    gm.delete_all_unused_submodules()
+    return gm
+
+
+def _replace_module(gm: fx.GraphModule, modules: dict, path: str, module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(modules[parent_path] if parent_path else gm, name, module)
+    modules[path] = module

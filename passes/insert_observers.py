@@ -1,0 +1,141 @@
+"""Insert observers on the inputs and outputs of quantizable ops, as patterns/observation.py says.
+
+Requires: ``ctx.state.qconfigs`` (assign_qconfig) and recorded values (record_values).
+Guarantees: every quantized value flows through a ``call_module`` node of an observer registered as
+``activation_post_process_<n>``; ops that share their input's qparams (max pool, reshape, cat, ...) call the
+same observer instance as their input; functional linear/conv weights go through a weight observer.
+Position: last in prepare.
+
+Before / after::
+
+    x -> linear -> relu -> out      x -> obs0 -> linear -> obs1 -> relu -> obs1' -> out   (obs1' is obs1 again)
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import fx
+
+from fxq.observers import FixedQParamsObserver
+from fxq.passes.context import PassContext, modules_of
+from fxq.passes.record_values import is_float_tensor
+from fxq.patterns.observation import FIXED, OBSERVATION, OWN, SHARED, Observe
+
+OBSERVER_PREFIX = "activation_post_process_"
+
+
+class _Inserter:
+    """Observer bookkeeping for one pass over one graph."""
+
+    def __init__(self, gm: fx.GraphModule, ctx: PassContext):
+        self.gm, self.ctx = gm, ctx
+        self.graph = gm.graph
+        self.observer_nodes: set = set()
+        self.input_observers: dict = {}  # (value node, activation constructor id) -> observer node
+        self.shared_with: dict = {}  # observer name -> name of the observer it shares (union-find parent)
+        self.next_index = 0
+
+    def new_observer(self, constructor: Any, after: fx.Node) -> fx.Node:
+        name = f"{OBSERVER_PREFIX}{self.next_index}"
+        self.next_index += 1
+        self.gm.add_submodule(name, constructor())
+        return self.observer_call(name, after)
+
+    def observer_call(self, name: str, after: fx.Node) -> fx.Node:
+        with self.graph.inserting_after(after):
+            node = self.graph.call_module(name, (after,))
+        node.meta.update({k: v for k, v in after.meta.items() if k in ("fxq_scope", "fxq_value")})
+        self.observer_nodes.add(node)
+        return node
+
+    def root(self, name: str) -> str:
+        while self.shared_with.get(name, name) != name:
+            name = self.shared_with[name]
+        return name
+
+    # ---- inputs ----
+
+    def observe_input(self, user: fx.Node, value: Any, constructor: Any) -> Optional[fx.Node]:
+        """Make ``user`` read ``value`` through an observer; returns the observer node (None for non-tensors)."""
+        if value in self.observer_nodes:
+            return value
+        if not is_float_tensor(value):
+            return None
+        key = (value, id(constructor))
+        if key not in self.input_observers:
+            self.input_observers[key] = self.new_observer(constructor, value)
+            self.ctx.count("input observers")
+        observer = self.input_observers[key]
+        user.replace_input_with(value, observer)
+        return observer
+
+    def input_values(self, node: fx.Node, positions: tuple) -> list:
+        values = []
+        for position in positions:
+            arg = node.args[position] if position < len(node.args) else None
+            values.extend(arg if isinstance(arg, (list, tuple)) else [arg])
+        return values
+
+    # ---- outputs ----
+
+    def observe_output(self, node: fx.Node, observer: fx.Node) -> None:
+        node.replace_all_uses_with(observer, delete_user_cb=lambda user: user is not observer)
+
+    def finish(self) -> None:
+        """Point every observer node at the representative of its sharing group; drop the unused observers."""
+        for node in self.observer_nodes:
+            node.target = self.root(node.target)
+        for name in {name for name in self.shared_with if self.root(name) != name}:
+            delattr(self.gm, name)
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    inserter = _Inserter(gm, ctx)
+    modules = modules_of(gm)
+    absorbed: set = set()  # trailing nodes of a matched chain (the relu of add -> relu)
+    for node in list(gm.graph.nodes):
+        qconfig = ctx.state.qconfigs.get(node.name)
+        if qconfig is None or node in absorbed or node in inserter.observer_nodes:
+            continue
+        match = OBSERVATION.match(node, modules)
+        if match is None or not is_float_tensor(match.last):
+            continue
+        absorbed.update(match.nodes[1:])
+        observe: Observe = match.rule.action
+        if observe.kind == SHARED:
+            _observe_shared(inserter, node, match.last, qconfig, observe)
+        else:
+            _observe_own(inserter, node, match.last, qconfig, observe)
+    inserter.finish()
+    return gm
+
+
+def _observe_own(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, observe: Observe) -> None:
+    for value in inserter.input_values(node, observe.inputs):
+        inserter.observe_input(node, value, qconfig.activation)
+    if observe.weight is not None and observe.weight < len(node.args):
+        weight = node.args[observe.weight]
+        if is_float_tensor(weight):
+            observer = inserter.new_observer(qconfig.weight, weight)
+            node.replace_input_with(weight, observer)
+            inserter.ctx.count("weight observers")
+    constructor = qconfig.activation
+    if observe.kind == FIXED:
+        scale, zero_point = observe.fixed
+        constructor = FixedQParamsObserver.with_args(scale=scale, zero_point=zero_point)
+    inserter.observe_output(last, inserter.new_observer(constructor, last))
+    inserter.ctx.count("output observers")
+
+
+def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, observe: Observe) -> None:
+    """The output (and, for cat, every input) uses the first observed input's observer instance."""
+    values = [v for v in inserter.input_values(node, observe.inputs) if isinstance(v, fx.Node)]
+    first = next((v for v in values if v in inserter.observer_nodes), None)
+    if first is None:
+        return  # the input is float: so is this op
+    for value in values:
+        observer = inserter.observe_input(node, value, qconfig.activation)
+        if observer is not None and observer is not first:
+            inserter.shared_with[inserter.root(observer.target)] = inserter.root(first.target)
+    inserter.observe_output(last, inserter.observer_call(first.target, last))
+    inserter.ctx.count("shared observers")

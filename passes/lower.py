@@ -1,0 +1,31 @@
+"""Lower reference patterns to quantized kernels, row by row from patterns/lowering.py.
+
+Requires: the reference graph (to_reference). Guarantees: every op whose rewrite accepted it reads quantized
+tensors and yields a quantized tensor; the rest stay ``dequantize -> float op -> quantize`` and still compute
+the right thing. Leaves dead quantize/dequantize nodes for cleanup.
+Position: after to_reference, before cleanup.
+
+Before / after::
+
+    q0 = quantize_per_tensor(x, 0.02, 128, quint8); d0 = q0.dequantize(); y = linear(d0)  # reference Linear
+    q1 = quantize_per_tensor(y, 0.05, 64, quint8)
+    ->  q0 = quantize_per_tensor(x, 0.02, 128, quint8); q1 = linear(q0)                    # quantized Linear
+"""
+from __future__ import annotations
+
+from torch import fx
+
+from fxq.passes.context import PassContext, modules_of
+from fxq.patterns.lowering import LOWERING
+from fxq.patterns.rewrites import Lowering
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    lowering = Lowering(gm, modules_of(gm))
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_module", "call_function", "call_method") or not node.users:
+            continue
+        match = LOWERING.match(node, lowering.modules)
+        if match is not None and match.rule.action(lowering, match):
+            ctx.count(f"lowered {match.rule.name}")
+    return gm

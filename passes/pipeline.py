@@ -1,0 +1,81 @@
+"""The pass manager: the order of the passes, timing, checking and dumping after each one.
+
+Set ``debug_dump_dir`` (or the environment variable ``FXQ_DUMP_DIR``) to get ``NN-<pass>.txt`` with the graph
+after every pass, numbered in pipeline order, and ``timing.txt`` with the time and statistics of each pass.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from torch import fx
+
+from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
+from fxq.passes.context import PassContext
+
+Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
+
+PREPARE = [
+    record_values.run,     # first: later passes read the shapes and dtypes it records
+    fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
+    assign_qconfig.run,
+    insert_observers.run,
+]
+
+CONVERT = [
+    to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
+    lower.run,             # reference patterns -> quantized kernels
+    cleanup.run,
+]
+
+
+class PassError(RuntimeError):
+    """A pass failed or left a broken graph; says which pass and which ran before it."""
+
+
+def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
+               dump_dir: Optional[str] = None, stage: str = "") -> fx.GraphModule:
+    """Run ``passes`` in order, checking the graph after each; dump and time them when asked."""
+    dump_dir = dump_dir or os.environ.get("FXQ_DUMP_DIR")
+    directory = _prepare_dump_dir(dump_dir, stage)
+    timings, done = [], []
+    for index, run in enumerate(passes, 1):
+        name = run.__module__.rsplit(".", 1)[-1]
+        ctx.current_pass = name
+        start = time.perf_counter()
+        try:
+            gm = run(gm, ctx)
+            gm.graph.lint()
+            gm.recompile()
+        except PassError:
+            raise
+        except Exception as error:
+            if directory is not None:
+                (directory / f"{index:02d}-{name}-FAILED.txt").write_text(str(gm.graph))
+            raise PassError(f"pass '{name}' failed (after {done or 'no other pass'}): "
+                            f"{type(error).__name__}: {error}") from error
+        timings.append((name, time.perf_counter() - start))
+        done.append(name)
+        if directory is not None:
+            (directory / f"{index:02d}-{name}.txt").write_text(gm.code)
+    if directory is not None:
+        _write_timings(directory, timings, ctx)
+    return gm
+
+
+def _prepare_dump_dir(dump_dir: Optional[str], stage: str) -> Optional[Path]:
+    if not dump_dir:
+        return None
+    directory = Path(dump_dir) / stage if stage else Path(dump_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _write_timings(directory: Path, timings: list, ctx: PassContext) -> None:
+    lines = [f"{'pass':<20} {'ms':>10}  what it did"]
+    for name, seconds in timings:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.stats.get(name, {}).items()))
+        lines.append(f"{name:<20} {seconds * 1e3:>10.2f}  {counts}")
+    (directory / "timing.txt").write_text("\n".join(lines) + "\n")

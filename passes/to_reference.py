@@ -1,0 +1,116 @@
+"""Turn a calibrated observed graph into the reference representation.
+
+Every activation observer becomes ``quantize_per_tensor(x, scale, zero_point, dtype) -> dequantize``; weighted
+modules whose input and output are quantized become reference modules (float op on a quantize-dequantized
+weight); functional weights get ``quantize_per_channel -> dequantize``. Observers that saw no data are removed
+with a warning, which leaves the op they observed in float instead of emitting garbage scales.
+Requires: an observed graph (insert_observers) after calibration. Guarantees: no observer left.
+Position: first in convert; convert_to_reference_fx stops after it.
+
+Before / after::
+
+    x -> obs0 -> linear -> obs1 -> out
+    x -> quantize_per_tensor -> dequantize -> linear(reference) -> quantize_per_tensor -> dequantize -> out
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from fxq.nn import reference
+from fxq.observers import ObserverBase
+from fxq.passes.context import PassContext, modules_of
+from fxq.patterns.fusion import FUSED_CONSTITUENTS
+
+_REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
+              nn.Conv3d: reference.Conv3d}
+_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    modules = modules_of(gm)
+    observers = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], ObserverBase)]
+    _swap_weighted_modules(gm, ctx, modules, observers)
+    qparams_cache: dict = {}
+    for node in observers:
+        observer = modules[node.target]
+        if not _usable(observer):
+            _bypass(node, ctx, observer)
+            continue
+        with gm.graph.inserting_after(node):
+            quantized = _quantize_node(gm, node, observer, qparams_cache)
+        with gm.graph.inserting_after(quantized):
+            dequantized = gm.graph.call_method("dequantize", (quantized,))
+        for new in (quantized, dequantized):
+            new.meta.update(node.meta)
+        node.replace_all_uses_with(dequantized)
+        gm.graph.erase_node(node)
+        ctx.count("quantize/dequantize pairs")
+    gm.delete_all_unused_submodules()
+    return gm
+
+
+def _usable(observer: ObserverBase) -> bool:
+    return observer.dtype in (torch.quint8, torch.qint8) and observer.has_data()
+
+
+def _bypass(node: fx.Node, ctx: PassContext, observer: ObserverBase) -> None:
+    if observer.dtype in (torch.quint8, torch.qint8):
+        ctx.warnings.append(f"observer '{node.target}' on '{node.args[0]}' saw no data during calibration")
+        ctx.count("observers without data (left float)")
+    node.replace_all_uses_with(node.args[0])
+    node.graph.erase_node(node)
+
+
+def _quantize_node(gm: fx.GraphModule, node: fx.Node, observer: ObserverBase, cache: dict) -> fx.Node:
+    if node.target not in cache:
+        cache[node.target] = observer.calculate_qparams()
+    scale, zero_point = cache[node.target]
+    value = node.args[0]
+    if observer.qscheme in _PER_CHANNEL:
+        scale_node = _register_tensor(gm, f"{node.target}_scale", scale)
+        zero_point_node = _register_tensor(gm, f"{node.target}_zero_point", zero_point)
+        args = (value, scale_node, zero_point_node, observer.ch_axis, observer.dtype)
+        return gm.graph.call_function(torch.quantize_per_channel, args)
+    args = (value, float(scale), int(zero_point), observer.dtype)
+    return gm.graph.call_function(torch.quantize_per_tensor, args)
+
+
+def _register_tensor(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> fx.Node:
+    if not hasattr(gm, name):
+        gm.register_buffer(name, tensor.detach().clone())
+    return gm.graph.get_attr(name)
+
+
+def weight_qparams(observer: ObserverBase, weight: torch.Tensor) -> dict:
+    """Run a fresh weight observer on ``weight`` and return the qparams dict reference modules take."""
+    observer(weight.detach())
+    scale, zero_point = observer.calculate_qparams()
+    qparams = {"qscheme": observer.qscheme, "dtype": observer.dtype, "scale": scale, "zero_point": zero_point,
+               "quant_min": observer.quant_min, "quant_max": observer.quant_max}
+    if observer.qscheme in _PER_CHANNEL:
+        qparams["axis"] = observer.ch_axis
+    return qparams
+
+
+def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, observers: list) -> None:
+    """Weighted modules read and written through observers become reference modules with quantized weights."""
+    observed = set(observers)
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not _is_observed_op(node, observed):
+            continue
+        module = modules[node.target]
+        inner = module[0] if type(module) in FUSED_CONSTITUENTS else module
+        if type(inner) not in _REFERENCE:
+            continue
+        qconfig = ctx.state.qconfigs.get(node.name)
+        ref = _REFERENCE[type(inner)].from_float(inner, weight_qparams(qconfig.weight(), inner.weight))
+        new = type(module)(ref, module[1]) if inner is not module else ref
+        parent, _, name = node.target.rpartition(".")
+        setattr(modules[parent] if parent else gm, name, new)
+        ctx.count("reference modules")
+
+
+def _is_observed_op(node: fx.Node, observed: set) -> bool:
+    inputs_observed = bool(node.args) and node.args[0] in observed
+    return inputs_observed and any(user in observed for user in node.users)
