@@ -1,1 +1,26 @@
-"""fxq: int8 quantization of PyTorch models by rewriting their torch.fx graphs."""
+"""fxq: int8 quantization of PyTorch models by rewriting their torch.fx graphs.
+
+A drop-in for ``torch.ao.quantization.quantize_fx``::
+
+    import fxq
+    prepared = fxq.prepare_fx(model.eval(), fxq.get_default_qconfig_mapping("x86"), example_inputs)
+    for batch in calibration_batches:
+        prepared(batch)
+    quantized = fxq.convert_fx(prepared)
+"""
+from fxq import observers
+from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx
+from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfig, QConfigMapping,
+                        default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
+                        get_default_dynamic_qconfig_mapping, get_default_qconfig, get_default_qconfig_mapping)
+from fxq.passes.pipeline import PassError
+from fxq.tracer import TraceError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "prepare_fx", "convert_fx", "convert_to_reference_fx", "fuse_fx", "QConfig", "QConfigMapping",
+    "PrepareCustomConfig", "ConvertCustomConfig", "FuseCustomConfig", "get_default_qconfig",
+    "get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "default_qconfig",
+    "default_per_channel_qconfig", "default_dynamic_qconfig", "observers", "TraceError", "PassError",
+]

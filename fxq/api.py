@@ -1,0 +1,138 @@
+"""prepare_fx, convert_fx, convert_to_reference_fx and fuse_fx: normalise configs, copy, trace, run the passes.
+
+The signatures are torch.ao.quantization.quantize_fx's, so switching is one import line::
+
+    import fxq
+    prepared = fxq.prepare_fx(model.eval(), fxq.get_default_qconfig_mapping("x86"), (torch.randn(1, 3, 32, 32),))
+    for batch in calibration_batches:
+        prepared(batch)
+    quantized = fxq.convert_fx(prepared)
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Optional, Union
+
+from torch import fx, nn
+
+from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
+from fxq.passes import pipeline
+from fxq.passes.context import PassContext
+from fxq.state import FxqState, get_state, set_state
+from fxq.tracer import trace
+
+ConfigLike = Union[dict, None, Any]
+
+
+def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tuple,
+               prepare_custom_config: ConfigLike = None, _equalization_config: ConfigLike = None,
+               backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
+    """Trace a copy of ``model`` and insert observers where ``qconfig_mapping`` asks for int8.
+
+    ``model`` is never modified. ``example_inputs`` is a tuple of the forward's arguments; the model runs on it
+    once to learn shapes and dtypes. ``debug_dump_dir`` (or ``FXQ_DUMP_DIR``) writes the graph after each pass.
+
+    >>> import torch, fxq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    >>> prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),))
+    >>> _ = prepared(torch.randn(8, 4))      # calibrate
+    >>> quantized = fxq.convert_fx(prepared)
+    >>> quantized(torch.randn(2, 4)).shape
+    torch.Size([2, 4])
+    """
+    _reject_unsupported(_equalization_config, backend_config)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare_fx expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, tuple):
+        raise TypeError(f"example_inputs must be a tuple of the forward's arguments, got "
+                        f"{type(example_inputs).__name__}; write example_inputs=(x,) for one input")
+    mapping = QConfigMapping.coerce(qconfig_mapping)
+    prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
+    gm = _trace_copy(model, prepare_config)
+    state = FxqState(prepare_config=prepare_config)
+    ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
+                      state=state)
+    gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
+    set_state(gm, state)
+    _emit_warnings(ctx)
+    return gm
+
+
+def convert_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
+               _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None, backend_config: Any = None,
+               debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
+    """Turn a calibrated model from :func:`prepare_fx` into an int8 model running quantized kernels.
+
+    The prepared model is left as it was, so it can be converted again (the result is bit-identical).
+    """
+    return _convert(graph_module, convert_custom_config, pipeline.CONVERT, debug_dump_dir, backend_config)
+
+
+def convert_to_reference_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
+                            _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None,
+                            backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
+    """The reference representation: ``quantize_per_tensor -> dequantize -> float op -> quantize_per_tensor``,
+    with weighted modules replaced by reference modules (float ops on quantize-dequantized weights)."""
+    return _convert(graph_module, convert_custom_config, pipeline.CONVERT[:1], debug_dump_dir, backend_config)
+
+
+def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_config: Any = None) -> fx.GraphModule:
+    """Trace a copy of ``model`` (eval mode) and fuse conv/linear with batch norm and relu into float modules.
+
+    >>> import torch, fxq
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.ReLU()).eval()
+    >>> type(fxq.fuse_fx(m).get_submodule("0")).__name__
+    'ConvReLU2d'
+    """
+    _reject_unsupported(None, backend_config)
+    config = FuseCustomConfig.coerce(fuse_custom_config)
+    gm = _trace_copy(model, PrepareCustomConfig().set_preserved_attributes(config.preserved_attributes))
+    from fxq.passes import fuse
+    ctx = PassContext()
+    gm = fuse.run(gm, ctx)
+    gm.recompile()
+    _emit_warnings(ctx)
+    return gm
+
+
+def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, passes: list,
+             debug_dump_dir: Optional[str], backend_config: Any) -> fx.GraphModule:
+    _reject_unsupported(None, backend_config)
+    state = get_state(graph_module)
+    if state is None:
+        raise ValueError(
+            f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
+            f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
+            f"example_inputs) first")
+    config = ConvertCustomConfig.coerce(convert_custom_config)
+    gm = copy.deepcopy(graph_module)
+    ctx = PassContext(convert_config=config, state=state)
+    gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
+    delattr(gm, "_fxq_state") if hasattr(gm, "_fxq_state") else None
+    _emit_warnings(ctx)
+    return gm
+
+
+def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
+    model = copy.deepcopy(model)
+    gm = trace(model, prepare_config.non_traceable_module_names, prepare_config.non_traceable_module_classes)
+    for name in prepare_config.preserved_attributes:
+        if hasattr(model, name):
+            setattr(gm, name, getattr(model, name))
+    gm.training = model.training
+    return gm
+
+
+def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
+    if equalization_config is not None:
+        raise NotImplementedError("_equalization_config: input-weight equalization is not implemented yet in fxq; "
+                                  "call prepare_fx without it")
+    if backend_config is not None:
+        raise NotImplementedError("backend_config: fxq does not take torch.ao BackendConfig objects; register ops "
+                                  "with fxq.patterns instead, or leave backend_config=None")
+
+
+def _emit_warnings(ctx: PassContext) -> None:
+    if ctx.warnings:
+        warnings.warn("fxq: " + "; ".join(ctx.warnings), stacklevel=3)
