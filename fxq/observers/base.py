@@ -1,0 +1,125 @@
+"""The observer base classes: the interface every observer has, and the shared range handling.
+
+    >>> import torch
+    >>> from fxq.observers import MinMaxObserver
+    >>> observer = MinMaxObserver()
+    >>> observer.has_data()
+    False
+    >>> _ = observer(torch.tensor([-1.0, 3.0]))
+    >>> observer.has_data(), observer.calculate_qparams()
+    (True, (tensor([0.0157]), tensor([64], dtype=torch.int32)))
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from fxq.observers import qparams as qp
+from fxq.observers.constructor import ObserverConstructor
+
+
+class ObserverBase(nn.Module):
+    """An observer records statistics of the tensors passing through it and turns them into qparams.
+
+    Attributes every observer has: `dtype`, `qscheme`, `quant_min`, `quant_max`, `reduce_range`,
+    `is_dynamic` (None where an attribute does not apply). `forward(x)` returns `x` unchanged.
+    """
+
+    # Buffers that start empty (or at a placeholder shape) and take the shape of the data they see;
+    # loading a state_dict resizes them first instead of failing on the shape mismatch.
+    _resizable_buffers: tuple[str, ...] = ()
+
+    def __init__(self, dtype: torch.dtype, is_dynamic: bool = False) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.is_dynamic = is_dynamic
+        self.qscheme: Optional[torch.qscheme] = None
+        self.quant_min: Optional[int] = None
+        self.quant_max: Optional[int] = None
+        self.reduce_range = False
+
+    @classmethod
+    def with_args(cls, **kwargs: Any) -> ObserverConstructor:
+        """A constructor that builds `cls(**kwargs)` on each call; picklable, chainable with `.with_args`.
+
+        >>> import torch
+        >>> from fxq.observers import MinMaxObserver
+        >>> MinMaxObserver.with_args(dtype=torch.qint8)
+        MinMaxObserver.with_args(dtype=torch.qint8)
+        """
+        return ObserverConstructor(cls, kwargs)
+
+    @classmethod
+    def with_callable_args(cls, **callable_kwargs: Any) -> ObserverConstructor:
+        """A constructor whose kwargs are computed by calling these functions at each construction."""
+        return ObserverConstructor(cls, {}, callable_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not compute quantization parameters")
+
+    def has_data(self) -> bool:
+        """True when calculate_qparams has real statistics (or fixed values) to work from."""
+        return False
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for name in self._resizable_buffers:
+            incoming = state_dict.get(prefix + name)
+            buffer = getattr(self, name)
+            if isinstance(incoming, torch.Tensor) and incoming.shape != buffer.shape:
+                buffer.resize_(incoming.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+class UniformQuantizationObserverBase(ObserverBase):
+    """Base of the observers that compute affine/symmetric qparams from a recorded range.
+
+    Validates dtype, qscheme and the quantization range at construction, with errors that name the
+    argument and list the valid values. `eps` (the smallest scale) lives in a buffer, as in torch.ao.
+    """
+
+    _allowed_qschemes: tuple = qp.PER_TENSOR_QSCHEMES + qp.PER_CHANNEL_QSCHEMES
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        factory_kwargs: Optional[dict] = None,
+        eps: float = torch.finfo(torch.float32).eps,
+        is_dynamic: bool = False,
+    ) -> None:
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        owner = type(self).__name__
+        qp.check_qscheme(owner, qscheme, self._allowed_qschemes)
+        self.qscheme = qscheme
+        self.reduce_range = reduce_range
+        self.has_customized_qrange = quant_min is not None and quant_max is not None
+        self.quant_min, self.quant_max = qp.quant_range(dtype, reduce_range, quant_min, quant_max, owner)
+        if qscheme in qp.SYMMETRIC_QSCHEMES and reduce_range and dtype == torch.quint8:
+            raise ValueError(
+                f"{owner}(qscheme={qscheme}, reduce_range=True, dtype=torch.quint8) is not supported: symmetric "
+                "quint8 centres on 128, outside the reduced range [0, 127]. Use dtype=torch.qint8 or reduce_range=False."
+            )
+        self.register_buffer("eps", torch.tensor([eps], **_factory(factory_kwargs)))
+
+    def _qparams_from_min_max(self, min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return qp.qparams_from_min_max(self, min_val, max_val)
+
+    def _reject_dynamic(self, is_dynamic: bool) -> None:
+        if is_dynamic:
+            raise ValueError(
+                f"{type(self).__name__}(is_dynamic=True) is not supported; dynamic quantization computes qparams "
+                "at run time. Use PlaceholderObserver.with_args(is_dynamic=True, dtype=...) for the activation."
+            )
+
+
+def _factory(factory_kwargs: Optional[dict]) -> dict:
+    """Keyword arguments for creating buffers: device and dtype from torch.ao's `factory_kwargs`."""
+    return torch.nn.factory_kwargs(factory_kwargs)

@@ -1,0 +1,142 @@
+"""HistogramObserver: a running histogram, and qparams for the range that minimises the L2 error.
+
+Updates follow torch.ao exactly: the first batch fixes the histogram's range to its min and max;
+a later batch that widens the range re-bins the old histogram into the new range (spreading each
+old bin over 16 sub-bins, placed by their centres) before adding the new counts.
+
+    >>> import torch
+    >>> observer = HistogramObserver(bins=64)
+    >>> _ = observer(torch.linspace(0.0, 1.0, 1000))
+    >>> observer.calculate_qparams()
+    (tensor([0.0039]), tensor([0], dtype=torch.int32))
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from fxq.observers import qparams as qp
+from fxq.observers.base import UniformQuantizationObserverBase, _factory
+from fxq.observers.histogram_search import search_range
+
+_UPSAMPLE_RATE = 16  # sub-bins per old bin when re-binning; reduces the error of moving bin edges
+
+
+class HistogramObserver(UniformQuantizationObserverBase):
+    """Records a `bins`-bin histogram of everything it sees; qparams clip outliers to minimise L2 error."""
+
+    _allowed_qschemes = qp.PER_TENSOR_QSCHEMES
+    _resizable_buffers = ("min_val", "max_val")
+
+    def __init__(
+        self,
+        bins: int = 2048,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        factory_kwargs: Optional[dict] = None,
+        eps: float = torch.finfo(torch.float32).eps,
+        is_dynamic: bool = False,
+    ) -> None:
+        self._reject_dynamic(is_dynamic)
+        if not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"HistogramObserver(bins={bins!r}): bins must be a positive int")
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
+        self.bins = bins
+        self.register_buffer("histogram", torch.zeros(bins, **_factory(factory_kwargs)))
+        self.register_buffer("min_val", torch.tensor(float("inf"), **_factory(factory_kwargs)))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **_factory(factory_kwargs)))
+        # The error is measured against all 2**bits levels of the dtype, whatever quant_min/max say (as torch.ao).
+        self.dst_nbins = 2 ** torch.iinfo(dtype).bits
+        self.upsample_rate = _UPSAMPLE_RATE
+
+    def has_data(self) -> bool:
+        return bool(self.min_val != float("inf") or self.max_val != float("-inf"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:
+            return x
+        values, x_min, x_max = self._finite_values(x.detach())
+        if values.numel() == 0:
+            return x
+        if not self.has_data():
+            self._reset(values, x_min, x_max)
+            return x
+        new_min, new_max = torch.min(self.min_val, x_min), torch.max(self.max_val, x_max)
+        counts = torch.histc(values, self.bins, min=new_min, max=new_max).to(self.histogram.device)
+        if new_min == self.min_val and new_max == self.max_val:
+            self.histogram.copy_(self.histogram + counts)
+        else:
+            self.histogram.copy_(counts + self._rebinned(new_min, new_max))
+            self.min_val.copy_(new_min)
+            self.max_val.copy_(new_max)
+        return x
+
+    def _finite_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x without infinities (they would make the range infinite; torch.ao drops them too), and its min, max."""
+        x_min, x_max = torch.aminmax(x)
+        if bool(torch.isnan(x_min) | torch.isnan(x_max)):
+            raise ValueError(
+                "HistogramObserver got NaN values; a histogram of NaN has no range. Check the model's inputs "
+                "and the layers before this observer."
+            )
+        if x_min == float("-inf") or x_max == float("inf"):
+            warnings.warn("HistogramObserver: ignoring infinite values in the observed tensor", stacklevel=3)
+            x = x[x.abs() != float("inf")]
+            if x.numel():
+                x_min, x_max = torch.aminmax(x)
+        return x, x_min, x_max
+
+    def _reset(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> None:
+        self.min_val.copy_(x_min)
+        self.max_val.copy_(x_max)
+        self.histogram.copy_(torch.histc(x, self.bins, min=x_min, max=x_max))
+
+    def _rebinned(self, new_min: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
+        """The recorded histogram moved onto `bins` equal bins over the wider range [new_min, new_max]."""
+        old_min, old_max, histogram = self.min_val, self.max_val, self.histogram
+        if old_min == old_max:  # everything so far was one value: it lands in a single new bin
+            return torch.histc(old_min, self.bins, min=new_min, max=new_max) * torch.sum(histogram)
+        rate = self.upsample_rate
+        fine = histogram.repeat_interleave(rate) / rate
+        fine_width = (old_max - old_min) / (self.bins * rate)
+        centres = torch.linspace(old_min, old_max, self.bins * rate + 1, device=old_min.device)[:-1]
+        centres = centres.to(histogram.device) + 0.5 * fine_width
+        edges = torch.linspace(new_min, new_max, self.bins + 1, device=new_min.device).to(histogram.device)
+        target = torch.bucketize(centres, edges, right=True) - 1
+        target.clamp_(0, self.bins - 1)  # centres may land a hair outside [new_min, new_max]
+        return torch.bincount(target, weights=fine, minlength=self.bins)
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.has_data():
+            return qp.default_qparams(self.min_val.device)
+        if self.histogram.numel() != self.bins:
+            raise RuntimeError(
+                f"HistogramObserver(bins={self.bins}) holds a histogram of {self.histogram.numel()} bins; "
+                "was a state_dict from an observer with different bins loaded?"
+            )
+        new_min, new_max = search_range(self.histogram, self.min_val, self.max_val, self.dst_nbins)
+        return self._qparams_from_min_max(new_min, new_max)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        incoming = state_dict.get(prefix + "histogram")
+        if isinstance(incoming, torch.Tensor) and incoming.shape != self.histogram.shape:
+            error_msgs.append(
+                f"HistogramObserver at '{prefix}' has bins={self.bins}, but the state_dict holds a histogram of "
+                f"{incoming.numel()} bins; build the observer with HistogramObserver.with_args(bins={incoming.numel()})"
+            )
+            return
+        for name, empty in (("min_val", float("inf")), ("max_val", float("-inf"))):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.numel() == 0:  # old torch.ao files stored [] for "unset"
+                state_dict[prefix + name] = torch.tensor(empty)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        if not self.has_data():
+            return f"bins={self.bins}, no data"
+        return f"bins={self.bins}, min_val={self.min_val}, max_val={self.max_val}"
