@@ -13,7 +13,7 @@ from fxq.passes.context import PassContext
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
-        if _is_requantize_of_same(node):
+        if _is_requantize_of_same(gm, node):
             node.replace_all_uses_with(node.args[0].args[0])
             ctx.count("dequantize/quantize pairs removed")
     before = len(gm.graph.nodes)
@@ -23,7 +23,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return gm
 
 
-def _is_requantize_of_same(node: fx.Node) -> bool:
+def _is_requantize_of_same(gm: fx.GraphModule, node: fx.Node) -> bool:
     """quantize_per_tensor(dequantize(q), s, z, dtype) where q is quantize_per_tensor(x, s, z, dtype)."""
     if node.op != "call_function" or node.target is not torch.quantize_per_tensor:
         return False
@@ -32,4 +32,10 @@ def _is_requantize_of_same(node: fx.Node) -> bool:
         return False
     source = dequantized.args[0]
     same_kernel = source.op == "call_function" and source.target is torch.quantize_per_tensor
-    return same_kernel and tuple(source.args[1:]) == tuple(node.args[1:])
+    return same_kernel and _values(gm, source.args[1:]) == _values(gm, node.args[1:])
+
+
+def _values(gm: fx.GraphModule, args: tuple) -> tuple:
+    """qparam arguments as plain numbers: get_attr buffers are read, other values kept."""
+    return tuple(gm.get_buffer(a.target).item() if isinstance(a, fx.Node) and a.op == "get_attr" else a
+                 for a in args)

@@ -112,7 +112,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 def _observe_own(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, observe: Observe) -> None:
     for value in inserter.input_values(node, observe.inputs):
-        inserter.observe_input(node, value, qconfig.activation)
+        if observe.quantize_float_inputs or value in inserter.observer_nodes:
+            inserter.observe_input(node, value, qconfig.activation)
     if observe.weight is not None and observe.weight < len(node.args):
         weight = node.args[observe.weight]
         if is_float_tensor(weight):

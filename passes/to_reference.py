@@ -63,23 +63,30 @@ def _bypass(node: fx.Node, ctx: PassContext, observer: ObserverBase) -> None:
 
 
 def _quantize_node(gm: fx.GraphModule, node: fx.Node, observer: ObserverBase, cache: dict) -> fx.Node:
+    """quantize_per_tensor / quantize_per_channel of the observed value, qparams held in buffers.
+
+    Buffers (not constants in the code) so that a converted model's state_dict carries its activation qparams.
+    """
     if node.target not in cache:
         cache[node.target] = observer.calculate_qparams()
     scale, zero_point = cache[node.target]
     value = node.args[0]
+    scale_node = _register_tensor(gm, f"{value.name}_scale", scale.detach().float(), node)
+    zero_point_node = _register_tensor(gm, f"{value.name}_zero_point", zero_point.detach().long(), node)
     if observer.qscheme in _PER_CHANNEL:
-        scale_node = _register_tensor(gm, f"{node.target}_scale", scale)
-        zero_point_node = _register_tensor(gm, f"{node.target}_zero_point", zero_point)
         args = (value, scale_node, zero_point_node, observer.ch_axis, observer.dtype)
         return gm.graph.call_function(torch.quantize_per_channel, args)
-    args = (value, float(scale), int(zero_point), observer.dtype)
+    args = (value, scale_node, zero_point_node, observer.dtype)
     return gm.graph.call_function(torch.quantize_per_tensor, args)
 
 
-def _register_tensor(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> fx.Node:
-    if not hasattr(gm, name):
-        gm.register_buffer(name, tensor.detach().clone())
-    return gm.graph.get_attr(name)
+def _register_tensor(gm: fx.GraphModule, name: str, tensor: torch.Tensor, user_site: fx.Node) -> fx.Node:
+    name = name.replace(".", "_")
+    while hasattr(gm, name):
+        name += "_"
+    gm.register_buffer(name, tensor.reshape(-1) if tensor.numel() > 1 else tensor.reshape(()))
+    with gm.graph.inserting_before(user_site):  # before the observer node, so it is defined before its use
+        return gm.graph.get_attr(name)
 
 
 def weight_qparams(observer: ObserverBase, weight: torch.Tensor) -> dict:

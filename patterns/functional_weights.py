@@ -31,8 +31,8 @@ def _weight_and_qparams(low, dequantized: Any) -> tuple:
     if quantized.target is torch.quantize_per_tensor:
         _, scale, zero_point, dtype = quantized.args
         qscheme = torch.per_tensor_affine
-        return weight, {"qscheme": qscheme, "dtype": dtype, "scale": torch.tensor(scale),
-                        "zero_point": torch.tensor(zero_point)}
+        return weight, {"qscheme": qscheme, "dtype": dtype, "scale": low.attribute(scale),
+                        "zero_point": low.attribute(zero_point)}
     if quantized.target is torch.quantize_per_channel:
         _, scale, zero_point, axis, dtype = quantized.args
         return weight, {"qscheme": torch.per_channel_affine, "dtype": dtype, "scale": low.attribute(scale),

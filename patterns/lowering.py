@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.nn import fused, reference
 from fxq.nn import quantized as qnn
-from fxq.nn.quantized import functional as qF
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.matcher import Match, Table, chain, row
 from fxq.patterns.ops import (ADD, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
@@ -21,6 +21,7 @@ from fxq.patterns.ops import (ADD, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSW
 from fxq.patterns.rewrites import Lowering
 
 Rewrite = Callable[[Lowering, Match], bool]
+kernels = torch.ops.quantized  # called directly, so lowered graphs print, script and pickle like torch.ao's
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -72,7 +73,7 @@ def binary(kernel: Callable) -> Rewrite:
         out = low.output(match.last)
         if sources is None or out is None or len(node.args) != 2 or node.kwargs:
             return False
-        low.replace_output(out, low.call_before(out, "call_function", kernel, (*sources, out.scale, out.zero_point)))
+        low.replace_output(out, low.call_before(out, "call_function", kernel, (*sources, *out.qparam_nodes)))
         return True
     return rewrite
 
@@ -84,7 +85,7 @@ def _cat(low: Lowering, match: Match) -> bool:
     out = low.output(node)
     if sources is None or out is None:
         return False
-    low.replace_output(out, low.call_before(out, "call_function", qF.cat, (sources, dim, out.scale, out.zero_point)))
+    low.replace_output(out, low.call_before(out, "call_function", kernels.cat, (sources, dim, *out.qparam_nodes)))
     return True
 
 
@@ -102,9 +103,9 @@ def unary(kernel: Callable, extra_args: Callable[[fx.Node], tuple] = lambda node
 
 
 def kernel_args(kernel: Callable, source: fx.Node, extra: tuple, out) -> tuple:
-    if kernel is qF.elu:
-        return (source, out.scale, out.zero_point, *extra)
-    return (source, *extra, out.scale, out.zero_point)
+    if kernel is kernels.elu:  # elu takes its alpha after the output qparams
+        return (source, *out.qparam_nodes, *extra)
+    return (source, *extra, *out.qparam_nodes)
 
 
 def _softmax_dim(node: fx.Node) -> tuple:
@@ -124,6 +125,20 @@ def in_quantized_domain(low: Lowering, match: Match) -> bool:
         return False
     node.args = (source,) + tuple(node.args[1:])
     low.replace_output(out, match.last)
+    return True
+
+
+_SHAPE_ATTRIBUTES = ("shape", "ndim", "device")
+
+
+def read_shape_from_quantized(low: Lowering, match: Match) -> bool:
+    """x.shape / x.size() / x.dim() of ``dequantize(q)`` reads q instead: no dequantize just to learn a shape."""
+    node = match.anchor
+    source = low.quantized_source(node.args[0]) if node.args else None
+    is_attribute = node.target is getattr
+    if source is None or (is_attribute and (len(node.args) != 2 or node.args[1] not in _SHAPE_ATTRIBUTES)):
+        return False
+    node.replace_input_with(node.args[0], source)
     return True
 
 
@@ -162,23 +177,24 @@ def _rows():
                                        (nn.LayerNorm, qnn.LayerNorm), (nn.Hardswish, qnn.Hardswish),
                                        (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax)):
         yield row(float_type, module_from_float(quantized_type))                     # dq -> norm/act -> q
-    yield row(chain(ADD, RELU), binary(qF.add_relu))                                 # dq, dq -> add -> relu -> q
-    yield row(chain(MUL, RELU), binary(qF.mul_relu))
-    yield row(ADD, binary(qF.add))                                                   # dq, dq -> add -> q
-    yield row(MUL, binary(qF.mul))
-    yield row(MATMUL[:2], binary(qF.matmul))                                         # dq, dq -> matmul -> q
+    yield row(chain(ADD, RELU), binary(kernels.add_relu))                                 # dq, dq -> add -> relu -> q
+    yield row(chain(MUL, RELU), binary(kernels.mul_relu))
+    yield row(ADD, binary(kernels.add))                                                   # dq, dq -> add -> q
+    yield row(MUL, binary(kernels.mul))
+    yield row(MATMUL[:2], binary(kernels.matmul))                                         # dq, dq -> matmul -> q
     yield row(CAT, _cat)                                                             # [dq...] -> cat -> q
-    yield row(SOFTMAX[1:], unary(qF.softmax, _softmax_dim))                          # dq -> softmax -> q
-    yield row(LAYER_NORM[1], unary(qF.layer_norm, _layer_norm_args))
-    yield row(HARDSWISH[1], unary(qF.hardswish))
-    yield row(ELU[1], unary(qF.elu, lambda n: (arg(n, 1, "alpha", 1.0),)))
-    yield row(LEAKY_RELU[1], unary(qF.leaky_relu, lambda n: (arg(n, 1, "negative_slope", 0.01),)))
+    yield row(SOFTMAX[1:], unary(kernels.softmax, _softmax_dim))                          # dq -> softmax -> q
+    yield row(LAYER_NORM[1], unary(kernels.layer_norm, _layer_norm_args))
+    yield row(HARDSWISH[1], unary(kernels.hardswish))
+    yield row(ELU[1], unary(kernels.elu, lambda n: (arg(n, 1, "alpha", 1.0),)))
+    yield row(LEAKY_RELU[1], unary(kernels.leaky_relu, lambda n: (arg(n, 1, "negative_slope", 0.01), False)))
     yield row(chain(F.linear, RELU), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
     yield row(F.linear, functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))  # dq, dq(w) -> F.linear -> q
     for conv in CONV_FUNCTIONS:
         plain, relu = _QUANTIZED_CONV[conv]
         yield row(chain(conv, RELU), functional_weighted(float_conv, plain, relu))
         yield row(conv, functional_weighted(float_conv, plain, relu))
+    yield row((getattr, "size", "dim", "numel"), read_shape_from_quantized)          # dq(q).shape -> q.shape
     yield row(SHARES_INPUT_QPARAMS + SIGMOID + HARDSIGMOID + TANH, in_quantized_domain)  # dq -> maxpool -> q
 
 

@@ -33,13 +33,16 @@ class Observe:
 
     ``inputs``: positions of activation arguments (a list argument, as in ``cat``, observes each element);
     ``weight``: position of a weight argument observed with the qconfig's weight observer (functional linear/conv);
-    ``fixed``: (scale, zero_point) of a FIXED output.
+    ``fixed``: (scale, zero_point) of a FIXED output;
+    ``quantize_float_inputs``: False for ops that are as cheap in float (softmax, sigmoid): a float input is
+    left float rather than quantized just to feed the int8 kernel, which would add a quantization error.
     """
 
     kind: str
     inputs: tuple = (0,)
     weight: Optional[int] = None
     fixed: Optional[tuple] = None
+    quantize_float_inputs: bool = True
 
 
 _WEIGHTED_MODULES = (nn.Linear, fused.LinearReLU) + CONV_MODULES + (fused.ConvReLU1d, fused.ConvReLU2d,
@@ -64,8 +67,10 @@ def _rows():
     yield row(LAYER_NORM[1:] + HARDSWISH[1:] + ELU[1:] + LEAKY_RELU[1:], own)
     yield row(CAT, Observe(SHARED))                                       # every cat input shares one observer
     yield row(SHARES_INPUT_QPARAMS, Observe(SHARED))
-    yield row(SIGMOID + HARDSIGMOID + SOFTMAX, Observe(FIXED, fixed=RANGE_0TO1))
-    yield row(TANH, Observe(FIXED, fixed=RANGE_NEG1TO1))
+    # torch.ao gives nn.Softmax fixed qparams but observes functional softmax like any op: so does fxq.
+    yield row(SIGMOID + HARDSIGMOID + SOFTMAX[:1], Observe(FIXED, fixed=RANGE_0TO1, quantize_float_inputs=False))
+    yield row(SOFTMAX[1:], Observe(OWN, quantize_float_inputs=False))
+    yield row(TANH, Observe(FIXED, fixed=RANGE_NEG1TO1, quantize_float_inputs=False))
 
 
 OBSERVATION = Table("observation", _rows())

@@ -19,6 +19,12 @@ class OutputQParams:
     scale: float
     zero_point: int
     dtype: torch.dtype
+    scale_node: fx.Node  # get_attr nodes of the buffers holding them, for kernels that take them as arguments
+    zero_point_node: fx.Node
+
+    @property
+    def qparam_nodes(self) -> tuple:
+        return (self.scale_node, self.zero_point_node)
 
 
 class Lowering:
@@ -39,18 +45,18 @@ class Lowering:
         sources = [self.quantized_source(a) for a in args]
         return None if any(s is None for s in sources) else sources
 
-    @staticmethod
-    def output(last: fx.Node) -> Optional[OutputQParams]:
-        """The single ``quantize_per_tensor`` that ``last`` feeds, with its (constant) qparams."""
+    def output(self, last: fx.Node) -> Optional[OutputQParams]:
+        """The single ``quantize_per_tensor`` that ``last`` feeds, with its qparams (held in buffers)."""
         if len(last.users) != 1:
             return None
         (user,) = last.users
         if user.op != "call_function" or user.target is not torch.quantize_per_tensor:
             return None
-        _, scale, zero_point, dtype = user.args
-        if not isinstance(scale, float) or not isinstance(zero_point, int):
+        _, scale_node, zero_point_node, dtype = user.args
+        scale, zero_point = self.attribute(scale_node), self.attribute(zero_point_node)
+        if scale is None or zero_point is None:
             return None
-        return OutputQParams(user, scale, zero_point, dtype)
+        return OutputQParams(user, float(scale), int(zero_point), dtype, scale_node, zero_point_node)
 
     def attribute(self, node: Any) -> Optional[torch.Tensor]:
         """The tensor behind a ``get_attr`` node (None for anything else)."""
