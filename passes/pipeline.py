@@ -49,8 +49,8 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
             gm = run(gm, ctx)
             gm.graph.lint()
             gm.recompile()
-        except PassError:
-            raise
+        except (PassError, ValueError, TypeError, NotImplementedError):
+            raise  # errors about the user's model or config already say what to fix
         except Exception as error:
             if directory is not None:
                 (directory / f"{index:02d}-{name}-FAILED.txt").write_text(str(gm.graph))

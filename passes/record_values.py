@@ -41,18 +41,22 @@ def is_float_tensor(arg: Any) -> bool:
 
 
 class _Recorder(fx.Interpreter):
+    failed_node: Optional[fx.Node] = None
+
     def run_node(self, node: fx.Node) -> Any:
-        try:
-            result = super().run_node(node)
-        except Exception as error:
-            scope = scope_of(node)
-            raise ValueError(
-                f"example_inputs do not fit the model: node '{node.name}' ({node.op} {_target(node)}) in module "
-                f"'{scope.path or '<root>'}' raised {type(error).__name__}: {error}. Pass example_inputs as a "
-                f"tuple of tensors that the model's forward accepts, e.g. (torch.randn(1, 3, 224, 224),)"
-            ) from error
+        self.failed_node = node
+        result = super().run_node(node)
         node.meta[VALUE_KEY] = _describe(result)
         return result
+
+
+def _misfit(node: fx.Node, error: Exception) -> ValueError:
+    scope = scope_of(node)
+    reason = str(error).split("\n\nWhile executing")[0]  # drop the interpreter's own note
+    return ValueError(
+        f"example_inputs do not fit the model: node '{node.name}' ({node.op} {_target(node)}) in module "
+        f"'{scope.path or '<root>'}' raised {type(error).__name__}: {reason}. Pass example_inputs as a "
+        f"tuple of tensors that the model's forward accepts, e.g. (torch.randn(1, 3, 224, 224),)")
 
 
 def _target(node: fx.Node) -> str:
@@ -73,7 +77,11 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         names = ", ".join(n.target for n in placeholders)
         raise ValueError(f"example_inputs has {len(inputs)} item(s) but the model's forward takes "
                          f"({names}); pass one example per argument, as a tuple")
-    with torch.no_grad():
-        _Recorder(gm).run(*inputs)
+    recorder = _Recorder(gm)
+    try:
+        with torch.no_grad():
+            recorder.run(*inputs)
+    except Exception as error:
+        raise _misfit(recorder.failed_node, error) from error
     ctx.count("nodes recorded", len(gm.graph.nodes))
     return gm

@@ -104,7 +104,7 @@ def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, 
     """Weighted modules read and written through observers become reference modules with quantized weights."""
     observed = set(observers)
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not _is_observed_op(node, observed):
+        if node.op != "call_module" or not _is_observed_op(node, observed, modules):
             continue
         module = modules[node.target]
         inner = module[0] if type(module) in FUSED_CONSTITUENTS else module
@@ -118,6 +118,8 @@ def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, 
         ctx.count("reference modules")
 
 
-def _is_observed_op(node: fx.Node, observed: set) -> bool:
-    inputs_observed = bool(node.args) and node.args[0] in observed
-    return inputs_observed and any(user in observed for user in node.users)
+def _is_observed_op(node: fx.Node, observed: set, modules: dict) -> bool:
+    """Input and output both go through observers that saw data: the op will be quantized."""
+    def usable(value) -> bool:
+        return value in observed and _usable(modules[value.target])
+    return bool(node.args) and usable(node.args[0]) and any(usable(user) for user in node.users)

@@ -1,0 +1,169 @@
+"""prepare_fx / convert_fx behaviour beyond the zoo: errors that say how to fix them, configs that never fail
+silently, ops torch.ao leaves in float, and the per-pass dumps."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxq
+from conftest import sqnr
+
+
+def _quantize(model, example, calibration=None, mapping=None, **kwargs):
+    prepared = fxq.prepare_fx(model.eval(), mapping or fxq.get_default_qconfig_mapping(), example, **kwargs)
+    with torch.no_grad():
+        for batch in calibration or [example]:
+            prepared(*batch)
+    return prepared, fxq.convert_fx(prepared)
+
+
+class LinearSoftmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return F.softmax(self.fc(x), dim=-1)
+
+
+class Gates(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return torch.sigmoid(y) * torch.tanh(y)
+
+
+# ---- ops torch.ao leaves in float ----
+
+def test_functional_softmax_on_a_quantized_input_runs_the_quantized_kernel():
+    x = torch.randn(64, 16)
+    model = LinearSoftmax().eval()
+    _, quantized = _quantize(model, (x,))
+    assert "torch.ops.quantized.softmax" in quantized.code
+    assert sqnr(model(x).detach(), quantized(x)) > 25
+
+
+def test_fixed_qparams_ops_run_on_quantized_tensors_with_torch_aos_ranges():
+    x = torch.randn(64, 8)
+    model = Gates().eval()
+    _, quantized = _quantize(model, (x,))
+    code = quantized.code
+    assert "torch.sigmoid(fc)" in code and "torch.tanh(fc)" in code  # on the int8 output of fc, no dequantize
+    assert "torch.ops.quantized.mul" in code
+    assert sqnr(model(x).detach(), quantized(x)) > 25
+
+
+# ---- configs never fail silently ----
+
+def test_none_for_linear_keeps_a_fused_linear_relu_float():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)).eval()
+    mapping = fxq.get_default_qconfig_mapping().set_object_type(nn.Linear, None)
+    _, quantized = _quantize(model, (torch.randn(8, 4),), mapping=mapping)
+    assert not any("Quantized" in type(m).__name__ for m in quantized.modules())
+    assert "quantize_per_tensor" not in quantized.code
+
+
+def test_a_weight_only_qconfig_raises_instead_of_staying_float():
+    mapping = fxq.QConfigMapping().set_global(fxq.default_dynamic_qconfig)
+    with pytest.raises(ValueError, match=r"node '_0'.*dynamic.*set_module_name\('0', None\)"):
+        fxq.prepare_fx(nn.Sequential(nn.Linear(4, 4)).eval(), mapping, (torch.randn(2, 4),))
+
+
+def test_unknown_qconfig_dict_key_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'modul_name'.*'module_name'"):
+        fxq.prepare_fx(nn.Linear(2, 2).eval(), {"": fxq.default_qconfig, "modul_name": []}, (torch.randn(1, 2),))
+
+
+def test_unknown_custom_config_key_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="non_traceable_module_name"):
+        fxq.prepare_fx(nn.Linear(2, 2).eval(), fxq.get_default_qconfig_mapping(), (torch.randn(1, 2),),
+                       prepare_custom_config={"non_tracable_module_name": ["x"]})
+
+
+# ---- bad input ----
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.mean() > 0:  # data-dependent: cannot be traced
+            return self.fc(x)
+        return x
+
+
+def test_untraceable_model_names_module_and_line():
+    with pytest.raises(fxq.TraceError, match=r"test_api.py:\d+: if x.mean\(\) > 0") as info:
+        fxq.prepare_fx(nn.Sequential(Branchy()).eval(), fxq.get_default_qconfig_mapping(), (torch.randn(1, 4),))
+    assert "module '0'" in str(info.value) and "non_traceable_module_name" in str(info.value)
+
+
+def test_convert_of_a_model_not_from_prepare_fx_says_what_to_call():
+    with pytest.raises(ValueError, match=r"fxq.prepare_fx\(model, qconfig_mapping, example_inputs\)"):
+        fxq.convert_fx(torch.fx.symbolic_trace(nn.Linear(2, 2)))
+
+
+def test_example_inputs_that_do_not_fit_name_the_node():
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    with pytest.raises(ValueError, match=r"example_inputs do not fit the model: node '_0'.*module '0'"):
+        fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 5),))
+    with pytest.raises(ValueError, match="one example per argument"):
+        fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 4), torch.randn(2, 4)))
+    with pytest.raises(TypeError, match=r"example_inputs=\(x,\)"):
+        fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), torch.randn(2, 4))
+
+
+def test_an_op_whose_observer_saw_no_data_stays_float_with_a_warning():
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),))
+    with pytest.warns(UserWarning, match=r"observer 'activation_post_process_0' on 'input_1' saw no data"):
+        quantized = fxq.convert_fx(prepared)  # converted without calibration
+    assert not any("Quantized" in type(m).__name__ for m in quantized.modules())
+    x = torch.randn(3, 4)
+    assert torch.allclose(quantized(x), model(x))  # float, not garbage scales
+
+
+def test_prepare_never_modifies_the_users_model():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    _quantize(model, (torch.randn(2, 3, 8, 8),))
+    assert [type(m) for m in model.modules()] == types
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ---- dumps ----
+
+def test_debug_dump_dir_has_the_graph_after_every_pass_and_timings(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),),
+                              debug_dump_dir=str(tmp_path))
+    prepared(torch.randn(8, 4))
+    fxq.convert_fx(prepared, debug_dump_dir=str(tmp_path))
+    prepare_files = sorted(p.name for p in (tmp_path / "prepare").iterdir())
+    assert prepare_files == ["01-record_values.txt", "02-fuse.txt", "03-assign_qconfig.txt",
+                             "04-insert_observers.txt", "timing.txt"]
+    convert_files = sorted(p.name for p in (tmp_path / "convert").iterdir())
+    assert convert_files == ["01-to_reference.txt", "02-lower.txt", "03-cleanup.txt", "timing.txt"]
+    assert "activation_post_process_0" in (tmp_path / "prepare" / "04-insert_observers.txt").read_text()
+    timing = (tmp_path / "prepare" / "timing.txt").read_text()
+    assert "fused Linear -> ReLU|relu|relu|relu|relu_: 1" in timing or "fused" in timing
+    assert "output observers: 1" in timing
+
+
+def test_reference_model_is_dequantize_float_op_quantize():
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),))
+    prepared(torch.randn(16, 4))
+    reference = fxq.convert_to_reference_fx(prepared)
+    ops = [(n.op, getattr(n.target, "__name__", n.target)) for n in reference.graph.nodes
+           if n.op in ("call_function", "call_method", "call_module")]
+    assert ops == [("call_function", "quantize_per_tensor"), ("call_method", "dequantize"), ("call_module", "0"),
+                   ("call_function", "quantize_per_tensor"), ("call_method", "dequantize")]
+    assert type(reference.get_submodule("0")).__module__ == "fxq.nn.reference"
