@@ -6,7 +6,7 @@ change of range is scored by the L2 error of quantizing the histogram to that ra
 search stops at the first range that scores worse than the one before it. That is up to 100,000
 Python iterations and one tensor computation per candidate range.
 
-Here the whole walk is computed at once:
+Here the walk is laid out a segment (thousands of steps) at a time, without a Python loop per step:
   * the quantile thresholds for every alpha and beta step become bin indices A[i], B[j] with one
     `searchsorted` each;
   * the choice at each step (move alpha iff A[i+1]-A[i] > B[j]-B[j+1]) is a merge of the two
@@ -24,25 +24,30 @@ Here the whole walk is computed at once:
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
+from typing import Iterator
 
 import torch
 
 _STEP = 1e-5  # torch.ao's quantile granularity
-_FIRST_CHUNK = 16  # candidates scored in the first batch; the search usually stops early, so start small
-_FIRST_HORIZON = 4096  # walk steps laid out at first (each moves a quantile by 1e-5)
+# Every tensor op here stays under ATen's parallel grain (32768 elements), so it runs on the calling
+# thread: the ops are small, and on a busy machine a parallel region can stall for a whole time slice.
+_OP_ELEMENTS = 16384
+_FIRST_SEGMENT = 2048  # walk steps laid out first (each moves a quantile by 1e-5); most searches stop here
+_SEGMENT = 16384
 
 
 @functools.lru_cache(maxsize=1)
 def _quantile_steps() -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_k and beta_k after k steps, accumulated in float64 one addition at a time as torch.ao does."""
-    alphas, betas = [0.0], [1.0]
-    while alphas[-1] < 1.0 + 2 * _STEP:
-        alphas.append(alphas[-1] + _STEP)
-        betas.append(betas[-1] - _STEP)
-    while betas[-1] > -2 * _STEP:  # the two sequences drift apart in the last bits; cover both ends
-        alphas.append(alphas[-1] + _STEP)
-        betas.append(betas[-1] - _STEP)
-    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+    """alpha_k and beta_k after k steps, accumulated in float64 one addition at a time as torch.ao does.
+
+    (accumulate adds sequentially, like torch.ao's loop, so the rounding errors are the same.)
+    """
+    count = int(1.0 / _STEP) + 16  # alpha meets beta within 1 / step steps in all, even if one side takes all
+    alphas = itertools.accumulate(itertools.repeat(_STEP, count), operator.add, initial=0.0)
+    betas = itertools.accumulate(itertools.repeat(_STEP, count), operator.sub, initial=1.0)
+    return torch.tensor(list(alphas), dtype=torch.float64), torch.tensor(list(betas), dtype=torch.float64)
 
 
 def search_range(
@@ -59,66 +64,78 @@ def search_range(
 
 
 def _best_range(histogram, min_val, max_val, dst_nbins) -> tuple[int, int]:
-    """torch.ao's answer: the last candidate range before the first that scores worse than its predecessor.
-
-    The search usually stops after a few hundred steps of the walk, so the walk is laid out over a
-    growing horizon, and only candidates not scored yet are scored at each widening.
-    """
-    scored, previous_error = 1, torch.tensor([float("inf")], dtype=torch.float64)  # candidate 0: the full range
-    horizon = _FIRST_HORIZON
-    while True:
-        starts, ends, complete = _candidate_ranges(histogram, horizon)
-        while scored < starts.numel():
-            batch = slice(scored, scored + max(_FIRST_CHUNK, scored))  # batches double: stops come early
-            errors = quantization_errors(histogram, min_val, max_val, dst_nbins, starts[batch], ends[batch])
+    """torch.ao's answer: the last candidate range before the first that scores worse than its predecessor."""
+    bins = histogram.numel()
+    best = (0, bins - 1)  # the full range, where the walk starts
+    previous_error = torch.tensor([float("inf")], dtype=torch.float64)
+    rows = max(1, _OP_ELEMENTS // bins)
+    for starts, ends in _candidate_segments(histogram):
+        for first in range(0, starts.numel(), rows):
+            batch_starts, batch_ends = starts[first : first + rows], ends[first : first + rows]
+            errors = quantization_errors(histogram, min_val, max_val, dst_nbins, batch_starts, batch_ends)
             worse = _first_true(errors > torch.cat([previous_error, errors[:-1]]))
             if worse < errors.numel():
-                return int(starts[scored + worse - 1]), int(ends[scored + worse - 1])
-            scored, previous_error = scored + errors.numel(), errors[-1:]
-        if complete:
-            return int(starts[-1]), int(ends[-1])
-        horizon *= 8
+                return (int(batch_starts[worse - 1]), int(batch_ends[worse - 1])) if worse else best
+            best, previous_error = (int(batch_starts[-1]), int(batch_ends[-1])), errors[-1:]
+    return best
 
 
-def _candidate_ranges(histogram: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The (start_bin, end_bin) ranges torch.ao's walk scores in its first `horizon` steps, in order,
-    starting with the full range; and whether the walk ended within the horizon."""
+def _candidate_segments(histogram: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (start_bin, end_bin) ranges torch.ao's walk scores, in order, a segment of the walk at a time.
+
+    The walk is laid out in segments (short at first: the search usually stops early); a walk from
+    any state depends only on what lies ahead, so each segment is merged on its own.
+    """
     bins = histogram.numel()
     alphas, betas = _quantile_steps()
-    steps = min(horizon, alphas.numel() - 2)
-    alphas, betas = alphas[: steps + 2], betas[: steps + 2]
     cumulative = torch.cumsum(histogram, dim=0).cpu()
     total = float(torch.sum(histogram))
-    # torch.ao compares float32 cumulative counts with a Python float, which torch rounds to float32.
-    lower = torch.searchsorted(cumulative, (alphas * total).to(torch.float32), side="left")
-    upper = torch.searchsorted(cumulative, (betas * total).to(torch.float32), side="right") - 1
-    lower[0], upper[0] = 0, bins - 1  # the walk starts from the full range whatever the thresholds say
+    i0 = j0 = 0  # alpha and beta steps taken before this segment
+    state = (torch.tensor([0]), torch.tensor([bins - 1]))
+    steps = _FIRST_SEGMENT
+    while True:
+        steps = min(steps, alphas.numel() - 1 - max(i0, j0))
+        if steps <= 0:
+            raise AssertionError("histogram range search: the walk outran its precomputed quantile steps")
+        # torch.ao compares float32 cumulative counts with a Python float, which torch rounds to float32.
+        lower = torch.searchsorted(cumulative, (alphas[i0 : i0 + steps + 1] * total).to(torch.float32), side="left")
+        upper = torch.searchsorted(cumulative, (betas[j0 : j0 + steps + 1] * total).to(torch.float32), side="right")
+        upper -= 1
+        lower[0], upper[0] = state  # the walk starts from the full range whatever the thresholds say
+        alpha_steps, beta_steps = _merge_walk(lower[1:] - lower[:-1], upper[:-1] - upper[1:])
+        running = _at(alphas, i0 + alpha_steps[:steps]) < _at(betas, j0 + beta_steps[:steps])
+        starts, ends, complete = _segment_ranges(lower, upper, alpha_steps, beta_steps, running)
+        changed = (starts[1:] != starts[:-1]) | (ends[1:] != ends[:-1])
+        if bool(changed.any()):
+            yield starts[1:][changed], ends[1:][changed]
+        if complete:
+            return
+        i0, j0 = i0 + int(alpha_steps[steps]), j0 + int(beta_steps[steps])
+        state = (starts[-1:], ends[-1:])
+        steps = _SEGMENT
 
-    alpha_steps, beta_steps = _merge_walk(lower[1:] - lower[:-1], upper[:-1] - upper[1:])
+
+def _segment_ranges(lower, upper, alpha_steps, beta_steps, running) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The ranges after each step of one segment (its start state first), and whether the walk ended in it.
+
+    lower[i] / upper[j]: the start / end bin after i alpha / j beta steps of the segment; running[t]:
+    whether torch.ao's loop condition (alpha < beta) holds before step t + 1.
+    """
+    steps = running.numel()
     prev_i, prev_j = alpha_steps[:steps], beta_steps[:steps]  # state before step t = 1 .. steps
-    at = torch.index_select  # far faster than advanced indexing on long index tensors
-    running = at(alphas, 0, prev_i) < at(betas, 0, prev_j)
-    start_now, end_now = at(lower, 0, prev_i), at(upper, 0, prev_j)
-    crossing = (at(lower, 0, prev_i + 1) > end_now) | (at(upper, 0, prev_j + 1) < start_now)
+    start_now, end_now = _at(lower, prev_i), _at(upper, prev_j)
+    crossing = (_at(lower, prev_i + 1) > end_now) | (_at(upper, prev_j + 1) < start_now)
     last_step = _first_true(running.logical_not())  # steps 1..last_step run
     first_crossing = _first_true(crossing[:last_step]) + 1  # the step that makes the ends meet, if any
-    complete = last_step < steps or first_crossing <= last_step
-    if not complete and steps == len(_quantile_steps()[0]) - 2:
-        raise AssertionError("histogram range search: the walk outran its precomputed quantile steps")
-
     unclamped = min(last_step, first_crossing - 1)
-    starts = at(lower, 0, alpha_steps[: unclamped + 1])
-    ends = at(upper, 0, beta_steps[: unclamped + 1])
+    starts, ends = _at(lower, alpha_steps[: unclamped + 1]), _at(upper, beta_steps[: unclamped + 1])
     if first_crossing <= last_step:
         # Once the next quantile bin lies beyond the other end, the walk collapses the range to one bin.
         i, j = int(prev_i[first_crossing - 1]), int(prev_j[first_crossing - 1])
         moves_alpha = bool(lower[i + 1] > upper[j]) and bool(upper[j + 1] > lower[i])
-        meet = upper[j] if moves_alpha else lower[i]
-        starts = torch.cat([starts, meet.reshape(1)])
-        ends = torch.cat([ends, meet.reshape(1)])
-    changed = torch.ones_like(starts, dtype=torch.bool)
-    changed[1:] = (starts[1:] != starts[:-1]) | (ends[1:] != ends[:-1])
-    return starts[changed], ends[changed], complete
+        meet = (upper[j] if moves_alpha else lower[i]).reshape(1)
+        starts, ends = torch.cat([starts, meet]), torch.cat([ends, meet])
+    return starts, ends, last_step < steps or first_crossing <= last_step
 
 
 def _merge_walk(lower_gain: torch.Tensor, upper_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +155,10 @@ def _merge_walk(lower_gain: torch.Tensor, upper_gain: torch.Tensor) -> tuple[tor
     steps = torch.arange(count + 1)
     alpha_steps = torch.searchsorted(position, steps, side="left")
     return alpha_steps, steps - alpha_steps
+
+
+def _at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.index_select(values, 0, index)  # much faster than values[index] for long index tensors
 
 
 def _first_true(mask: torch.Tensor) -> int:
