@@ -35,9 +35,9 @@ class ObserverBase(nn.Module):
         super().__init__()
         self.dtype = dtype
         self.is_dynamic = is_dynamic
-        self.qscheme: Optional[torch.qscheme] = None
-        self.quant_min: Optional[int] = None
-        self.quant_max: Optional[int] = None
+        self.qscheme = None  # set by subclasses that quantize
+        self.quant_min = None
+        self.quant_max = None
         self.reduce_range = False
 
     @classmethod
