@@ -106,7 +106,7 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
             f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
             f"example_inputs) first")
     config = ConvertCustomConfig.coerce(convert_custom_config)
-    gm = copy.deepcopy(graph_module)
+    gm = copy_module(graph_module)
     ctx = PassContext(convert_config=config, state=state)
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
     delattr(gm, "_fxq_state") if hasattr(gm, "_fxq_state") else None
@@ -114,8 +114,19 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
     return gm
 
 
+def copy_module(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters are new Parameter objects over the same storage.
+
+    Copying hundreds of MB of weights dominated prepare and convert; no pass writes into a float weight (fusion
+    and lowering build new tensors), so the storage can be shared. Writing into the copy's parameters in place
+    (an optimizer step) would show in the original: clone them first for that.
+    """
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
 def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
-    model = copy.deepcopy(model)
+    model = copy_module(model)
     gm = trace(model, prepare_config.non_traceable_module_names, prepare_config.non_traceable_module_classes)
     for name in prepare_config.preserved_attributes:
         if hasattr(model, name):

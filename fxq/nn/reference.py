@@ -124,12 +124,14 @@ class _ReferenceWeight:
             raise TypeError(f"fxq.nn.reference.{cls.__name__}.from_float expects {float_type.__name__}, "
                             f"got {type(float_module).__name__}.")
         weight = float_module.weight
-        reference = cls(*cls._constructor_args(float_module), device=weight.device, dtype=weight.dtype,
+        # built on the meta device: a real one would spend time initialising weights that are overwritten next
+        reference = cls(*cls._constructor_args(float_module), device="meta", dtype=weight.dtype,
                         weight_qparams=weight_qparams)
-        with torch.no_grad():
-            reference.weight.copy_(weight)
-            if float_module.bias is not None:
-                reference.bias.copy_(float_module.bias)
+        # the float weight is shared, not copied: reference modules only read it
+        reference.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
+        if float_module.bias is not None:
+            bias = float_module.bias
+            reference.bias = nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
         return reference
 
 

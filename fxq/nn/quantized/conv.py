@@ -28,7 +28,8 @@ class _ConvNd(WeightedQuantizedModule):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
                  padding: Union[Size, str] = 0, dilation: Size = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", engine: Optional[str] = None) -> None:
+                 padding_mode: str = "zeros", engine: Optional[str] = None,
+                 _weight_bias: Optional[tuple] = None) -> None:
         super().__init__()
         if padding_mode != "zeros":
             raise ValueError(f"fxq.nn.quantized.{type(self).__name__}: padding_mode={padding_mode!r} is not supported; "
@@ -43,9 +44,11 @@ class _ConvNd(WeightedQuantizedModule):
         self.dilation = tuple(_expand(dilation, self._dims))
         self.padding = tuple(self._numeric_padding(padding))
         self.padding_mode = padding_mode
-        shape = [out_channels, in_channels // groups, *self.kernel_size]
-        weight = torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.qint8)
-        self.set_weight_bias(weight, torch.zeros(out_channels) if bias else None, engine)
+        if _weight_bias is None:  # a placeholder weight, for load_state_dict to fill
+            shape = [out_channels, in_channels // groups, *self.kernel_size]
+            weight = torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.qint8)
+            _weight_bias = (weight, torch.zeros(out_channels) if bias else None)
+        self.set_weight_bias(*_weight_bias, engine)
 
     def _numeric_padding(self, padding: Union[Size, str]) -> List[int]:
         """The kernel takes explicit symmetric padding: 'valid' is 0, 'same' is d*(k-1)/2 when that is whole."""
@@ -89,8 +92,8 @@ class _ConvNd(WeightedQuantizedModule):
             raise TypeError(f"fxq.nn.quantized.{cls.__name__}.from_reference expects "
                             f"fxq.nn.reference.{cls._reference_type.__name__}, got {type(ref).__name__}.")
         module = cls(ref.in_channels, ref.out_channels, ref.kernel_size, ref.stride, ref.padding, ref.dilation,
-                     ref.groups, ref.bias is not None, ref.padding_mode, engine)
-        module.set_weight_bias(ref.quantized_weight(), ref.bias)
+                     ref.groups, ref.bias is not None, ref.padding_mode, engine,
+                     _weight_bias=(ref.quantized_weight(), ref.bias))
         module.scale, module.zero_point = float(output_scale), int(output_zero_point)
         return module
 

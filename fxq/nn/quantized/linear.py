@@ -22,12 +22,15 @@ __all__ = ["Linear", "LinearReLU"]
 class Linear(WeightedQuantizedModule):
     """int8 `y = x @ W.T + b`: quint8 input and output, qint8 weight, float bias."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, engine: Optional[str] = None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, engine: Optional[str] = None,
+                 _weight_bias: Optional[tuple] = None) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        weight = torch.quantize_per_tensor(torch.zeros(out_features, in_features), 1.0, 0, torch.qint8)
-        self.set_weight_bias(weight, torch.zeros(out_features) if bias else None, engine)
+        if _weight_bias is None:  # a placeholder weight, for load_state_dict to fill
+            weight = torch.quantize_per_tensor(torch.zeros(out_features, in_features), 1.0, 0, torch.qint8)
+            _weight_bias = (weight, torch.zeros(out_features) if bias else None)
+        self.set_weight_bias(*_weight_bias, engine)
 
     def _pack(self, weight: torch.Tensor, bias: Optional[torch.Tensor], engine: str):
         return pack_linear(weight, bias, engine)
@@ -50,8 +53,8 @@ class Linear(WeightedQuantizedModule):
         if not isinstance(ref, reference.Linear):
             raise TypeError(f"fxq.nn.quantized.{cls.__name__}.from_reference expects fxq.nn.reference.Linear, "
                             f"got {type(ref).__name__}; convert the float Linear to a reference one first.")
-        module = cls(ref.in_features, ref.out_features, ref.bias is not None, engine)
-        module.set_weight_bias(ref.quantized_weight(), ref.bias)
+        module = cls(ref.in_features, ref.out_features, ref.bias is not None, engine,
+                     _weight_bias=(ref.quantized_weight(), ref.bias))
         module.scale, module.zero_point = float(output_scale), int(output_zero_point)
         return module
 
