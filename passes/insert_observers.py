@@ -19,7 +19,7 @@ from torch import fx
 from fxq.observers import FixedQParamsObserver
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import is_float_tensor
-from fxq.patterns.observation import FIXED, OBSERVATION, OWN, SHARED, Observe
+from fxq.patterns.observation import FIXED, OBSERVATION, SHARED, Observe
 
 OBSERVER_PREFIX = "activation_post_process_"
 

@@ -48,7 +48,6 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
         try:
             gm = run(gm, ctx)
             gm.graph.lint()
-            gm.recompile()
         except (PassError, ValueError, TypeError, NotImplementedError):
             raise  # errors about the user's model or config already say what to fix
         except Exception as error:
@@ -59,7 +58,9 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
         timings.append((name, time.perf_counter() - start))
         done.append(name)
         if directory is not None:
+            gm.recompile()  # the Python code is only regenerated when someone reads it
             (directory / f"{index:02d}-{name}.txt").write_text(gm.code)
+    gm.recompile()
     if directory is not None:
         _write_timings(directory, timings, ctx)
     return gm

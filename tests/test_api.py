@@ -1,6 +1,5 @@
 """prepare_fx / convert_fx behaviour beyond the zoo: errors that say how to fix them, configs that never fail
 silently, ops torch.ao leaves in float, and the per-pass dumps."""
-import warnings
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ file-level cases below, compared with torch.ao's loop on many seeds.
 """
 import copy
 import pickle
-import time
 import warnings
 
 import pytest
@@ -154,17 +153,11 @@ def test_histogram_candidate_errors_are_bit_identical_to_torch_ao(seed):
     assert errors.tolist() == expected
 
 
-def test_histogram_search_is_much_faster_than_torch_ao_on_a_long_walk():
-    # Two spikes make torch.ao walk ~50,000 steps in Python; the vectorised search has no loop per step.
+def test_histogram_search_matches_torch_ao_on_a_long_walk():
+    # Two spikes make torch.ao walk ~50,000 steps in Python; the vectorised search must end where it does.
+    # (How much faster it is belongs to tools/bench.py, not to a timed unit test.)
     x = torch.cat([torch.zeros(1000), torch.ones(1000)])
     ours, theirs = _both("HistogramObserver", {}, [x])
-    search_range(ours.histogram, ours.min_val, ours.max_val, ours.dst_nbins)  # warm the one-off caches
-    start = time.perf_counter()
-    theirs.calculate_qparams()
-    torch_ao_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    ours.calculate_qparams()
-    assert time.perf_counter() - start < torch_ao_seconds / 3
     assert_same_qparams(ours, theirs)
 
 

@@ -99,6 +99,11 @@ def _fold(weight: torch.Tensor, bias, bn, out_axis: int) -> Tuple[nn.Parameter, 
     return nn.Parameter(new_weight, weight.requires_grad), nn.Parameter(new_bias.to(weight.dtype), weight.requires_grad)
 
 
+def _copy_without_parameters(module: nn.Module) -> nn.Module:
+    """A deep copy that shares the parameters (about to be replaced) instead of cloning them."""
+    return copy.deepcopy(module, {id(p): p for p in module.parameters()})
+
+
 def fold_bn_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """Return a new conv computing `bn(conv(x))` in eval mode; `conv` and `bn` are not modified.
 
@@ -109,7 +114,7 @@ def fold_bn_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._B
     """
     if conv.transposed:
         raise NotImplementedError(f"fold_bn_into_conv: {type(conv).__name__} (transposed conv) is not supported.")
-    folded = copy.deepcopy(conv)
+    folded = _copy_without_parameters(conv)
     folded.weight, folded.bias = _fold(conv.weight, conv.bias, bn, out_axis=0)
     return folded
 
@@ -121,6 +126,6 @@ def fold_bn_into_linear(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
         >>> folded.weight.shape
         torch.Size([6, 4])
     """
-    folded = copy.deepcopy(linear)
+    folded = _copy_without_parameters(linear)
     folded.weight, folded.bias = _fold(linear.weight, linear.bias, bn, out_axis=0)
     return folded
