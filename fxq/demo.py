@@ -5,6 +5,7 @@ For now the net has random weights and random calibration data; it shows the pip
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -16,12 +17,12 @@ class DemoNet(nn.Module):
 
     def __init__(self, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
         self.pool = nn.MaxPool2d(2)
-        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                   nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.block = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                                   nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64))
         self.relu = nn.ReLU()
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
     def forward(self, x):
         x = self.pool(self.stem(x))
@@ -48,6 +49,7 @@ def median_ms(run: Callable[[], object], repeats: int = 30) -> float:
 def run_demo() -> int:
     import fxq
 
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
     torch.manual_seed(0)
     model = DemoNet().eval()
     for module in model.modules():  # non-trivial batch norm statistics, as after training
