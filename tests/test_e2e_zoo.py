@@ -155,6 +155,28 @@ def test_output_matches_torch_ao(name):
     assert sqnr(reference, ours.output) >= sqnr(reference, theirs.output) - MAX_SQNR_LOSS_VS_TORCH_AO
 
 
+def input_qparams(model: torch.nn.Module, inputs: tuple) -> tuple:
+    """(scale, zero_point) of the first quantized tensor the converted model makes from its input."""
+    seen = []
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            if node.target is torch.quantize_per_tensor and not seen:
+                seen.append((result.q_scale(), result.q_zero_point()))
+            return result
+
+    with torch.no_grad():
+        Recorder(model).run(*inputs)
+    return seen[0]
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_input_is_quantized_with_torch_aos_scale_and_zero_point(name):
+    ours, theirs = fxq_run(name), torch_ao_run(name)
+    assert input_qparams(ours.converted, ours.example) == input_qparams(theirs.converted, theirs.example)
+
+
 class _KernelRecorder(fx.Interpreter):
     """Runs a converted graph and records which nodes consumed a quantized tensor."""
 
