@@ -4,6 +4,8 @@ Requires: ``ctx.state.qconfigs`` (assign_qconfig) and recorded values (record_va
 Guarantees: every quantized value flows through a ``call_module`` node of an observer registered as
 ``activation_post_process_<n>``; ops that share their input's qparams (max pool, reshape, cat, ...) call the
 same observer instance as their input; functional linear/conv weights go through a weight observer.
+Every observer node carries ``node.meta["fxq_qtag"]``: "activation/input", "activation/output" or
+"parameter/weight".
 Position: last in prepare.
 
 Before / after::
@@ -22,6 +24,8 @@ from fxq.passes.record_values import is_float_tensor
 from fxq.patterns.observation import FIXED, OBSERVATION, SHARED, Observe
 
 OBSERVER_PREFIX = "activation_post_process_"
+# Why an observer node was inserted, as a hierarchical quantizer tag mpath's [qtag:...] selects on.
+QTAG_KEY = "fxq_qtag"
 
 
 class _Inserter:
@@ -35,16 +39,17 @@ class _Inserter:
         self.shared_with: dict = {}  # observer name -> name of the observer it shares (union-find parent)
         self.next_index = 0
 
-    def new_observer(self, constructor: Any, after: fx.Node) -> fx.Node:
+    def new_observer(self, constructor: Any, after: fx.Node, tag: str) -> fx.Node:
         name = f"{OBSERVER_PREFIX}{self.next_index}"
         self.next_index += 1
         self.gm.add_submodule(name, constructor())
-        return self.observer_call(name, after)
+        return self.observer_call(name, after, tag)
 
-    def observer_call(self, name: str, after: fx.Node) -> fx.Node:
+    def observer_call(self, name: str, after: fx.Node, tag: str) -> fx.Node:
         with self.graph.inserting_after(after):
             node = self.graph.call_module(name, (after,))
         node.meta.update({k: v for k, v in after.meta.items() if k in ("fxq_scope", "fxq_value")})
+        node.meta[QTAG_KEY] = tag
         self.observer_nodes.add(node)
         return node
 
@@ -63,7 +68,7 @@ class _Inserter:
             return None
         key = (value, id(constructor))
         if key not in self.input_observers:
-            self.input_observers[key] = self.new_observer(constructor, value)
+            self.input_observers[key] = self.new_observer(constructor, value, "activation/input")
             self.ctx.count("input observers")
         observer = self.input_observers[key]
         user.replace_input_with(value, observer)
@@ -117,14 +122,14 @@ def _observe_own(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, obs
     if observe.weight is not None and observe.weight < len(node.args):
         weight = node.args[observe.weight]
         if is_float_tensor(weight):
-            observer = inserter.new_observer(qconfig.weight, weight)
+            observer = inserter.new_observer(qconfig.weight, weight, "parameter/weight")
             node.replace_input_with(weight, observer)
             inserter.ctx.count("weight observers")
     constructor = qconfig.activation
     if observe.kind == FIXED:
         scale, zero_point = observe.fixed
         constructor = FixedQParamsObserver.with_args(scale=scale, zero_point=zero_point)
-    inserter.observe_output(last, inserter.new_observer(constructor, last))
+    inserter.observe_output(last, inserter.new_observer(constructor, last, "activation/output"))
     inserter.ctx.count("output observers")
 
 
@@ -138,5 +143,5 @@ def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, 
         observer = inserter.observe_input(node, value, qconfig.activation)
         if observer is not None and observer is not first:
             inserter.shared_with[inserter.root(observer.target)] = inserter.root(first.target)
-    inserter.observe_output(last, inserter.observer_call(first.target, last))
+    inserter.observe_output(last, inserter.observer_call(first.target, last, "activation/output"))
     inserter.ctx.count("shared observers")
