@@ -12,8 +12,10 @@ from fxq import observers
 from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx
 from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfig, QConfigMapping,
                         default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
-                        get_default_dynamic_qconfig_mapping, get_default_qconfig, get_default_qconfig_mapping)
+                        float16_dynamic_qconfig, get_default_dynamic_qconfig_mapping, get_default_qconfig,
+                        get_default_qconfig_mapping, get_weight_only_qconfig, get_weight_only_qconfig_mapping)
 from fxq.passes.pipeline import PassError
+from fxq.dump import dump, to_networkx
 from fxq.tracer import TraceError
 
 __version__ = "0.1.0"
@@ -22,5 +24,7 @@ __all__ = [
     "prepare_fx", "convert_fx", "convert_to_reference_fx", "fuse_fx", "QConfig", "QConfigMapping",
     "PrepareCustomConfig", "ConvertCustomConfig", "FuseCustomConfig", "get_default_qconfig",
     "get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "default_qconfig",
-    "default_per_channel_qconfig", "default_dynamic_qconfig", "observers", "TraceError", "PassError",
+    "default_per_channel_qconfig", "default_dynamic_qconfig", "float16_dynamic_qconfig", "get_weight_only_qconfig",
+    "get_weight_only_qconfig_mapping", "observers", "TraceError", "PassError",
+    "dump", "to_networkx",
 ]

@@ -15,10 +15,14 @@ STATE_ATTRIBUTE = "_fxq_state"
 
 @dataclass
 class FxqState:
-    """``qconfigs``: node name -> QConfig (None: float); ``prepare_config``: the PrepareCustomConfig used."""
+    """``qconfigs``: node name -> QConfig (None: float); ``modes``: node name -> mode;
+    ``prepare_config``: the PrepareCustomConfig used."""
 
     qconfigs: dict = field(default_factory=dict)
+    modes: dict = field(default_factory=dict)  # node name -> fxq.modes mode (None: float)
     prepare_config: Any = None
+    custom_modules: dict = field(default_factory=dict)  # node name -> float class swapped for an observed one
+    standalone: dict = field(default_factory=dict)  # node name -> (input_quantized_idxs, output_quantized_idxs)
 
 
 def get_state(gm: Any) -> Optional[FxqState]:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from torch import fx
 
+from fxq.modes import STATIC
 from fxq.observers import FixedQParamsObserver
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import is_float_tensor
@@ -100,7 +101,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     absorbed: set = set()  # trailing nodes of a matched chain (the relu of add -> relu)
     for node in list(gm.graph.nodes):
         qconfig = ctx.state.qconfigs.get(node.name)
-        if qconfig is None or node in absorbed or node in inserter.observer_nodes:
+        if ctx.state.modes.get(node.name) != STATIC or node in absorbed or node in inserter.observer_nodes:
             continue
         match = OBSERVATION.match(node, modules)
         if match is None or not is_float_tensor(match.last):

@@ -21,11 +21,12 @@ from fxq.patterns.rewrites import Lowering
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    lowering = Lowering(gm, modules_of(gm))
+    lowering = Lowering(gm, modules_of(gm), ctx.state)
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function", "call_method") or not node.users:
             continue
-        match = LOWERING.match(node, lowering.modules)
-        if match is not None and match.rule.action(lowering, match):
-            ctx.count(f"lowered {match.rule.name}")
+        for match in LOWERING.matches(node, lowering.modules):
+            if match.rule.action(lowering, match):
+                ctx.count(f"lowered {match.rule.name}")
+                break
     return gm

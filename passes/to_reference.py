@@ -15,8 +15,10 @@ Before / after::
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
+from fxq.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
 from fxq.nn import reference
 from fxq.observers import ObserverBase
 from fxq.passes.context import PassContext, modules_of
@@ -31,6 +33,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     modules = modules_of(gm)
     observers = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], ObserverBase)]
     _swap_weighted_modules(gm, ctx, modules, observers)
+    _quantize_functional_weights(gm, ctx)
     qparams_cache: dict = {}
     for node in observers:
         observer = modules[node.target]
@@ -69,10 +72,13 @@ def _quantize_node(gm: fx.GraphModule, node: fx.Node, observer: ObserverBase, ca
     """
     if node.target not in cache:
         cache[node.target] = observer.calculate_qparams()
-    scale, zero_point = cache[node.target]
-    value = node.args[0]
-    scale_node = _register_tensor(gm, f"{value.name}_scale", scale.detach().float(), node)
-    zero_point_node = _register_tensor(gm, f"{value.name}_zero_point", zero_point.detach().long(), node)
+    return _quantize(gm, node.args[0], observer, cache[node.target], node)
+
+
+def _quantize(gm: fx.GraphModule, value: fx.Node, observer: ObserverBase, qparams: tuple, site: fx.Node) -> fx.Node:
+    scale, zero_point = qparams
+    scale_node = _register_tensor(gm, f"{value.name}_scale", scale.detach().float(), site)
+    zero_point_node = _register_tensor(gm, f"{value.name}_zero_point", zero_point.detach().long(), site)
     if observer.qscheme in _PER_CHANNEL:
         args = (value, scale_node, zero_point_node, observer.ch_axis, observer.dtype)
         return gm.graph.call_function(torch.quantize_per_channel, args)
@@ -101,10 +107,14 @@ def weight_qparams(observer: ObserverBase, weight: torch.Tensor) -> dict:
 
 
 def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, observers: list) -> None:
-    """Weighted modules read and written through observers become reference modules with quantized weights."""
+    """Weighted modules that will run with int8 weights become reference modules: static ones read and written
+    through observers, and every dynamic / weight-only one (their activations are not observed)."""
     observed = set(observers)
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not _is_observed_op(node, observed, modules):
+        mode = ctx.state.modes.get(node.name)
+        if node.op != "call_module" or mode in (None, DYNAMIC_FP16):
+            continue
+        if mode == STATIC and not _is_observed_op(node, observed, modules):
             continue
         module = modules[node.target]
         inner = module[0] if type(module) in FUSED_CONSTITUENTS else module
@@ -116,6 +126,30 @@ def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, 
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else gm, name, new)
         ctx.count("reference modules")
+
+
+def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
+    """F.linear in a dynamic / weight-only mode: its weight attribute goes through quantize -> dequantize."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not F.linear or len(node.args) < 2:
+            continue
+        weight = node.args[1]
+        if ctx.state.modes.get(node.name) not in (DYNAMIC, WEIGHT_ONLY) or weight.op != "get_attr":
+            continue
+        observer = ctx.state.qconfigs[node.name].weight()
+        observer(_attribute(gm, weight.target).detach())
+        with gm.graph.inserting_before(node):
+            quantized = _quantize(gm, weight, observer, observer.calculate_qparams(), node)
+            dequantized = gm.graph.call_method("dequantize", (quantized,))
+        node.replace_input_with(weight, dequantized)
+        ctx.count("functional weights quantized")
+
+
+def _attribute(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _is_observed_op(node: fx.Node, observed: set, modules: dict) -> bool:

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxq.modes import STATIC
 from fxq.nn import fused, reference
 from fxq.nn import quantized as qnn
+from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.matcher import Match, Table, chain, row
 from fxq.patterns.ops import (ADD, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
@@ -40,6 +42,8 @@ def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
         inner = module[0] if isinstance(module, nn.Sequential) else module
         source, out = low.quantized_source(node.args[0]), low.output(match.last)
         if not isinstance(inner, reference_type) or source is None or out is None or len(node.args) != 1:
+            return False
+        if low.mode(node) != STATIC:
             return False
         low.set_module(node.target, quantized_type.from_reference(module, out.scale, out.zero_point))
         node.args = (source,)
@@ -148,7 +152,7 @@ def functional_weighted(build_float: Callable, quantized_plain: type, quantized_
         node = match.anchor
         source, out = low.quantized_source(node.args[0]), low.output(match.last)
         float_module, weight_qparams = build_float(low, node)
-        if source is None or out is None or float_module is None:
+        if source is None or out is None or float_module is None or low.mode(node) != STATIC:
             return False
         ref = _REFERENCE[type(float_module)].from_float(float_module, weight_qparams)
         quantized_type = quantized_relu if len(match.nodes) > 1 else quantized_plain
@@ -198,4 +202,4 @@ def _rows():
     yield row(SHARES_INPUT_QPARAMS + SIGMOID + HARDSIGMOID + TANH, in_quantized_domain)  # dq -> maxpool -> q
 
 
-LOWERING = Table("lowering", _rows())
+LOWERING = Table("lowering", list(lowering_modes.rows()) + list(_rows()))

@@ -25,7 +25,7 @@ import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from torch import fx, nn
 
@@ -133,6 +133,16 @@ class Table:
             if nodes is not None:
                 return Match(rule, nodes)
         return None
+
+    def matches(self, node: fx.Node, modules: dict[str, nn.Module]) -> Iterator[Match]:
+        """Every rule whose chain matches at ``node``, longest first: a rewrite that declines passes to the next."""
+        op = op_of(node, modules)
+        if op is None:
+            return
+        for rule in self.rules_for(op):
+            nodes = _match_chain(rule, node, modules)
+            if nodes is not None:
+                yield Match(rule, nodes)
 
     def __contains__(self, op: Op) -> bool:
         return bool(self.rules_for(op))

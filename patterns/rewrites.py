@@ -30,9 +30,16 @@ class OutputQParams:
 class Lowering:
     """What a lowering rewrite may use: the GraphModule, its modules, and graph helpers."""
 
-    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module]):
-        self.gm, self.modules = gm, modules
+    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module], state: Any = None):
+        self.gm, self.modules, self.state = gm, modules, state
         self._names: dict[str, int] = {}
+
+    def mode(self, node: fx.Node) -> Optional[str]:
+        """The node's quantization mode (fxq.modes), None when it stays float."""
+        return self.state.modes.get(node.name) if self.state is not None else None
+
+    def qconfig(self, node: fx.Node) -> Any:
+        return self.state.qconfigs.get(node.name) if self.state is not None else None
 
     @staticmethod
     def quantized_source(arg: Any) -> Optional[fx.Node]:

@@ -67,10 +67,13 @@ def test_none_for_linear_keeps_a_fused_linear_relu_float():
     assert "quantize_per_tensor" not in quantized.code
 
 
-def test_a_weight_only_qconfig_raises_instead_of_staying_float():
+def test_a_dynamic_qconfig_on_a_conv_warns_that_it_stays_float():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten(), nn.Linear(12, 4)).eval()
     mapping = fxq.QConfigMapping().set_global(fxq.default_dynamic_qconfig)
-    with pytest.raises(ValueError, match=r"node '_0'.*dynamic.*set_module_name\('0', None\)"):
-        fxq.prepare_fx(nn.Sequential(nn.Linear(4, 4)).eval(), mapping, (torch.randn(2, 4),))
+    with pytest.warns(UserWarning, match=r"no dynamic/weight-only kernel for _0 \(0\): left float"):
+        _, quantized = _quantize(model, (torch.randn(2, 3, 2, 2),), mapping=mapping)
+    assert type(quantized.get_submodule("0")) is nn.Conv2d
+    assert type(quantized.get_submodule("2")).__name__ == "Linear" and "Dynamic" in repr(quantized.get_submodule("2"))
 
 
 def test_unknown_qconfig_dict_key_lists_the_valid_ones():

@@ -1,0 +1,54 @@
+"""Dynamically quantized Linear: int8 (or float16) weights packed ahead of time, activations quantized per call.
+
+fp32 in, fp32 out. Built from a reference Linear (int8) or a float Linear (float16).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fxq.nn import reference
+
+
+class Linear(nn.Module):
+    """``y = x @ W.T + b`` with W packed as int8 (activations quantized on the fly) or as float16."""
+
+    def __init__(self, in_features: int, out_features: int, packed: torch.ScriptObject, dtype: torch.dtype,
+                 relu: bool = False, reduce_range: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype, self.relu, self.reduce_range = dtype, relu, reduce_range
+        self._packed_params = packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float16:
+            y = torch.ops.quantized.linear_dynamic_fp16(x, self._packed_params)
+            return torch.relu(y) if self.relu else y
+        if self.relu:
+            return torch.ops.quantized.linear_relu_dynamic(x, self._packed_params, self.reduce_range)
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params, self.reduce_range)
+
+    @classmethod
+    def from_reference(cls, ref: nn.Module, relu: bool = False, reduce_range: bool = True) -> "Linear":
+        """int8 weights from a reference Linear (its weight qparams), float bias."""
+        if not isinstance(ref, reference.Linear):
+            raise TypeError(f"dynamic Linear.from_reference expects fxq.nn.reference.Linear, got {type(ref).__name__}")
+        packed = torch.ops.quantized.linear_prepack(ref.quantized_weight(), _bias(ref))
+        return cls(ref.in_features, ref.out_features, packed, torch.qint8, relu, reduce_range)
+
+    @classmethod
+    def from_float_fp16(cls, linear: nn.Linear, relu: bool = False) -> "Linear":
+        packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), _bias(linear))
+        return cls(linear.in_features, linear.out_features, packed, torch.float16, relu)
+
+    def _get_name(self) -> str:
+        return "DynamicQuantizedLinear" + ("ReLU" if self.relu else "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight_dtype={self.dtype}"
+
+
+def _bias(module: nn.Module) -> Optional[torch.Tensor]:
+    return None if module.bias is None else module.bias.detach().float()

@@ -1,0 +1,102 @@
+"""Weight-only quantized Linear and Embedding (W8A32 / W8A16): int8 weights, activations stay float.
+
+Linear picks its kernel per call from the activation's dtype and shape:
+  * ``aten._weight_int8pack_mm`` (int8 weight, per-output-channel scale, bfloat16 compute) when in_features is a
+    multiple of 32 — the kernel's constraint (other widths give wrong results) — for bf16 activations, and for
+    fp32 activations, which are rounded to bf16 for the product (W8A32 keeps fp32 at the interface);
+  * otherwise (or with ``exact=True``) the int8 weight is dequantized to the activation dtype and ``F.linear`` runs.
+Both compute ``x @ (scale * W_int8).T + b``; they differ only by bf16 rounding.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxq.nn import reference
+
+PACKED_KERNEL_ALIGNMENT = 32
+
+
+class Linear(nn.Module):
+    """int8 per-output-channel weight, float activations of ``activation_dtype`` (float32 or bfloat16)."""
+
+    def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
+                 activation_dtype: torch.dtype = torch.float32, exact: bool = False):
+        super().__init__()
+        self.register_buffer("weight_int8", weight_int8.to(torch.int8).contiguous())
+        self.register_buffer("weight_scale", scale.detach().float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(activation_dtype))
+        self.activation_dtype, self.exact = activation_dtype, exact
+        self.in_features, self.out_features = weight_int8.shape[1], weight_int8.shape[0]
+
+    @property
+    def uses_packed_kernel(self) -> bool:
+        return not self.exact and self.in_features % PACKED_KERNEL_ALIGNMENT == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_packed_kernel:
+            rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.weight_scale.to(torch.bfloat16))
+            y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
+        weight = (self.weight_int8.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None])
+        return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    @classmethod
+    def from_reference(cls, ref: nn.Module, activation_dtype: torch.dtype = torch.float32,
+                       exact: bool = False) -> "Linear":
+        """From a reference Linear with symmetric per-channel (axis 0) qint8 weight qparams."""
+        if not isinstance(ref, reference.Linear):
+            raise TypeError(f"weight-only Linear.from_reference expects fxq.nn.reference.Linear, got {type(ref).__name__}")
+        weight = ref.quantized_weight()
+        if weight.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) or \
+                bool((weight.q_per_channel_zero_points() != 0).any()):
+            raise ValueError("weight-only Linear needs symmetric per-output-channel int8 weights (zero point 0); use "
+                             "fxq.get_weight_only_qconfig(), whose weight observer is per_channel_symmetric")
+        return cls(weight.int_repr(), weight.q_per_channel_scales(), ref.bias, activation_dtype, exact)
+
+    def _get_name(self) -> str:
+        return "WeightOnlyInt8Linear"
+
+    def extra_repr(self) -> str:
+        kernel = "int8pack_mm" if self.uses_packed_kernel else "dequantize+linear"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"activation_dtype={self.activation_dtype}, kernel={kernel}")
+
+
+class Embedding(nn.Module):
+    """int8 rows with one float scale and zero point per row; looks rows up, then dequantizes only those."""
+
+    def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                 padding_idx: Optional[int] = None):
+        super().__init__()
+        self.register_buffer("weight_int8", weight_int8.contiguous())
+        self.register_buffer("weight_scale", scale.detach().float().contiguous())
+        self.register_buffer("weight_zero_point", zero_point.detach().float().contiguous())
+        self.padding_idx = padding_idx
+        self.num_embeddings, self.embedding_dim = weight_int8.shape
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        rows = self.weight_int8[indices]
+        scale, zero_point = self.weight_scale[indices][..., None], self.weight_zero_point[indices][..., None]
+        return (rows.float() - zero_point) * scale
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, observer: nn.Module) -> "Embedding":
+        """Quantize each row with a per-row observer (ch_axis=0) that has seen the weight."""
+        observer(embedding.weight.detach())
+        scale, zero_point = observer.calculate_qparams()
+        low, high = observer.quant_min, observer.quant_max
+        weight = embedding.weight.detach()
+        dtype = torch.uint8 if low >= 0 else torch.int8
+        quantized = torch.clamp(torch.round(weight / scale[:, None] + zero_point[:, None]), low, high).to(dtype)
+        return cls(quantized, scale, zero_point.float(), embedding.padding_idx)
+
+    def _get_name(self) -> str:
+        return "WeightOnlyInt8Embedding"
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"

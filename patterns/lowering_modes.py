@@ -1,0 +1,78 @@
+"""Lowering rows for the dynamic and weight-only modes (the static rows are in lowering.py).
+
+Their activations are float: a rewrite only swaps the weighted op for a module with int8 (or float16) weights.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from fxq.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY, activation_dtype
+from fxq.nn import fused, reference
+from fxq.nn.quantized import dynamic, weight_only
+from fxq.patterns.functional_weights import float_linear
+from fxq.patterns.matcher import Match, row
+from fxq.patterns.rewrites import Lowering
+
+
+def _linear_parts(module: nn.Module) -> tuple:
+    """(linear, has_relu) of a Linear or a fused LinearReLU."""
+    if isinstance(module, fused.LinearReLU):
+        return module[0], True
+    return module, False
+
+
+def _build(low: Lowering, node, linear: nn.Module, relu: bool):
+    """The module a dynamic / weight-only linear becomes, or None when this rewrite does not apply."""
+    mode = low.mode(node)
+    if mode == DYNAMIC and isinstance(linear, reference.Linear):
+        return dynamic.Linear.from_reference(linear, relu=relu)
+    if mode == DYNAMIC_FP16 and type(linear) is nn.Linear:
+        return dynamic.Linear.from_float_fp16(linear, relu=relu)
+    if mode == WEIGHT_ONLY and isinstance(linear, reference.Linear):
+        module = weight_only.Linear.from_reference(linear, activation_dtype(low.qconfig(node)))
+        return nn.Sequential(module, nn.ReLU()) if relu else module
+    return None
+
+
+def linear_module(low: Lowering, match: Match) -> bool:
+    """call_module Linear / LinearReLU in a dynamic or weight-only mode -> its int8-weight module, same path."""
+    node = match.anchor
+    new = _build(low, node, *_linear_parts(low.modules[node.target]))
+    if new is None:
+        return False
+    low.set_module(node.target, new)
+    return True
+
+
+def functional_linear(low: Lowering, match: Match) -> bool:
+    """F.linear(x, dequantize(quantize(w)), b) in a dynamic / weight-only mode -> a module call on x."""
+    node = match.anchor
+    if low.mode(node) not in (DYNAMIC, WEIGHT_ONLY):
+        return False
+    float_module, weight_qparams = float_linear(low, node)
+    if float_module is None:
+        return False
+    new = _build(low, node, reference.Linear.from_float(float_module, weight_qparams), relu=False)
+    name = low.add_module(node.name + "_quantized", new)
+    with low.gm.graph.inserting_before(node):
+        call = low.gm.graph.call_module(name, (node.args[0],))
+    call.meta.update(node.meta)
+    node.replace_all_uses_with(call)
+    return True
+
+
+def embedding(low: Lowering, match: Match) -> bool:
+    """nn.Embedding in weight-only mode -> int8 rows with per-row qparams."""
+    node = match.anchor
+    if low.mode(node) != WEIGHT_ONLY:
+        return False
+    module = weight_only.Embedding.from_float(low.modules[node.target], low.qconfig(node).weight())
+    low.set_module(node.target, module)
+    return True
+
+
+def rows():
+    yield row((reference.Linear, fused.LinearReLU, nn.Linear), linear_module)   # linear -> int8-weight linear
+    yield row(F.linear, functional_linear)                                        # F.linear -> int8-weight linear
+    yield row(nn.Embedding, embedding)                                            # embedding -> int8 rows

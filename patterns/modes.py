@@ -1,0 +1,18 @@
+"""Which ops each non-static mode quantizes (the static mode's ops are the observation table's)."""
+import torch.nn.functional as F
+from torch import nn
+
+from fxq.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY
+from fxq.nn import fused
+
+_LINEARS = (nn.Linear, fused.LinearReLU, F.linear)
+
+MODE_OPS = {
+    DYNAMIC: _LINEARS,                          # int8 weights, activations quantized per call
+    DYNAMIC_FP16: _LINEARS[:2],                 # float16 weights (modules only)
+    WEIGHT_ONLY: _LINEARS + (nn.Embedding,),    # int8 weights, float activations
+}
+
+# Ops that hold a weight: when a mode cannot run one of these, the user hears about it (it stays float).
+WEIGHTED_OPS = _LINEARS + (nn.Conv1d, nn.Conv2d, nn.Conv3d, fused.ConvReLU1d, fused.ConvReLU2d, fused.ConvReLU3d,
+                           F.conv1d, F.conv2d, F.conv3d, nn.Embedding, nn.EmbeddingBag, nn.LSTM, nn.GRU)
