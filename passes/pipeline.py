@@ -1,7 +1,8 @@
 """The pass manager: the order of the passes, timing, checking and dumping after each one.
 
 Set ``debug_dump_dir`` (or the environment variable ``FXQ_DUMP_DIR``) to get ``NN-<pass>.txt`` with the graph
-after every pass, numbered in pipeline order, and ``timing.txt`` with the time and statistics of each pass.
+after every pass (fxq.dump's table, then the code), numbered in pipeline order, and ``timing.txt`` with the
+time and statistics of each pass.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from torch import fx
 
+from fxq.dump import dump
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes.context import PassContext
 
@@ -59,7 +61,7 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
         done.append(name)
         if directory is not None:
             gm.recompile()  # the Python code is only regenerated when someone reads it
-            (directory / f"{index:02d}-{name}.txt").write_text(gm.code)
+            (directory / f"{index:02d}-{name}.txt").write_text(dump(gm) + "\n" + gm.code)
     gm.recompile()
     if directory is not None:
         _write_timings(directory, timings, ctx)

@@ -1,0 +1,175 @@
+"""One plain record per graph node: what ``fxq.dump`` prints and ``fxq.to_networkx`` stores.
+
+A record is a dict with the fixed keys of :data:`RECORD_KEYS` (schema version :data:`SCHEMA_VERSION`):
+
+- ``index`` (int): position in the graph; ``name``, ``op``, ``target`` (str; callables by qualified name,
+  never by address); ``scope`` / ``scope_type`` (str): the module path and class the node came from
+  (``""`` at the root); for ``call_module`` nodes ``scope_type`` is the class of the module called now.
+- ``inputs`` (list of str): names of the nodes it reads, in argument order, each once.
+- ``dtype`` (str or None) and ``shape`` (list of int or None): its output on the example inputs.
+- ``qconfig`` (str or None): the short form of the QConfig prepare assigned to it (prepared graphs only).
+- ``quant`` (dict or None), for observers, quantize calls and ops with a quantized output: ``dtype`` (str),
+  ``min`` / ``max`` (float or None: the observed range), ``scale`` (float, or list of float per channel),
+  ``zero_point`` (int, or list of int).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import fx
+from torch.fx.node import _get_qualified_name
+
+from fxq.nn.quantized._base import QuantizedModule
+from fxq.observers import ObserverBase
+from fxq.state import get_state
+from fxq.tracer import scope_of
+
+SCHEMA_VERSION = 1
+RECORD_KEYS = ("index", "name", "op", "target", "scope", "scope_type", "inputs", "dtype", "shape", "qconfig",
+               "quant")
+_QUANTIZE_CALLS = (torch.quantize_per_tensor, torch.quantize_per_channel)
+
+
+def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None) -> list[dict]:
+    """A record per node, in graph order. With ``example_inputs`` the graph runs once to learn the actual
+    output dtypes and shapes (a converted graph's quint8 tensors); otherwise they come from prepare's record.
+
+    >>> import torch, fxq
+    >>> gm = fxq.prepare_fx(torch.nn.Linear(2, 2).eval(), fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
+    >>> [r["name"] for r in node_records(gm)]
+    ['x', 'activation_post_process_0', 'linear', 'activation_post_process_1', 'output']
+    """
+    values = _run(gm, example_inputs) if example_inputs is not None else {}
+    state = get_state(gm)
+    qconfigs = state.qconfigs if state is not None else {}
+    modules = dict(gm.named_modules())
+    return [_record(index, node, modules, values, qconfigs) for index, node in enumerate(gm.graph.nodes)]
+
+
+def _record(index: int, node: fx.Node, modules: dict, values: dict, qconfigs: dict) -> dict:
+    scope = scope_of(node)
+    scope_type = scope.type_name
+    if node.op == "call_module" and node.target in modules:
+        scope_type = _class_name(type(modules[node.target]))
+    dtype, shape = _value(node, values)
+    qconfig = qconfigs.get(node.name)
+    return {"index": index, "name": node.name, "op": node.op, "target": target_name(node),
+            "scope": scope.path, "scope_type": scope_type, "inputs": _inputs(node), "dtype": dtype, "shape": shape,
+            "qconfig": qconfig.short() if qconfig is not None else None, "quant": _quant(node, modules)}
+
+
+def target_name(node: fx.Node) -> str:
+    """Deterministic text for a node's target: a qualified name for callables, the string otherwise."""
+    if isinstance(node.target, str):
+        return node.target
+    try:
+        return _get_qualified_name(node.target).replace("_operator.", "operator.")
+    except Exception:  # an exotic callable: its name is still stable, its repr may hold an address
+        return getattr(node.target, "__name__", type(node.target).__name__)
+
+
+def _class_name(cls: type) -> str:
+    short = f"torch.nn.{cls.__name__}"
+    return short if cls.__module__.startswith("torch.nn.modules") else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _inputs(node: fx.Node) -> list[str]:
+    seen: list[str] = []
+    for arg in node.all_input_nodes:
+        if arg.name not in seen:
+            seen.append(arg.name)
+    return seen
+
+
+def _run(gm: fx.GraphModule, example_inputs: tuple) -> dict:
+    values: dict = {}
+
+    class _Capture(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> Any:
+            values[node.name] = result = super().run_node(node)
+            return result
+
+    with torch.no_grad():
+        _Capture(gm).run(*example_inputs)
+    return values
+
+
+def _value(node: fx.Node, values: dict) -> tuple[Optional[str], Optional[list]]:
+    if node.name in values:
+        value = values[node.name]
+        if isinstance(value, torch.Tensor):
+            return _dtype_name(value.dtype), list(value.shape)
+        return None, None
+    recorded = node.meta.get("fxq_value")
+    if recorded is None or recorded.dtype is None:
+        return None, None
+    return _dtype_name(recorded.dtype), list(recorded.shape) if recorded.shape is not None else None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _quant(node: fx.Node, modules: dict) -> Optional[dict]:
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        if isinstance(module, ObserverBase):
+            return _observer_quant(module)
+        if isinstance(module, QuantizedModule):
+            return _quant_dict("quint8", None, None, module.scale, module.zero_point)
+        return None
+    if node.op != "call_function":
+        return None
+    if node.target in _QUANTIZE_CALLS:
+        dtype = node.args[-1]
+        return _quant_dict(_dtype_name(dtype), None, None, _constant(node.args[1], modules, node),
+                           _constant(node.args[2], modules, node))
+    attrs = {arg.target.rsplit("_", 1)[-1]: arg for arg in node.all_input_nodes
+             if arg.op == "get_attr" and arg.target.endswith(("_scale", "_point"))}
+    if "scale" in attrs and "point" in attrs:  # a quantized kernel taking its output qparams
+        return _quant_dict("quint8", None, None, _constant(attrs["scale"], modules, node),
+                           _constant(attrs["point"], modules, node))
+    return None
+
+
+def _observer_quant(observer: ObserverBase) -> dict:
+    low, high = getattr(observer, "min_val", None), getattr(observer, "max_val", None)
+    scale = zero_point = None
+    if observer.has_data():
+        scale, zero_point = observer.calculate_qparams()
+    return _quant_dict(_dtype_name(observer.dtype), low, high, scale, zero_point)
+
+
+def _constant(arg: Any, modules: dict, node: fx.Node) -> Any:
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        owner = node.graph.owning_module
+        value = owner
+        for part in arg.target.split("."):
+            value = getattr(value, part)
+        return value
+    return arg
+
+
+def _quant_dict(dtype: str, low: Any, high: Any, scale: Any, zero_point: Any) -> dict:
+    return {"dtype": dtype, "min": _number(low, float), "max": _number(high, float),
+            "scale": _number(scale, float), "zero_point": _number(zero_point, int)}
+
+
+def _number(value: Any, kind: type) -> Any:
+    """A Python number, a list of them (per channel), or None; floats rounded so dumps are stable text."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 0:
+            return None
+        if value.numel() > 1:
+            return [_round(kind(v)) for v in value.flatten().tolist()]
+        value = value.item()
+    if kind is float and abs(float(value)) == float("inf"):
+        return None  # an observer that saw nothing still holds +-inf
+    return _round(kind(value))
+
+
+def _round(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) else value
