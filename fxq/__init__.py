@@ -16,6 +16,8 @@ from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConf
                         get_default_qconfig_mapping, get_weight_only_qconfig, get_weight_only_qconfig_mapping)
 from fxq.passes.pipeline import PassError
 from fxq.dump import dump, to_networkx
+from fxq.calibration import calibrate
+from fxq.numeric import compare, sensitivity
 from fxq.tracer import TraceError
 
 __version__ = "0.1.0"
@@ -26,5 +28,5 @@ __all__ = [
     "get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "default_qconfig",
     "default_per_channel_qconfig", "default_dynamic_qconfig", "float16_dynamic_qconfig", "get_weight_only_qconfig",
     "get_weight_only_qconfig_mapping", "observers", "TraceError", "PassError",
-    "dump", "to_networkx",
+    "dump", "to_networkx", "calibrate", "compare", "sensitivity",
 ]

@@ -15,9 +15,10 @@ are each node's ``inputs``. A change to the schema bumps ``version``.
 Example::
 
     >>> import torch, fxq
-    >>> gm = fxq.prepare_fx(torch.nn.Linear(2, 2).eval(), fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
-    >>> print(fxq.dump(gm).splitlines()[2][:40])
-      0  x                          placeholde
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
+    >>> gm = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
+    >>> print(fxq.dump(gm).splitlines()[2][:12])
+    0    input_1
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def dump(gm: fx.GraphModule, format: str = "table", path: Union[str, Path, None]
     e.g. quint8 in a converted model; without it the values are those recorded by prepare_fx.
 
     >>> import torch, fxq
-    >>> gm = fxq.prepare_fx(torch.nn.Linear(2, 2).eval(), fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
+    >>> gm = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
     >>> fxq.dump(gm, "json").count('"op": "call_module"')
     3
     """
@@ -68,9 +70,10 @@ def to_networkx(gm: fx.GraphModule, example_inputs: Optional[tuple] = None) -> n
     an edge from each input to its user. Missing values are left out, lists become text, so GraphML holds it.
 
     >>> import torch, fxq
-    >>> gm = fxq.prepare_fx(torch.nn.Linear(2, 2).eval(), fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
+    >>> gm = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
     >>> g = fxq.to_networkx(gm)
-    >>> g.nodes["linear"]["op"], list(g.successors("linear"))
+    >>> g.nodes["_0"]["op"], list(g.successors("_0"))
     ('call_module', ['activation_post_process_1'])
     """
     return _graph(node_records(gm, example_inputs))

@@ -36,9 +36,10 @@ def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None) -> 
     output dtypes and shapes (a converted graph's quint8 tensors); otherwise they come from prepare's record.
 
     >>> import torch, fxq
-    >>> gm = fxq.prepare_fx(torch.nn.Linear(2, 2).eval(), fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
+    >>> gm = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.ones(1, 2),))
     >>> [r["name"] for r in node_records(gm)]
-    ['x', 'activation_post_process_0', 'linear', 'activation_post_process_1', 'output']
+    ['input_1', 'activation_post_process_0', '_0', 'activation_post_process_1', 'output']
     """
     values = _run(gm, example_inputs) if example_inputs is not None else {}
     state = get_state(gm)

@@ -1,0 +1,183 @@
+"""Where does the quantization error come from? Per-layer SQNR between a float and a quantized model, and a
+layer sensitivity ranking: the job of torch.ao's numeric suite, each as one call.
+
+:func:`compare` runs both models on the same inputs and matches their graphs by node: the float model is traced
+and fused the way prepare_fx fuses it (so a fused conv-bn-relu is compared with the float conv-bn-relu), and a
+node of the quantized graph is matched to the float node of the same name; ops the lowering re-created under a
+numbered name (``add`` -> ``add_1``) are matched by base name, in graph order, when the shapes agree.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from tabulate import tabulate
+from torch import fx, nn
+
+from fxq.graph_records import target_name
+from fxq.tracer import scope_of
+
+_SKIPPED_OPS = ("placeholder", "get_attr", "output")
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """The SQNR (dB) of one node's quantized output against the float model's, over all inputs."""
+
+    scope: str       # module path of the node ("" at the root)
+    node: str        # node name in the float graph
+    op: str          # e.g. "torch.nn.Conv2d" or "operator.add"
+    sqnr_db: float
+
+
+class Comparison(list):
+    """A list of :class:`LayerError`, worst (lowest SQNR) first; ``str()`` is a table."""
+
+    def table(self, limit: Optional[int] = None) -> str:
+        rows = [(e.scope or "<root>", e.node, e.op, f"{e.sqnr_db:.1f}") for e in self[:limit]]
+        return tabulate(rows, headers=("layer", "node", "op", "SQNR dB"), tablefmt="simple", disable_numparse=True)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Iterable[Any]) -> Comparison:
+    """Per-layer SQNR of ``quantized_model`` (from convert_fx) against ``float_model``, worst first.
+
+    ``inputs`` is an iterable of batches; a batch is a tensor or a tuple of the forward's arguments.
+
+    >>> import torch, fxq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    >>> data = [torch.randn(16, 8) for _ in range(4)]
+    >>> prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (data[0],))
+    >>> _ = fxq.calibrate(prepared, data, progress=False)
+    >>> errors = fxq.compare(model, fxq.convert_fx(prepared), data)
+    >>> sorted(e.node for e in errors)
+    ['_0', '_2']
+    >>> print(errors)  # doctest: +SKIP
+    """
+    reference = _fused_float_graph(float_model)
+    pairs = _match(reference, quantized_model)
+    signal: dict = {}
+    noise: dict = {}
+    for batch in inputs:
+        args = batch if isinstance(batch, tuple) else (batch,)
+        float_values = _values(reference, args, set(pairs.values()))
+        quantized_values = _values(quantized_model, args, set(pairs))
+        for quantized_name, float_name in pairs.items():
+            expected, actual = float_values.get(float_name), quantized_values.get(quantized_name)
+            if not (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)):
+                continue
+            actual = actual.dequantize() if actual.is_quantized else actual
+            if actual.shape != expected.shape or not expected.is_floating_point():
+                continue
+            signal[float_name] = signal.get(float_name, 0.0) + float(expected.double().pow(2).sum())
+            noise[float_name] = noise.get(float_name, 0.0) + float((expected.double() - actual.double()).pow(2).sum())
+    nodes = {node.name: node for node in reference.graph.nodes}
+    result = Comparison(_layer_error(nodes[name], signal[name], noise[name], reference) for name in signal)
+    result.sort(key=lambda e: (e.sqnr_db, e.node))
+    return result
+
+
+def _layer_error(node: fx.Node, signal: float, noise: float, gm: fx.GraphModule) -> LayerError:
+    sqnr = float("inf") if noise == 0 else 10 * torch.log10(torch.tensor(signal / max(noise, 1e-300))).item()
+    op = type(gm.get_submodule(node.target)).__name__ if node.op == "call_module" else target_name(node)
+    return LayerError(scope_of(node).path, node.name, op, sqnr)
+
+
+def _fused_float_graph(model: nn.Module) -> fx.GraphModule:
+    from fxq.api import fuse_fx  # fxq.api imports the pipeline, which imports fxq.dump: import late
+    return fuse_fx(model.eval() if model.training else model)
+
+
+def _match(reference: fx.GraphModule, quantized: fx.GraphModule) -> dict[str, str]:
+    """Quantized node name -> float node name, for nodes both graphs compute."""
+    float_nodes = [n for n in reference.graph.nodes if n.op not in _SKIPPED_OPS]
+    float_names = {n.name for n in float_nodes}
+    quantized_nodes = [n for n in quantized.graph.nodes if n.op not in _SKIPPED_OPS]
+    quantized_names = {n.name for n in quantized_nodes}
+    pairs = {n.name: n.name for n in quantized_nodes if n.name in float_names}
+    # float nodes the lowering replaced: their base name is free in the quantized graph
+    waiting: dict[str, list[str]] = {}
+    for node in float_nodes:
+        if node.name not in quantized_names:
+            waiting.setdefault(_base(node.name), []).append(node.name)
+    for node in quantized_nodes:
+        if node.name not in pairs and waiting.get(_base(node.name)):
+            pairs[node.name] = waiting[_base(node.name)].pop(0)
+    return pairs
+
+
+def _base(name: str) -> str:
+    return re.sub(r"_\d+$", "", name)
+
+
+def _values(gm: fx.GraphModule, args: tuple, wanted: set) -> dict:
+    values: dict = {}
+
+    class _Capture(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> Any:
+            result = super().run_node(node)
+            if node.name in wanted:
+                values[node.name] = result
+            return result
+
+    with torch.no_grad():
+        _Capture(gm).run(*args)
+    return values
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """How much the metric moved when only ``layer`` stayed float (positive: quantizing it costs that much)."""
+
+    layer: str
+    metric: float
+    change: float
+
+
+def sensitivity(float_model: nn.Module, qconfig_mapping: Any, calibration: Sequence[Any],
+                eval_fn: Callable[[nn.Module], float], layers: Optional[Sequence[str]] = None) -> list[Sensitivity]:
+    """Rank layers by how much the metric recovers when only that layer is left in float, most sensitive first.
+
+    ``eval_fn(model) -> float`` is higher-is-better (e.g. accuracy). ``layers`` defaults to every Linear and
+    Conv module. Costs one prepare + calibrate + convert + eval per layer.
+
+    >>> import torch, fxq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    >>> data = [torch.randn(16, 8) for _ in range(2)]
+    >>> score = lambda m: -float((m(data[0]) - model(data[0])).pow(2).mean())
+    >>> ranking = fxq.sensitivity(model, fxq.get_default_qconfig_mapping(), data, score)
+    >>> sorted(r.layer for r in ranking)
+    ['0', '2']
+    """
+    from fxq.api import convert_fx, prepare_fx
+    from fxq.calibration import calibrate
+    from fxq.config import QConfigMapping
+
+    if getattr(float_model, "_fxq_state", None) is not None:
+        raise TypeError("fxq.sensitivity takes the float model (it prepares one copy per layer); pass the model "
+                        "you gave prepare_fx, not the prepared one")
+    mapping = QConfigMapping.coerce(qconfig_mapping)
+    first = calibration[0]
+    example = first if isinstance(first, tuple) else (first,)
+    weighted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    layers = list(layers) if layers is not None else [
+        name for name, module in float_model.named_modules() if isinstance(module, weighted)]
+
+    def quantized_metric(float_layer: Optional[str]) -> float:
+        layer_mapping = copy.deepcopy(mapping)
+        if float_layer is not None:
+            layer_mapping.set_module_name(float_layer, None)
+        prepared = prepare_fx(float_model, layer_mapping, example)
+        calibrate(prepared, calibration, progress=False)
+        return float(eval_fn(convert_fx(prepared)))
+
+    baseline = quantized_metric(None)
+    ranking = [Sensitivity(layer, metric, metric - baseline) for layer in layers
+               for metric in (quantized_metric(layer),)]
+    ranking.sort(key=lambda s: (-s.change, s.layer))
+    return ranking
