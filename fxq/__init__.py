@@ -8,7 +8,8 @@ A drop-in for ``torch.ao.quantization.quantize_fx``::
         prepared(batch)
     quantized = fxq.convert_fx(prepared)
 """
-from fxq import observers
+from fxq import mpath, observers
+from fxq.mpath import find_quantizers
 from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx
 from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfig, QConfigMapping,
                         default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
@@ -27,6 +28,6 @@ __all__ = [
     "PrepareCustomConfig", "ConvertCustomConfig", "FuseCustomConfig", "get_default_qconfig",
     "get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "default_qconfig",
     "default_per_channel_qconfig", "default_dynamic_qconfig", "float16_dynamic_qconfig", "get_weight_only_qconfig",
-    "get_weight_only_qconfig_mapping", "observers", "TraceError", "PassError",
+    "get_weight_only_qconfig_mapping", "observers", "mpath", "find_quantizers", "TraceError", "PassError",
     "dump", "to_networkx", "calibrate", "compare", "sensitivity",
 ]

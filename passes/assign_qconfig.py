@@ -34,7 +34,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         path, object_types, counted_in = _lookup_key(node, modules)
         index = calls_so_far[(counted_in, object_types[0])]
         calls_so_far[(counted_in, object_types[0])] += 1
-        qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in)
+        qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in, node=node)
         mode = quant_mode(qconfig)
         if mode not in (None, STATIC) and op_of(node, modules) not in MODE_OPS[mode]:
             if op_of(node, modules) in WEIGHTED_OPS:

@@ -22,7 +22,8 @@ __all__ = ["QConfigMapping", "QCONFIG_DICT_KEYS"]
 
 # The legacy qconfig_dict keys, in torch.ao's to_dict order.
 QCONFIG_DICT_KEYS = ("", "object_type", "module_name_regex", "module_name", "module_name_object_type_order")
-_ENTRY_LENGTH = {"object_type": 2, "module_name_regex": 2, "module_name": 2, "module_name_object_type_order": 4}
+_ENTRY_LENGTH = {"mpath": 2, "object_type": 2, "module_name_regex": 2, "module_name": 2,
+                 "module_name_object_type_order": 4}
 
 
 def as_qconfig(value: Any, where: str) -> QConfigAny:
@@ -40,6 +41,7 @@ class QConfigMapping:
     Rule kinds, from the one that wins to the fallback:
 
     ================================  ==========================================================
+    mpath                             nodes an fxq.mpath query selects (first registered wins)
     module_name_object_type_order     the n-th call of a type inside one module (exact module)
     module_name                       a module and all its submodules (most specific path wins)
     module_name_regex                 module paths matching a regex (first registered wins)
@@ -83,6 +85,14 @@ class QConfigMapping:
         """Set the qconfig of the module at this dotted path and of everything inside it."""
         return self._set("module_name", module_name, qconfig, f"set_module_name({module_name!r})")
 
+    def set_mpath(self, query: str, qconfig: QConfigAny) -> "QConfigMapping":
+        """Set the qconfig of every node the mpath query selects; wins over every other rule kind.
+
+        >>> from fxq.config import default_qconfig
+        >>> mapping = QConfigMapping().set_global(default_qconfig).set_mpath("**/head/**", None)  # head stays float
+        """
+        return self._set("mpath", query, qconfig, f"set_mpath({query!r})")
+
     def set_module_name_object_type_order(
         self, module_name: str, object_type: Any, index: int, qconfig: QConfigAny
     ) -> "QConfigMapping":
@@ -109,6 +119,10 @@ class QConfigMapping:
         return MappingProxyType(self._rules["module_name"].entries)
 
     @property
+    def mpath_qconfigs(self) -> Mapping[str, QConfigAny]:
+        return MappingProxyType(self._rules["mpath"].entries)
+
+    @property
     def module_name_object_type_order_qconfigs(self) -> Mapping[tuple, QConfigAny]:
         return MappingProxyType(self._rules["module_name_object_type_order"].entries)
 
@@ -116,7 +130,7 @@ class QConfigMapping:
 
     def qconfig_for(
         self, module_path: str, object_types: tuple = (), call_index: Optional[int] = None, *,
-        counted_in: Optional[str] = None,
+        counted_in: Optional[str] = None, node: Any = None,
     ) -> QConfigAny:
         """The qconfig of one graph node: the winning rule's qconfig (None = keep float).
 
@@ -130,6 +144,7 @@ class QConfigMapping:
                       module_name_object_type_order rules use it (None: they do not apply).
         counted_in:   the module whose calls call_index counts; defaults to module_path. For a
                       call_module node pass the parent's path: torch.ao counts a submodule call in its parent.
+        node:         the fx node itself (of a GraphModule); set_mpath rules need it and do not apply without it.
 
         Results are cached per arguments until the next set_* call.
 
@@ -140,7 +155,7 @@ class QConfigMapping:
         [True, False, True]
         """
         query = NodeQuery(module_path, tuple(object_types), call_index,
-                          module_path if counted_in is None else counted_in)
+                          module_path if counted_in is None else counted_in, self._rules["mpath"].selecting(node))
         if query not in self._cache:
             self._cache[query] = self._resolve(query)
         return self._cache[query]
@@ -156,7 +171,10 @@ class QConfigMapping:
 
     def to_dict(self) -> dict[str, Any]:
         """The legacy qconfig_dict: {"": global, "object_type": [(type, qconfig)], ...} (every key present)."""
-        return {key: self._rules[key].legacy() for key in QCONFIG_DICT_KEYS}
+        legacy = {key: self._rules[key].legacy() for key in QCONFIG_DICT_KEYS}
+        if self._rules["mpath"].entries:  # fxq's own key, only when used, so torch.ao-shaped dicts stay equal
+            legacy["mpath"] = self._rules["mpath"].legacy()
+        return legacy
 
     @classmethod
     def from_dict(cls, qconfig_dict: Mapping[str, Any]) -> "QConfigMapping":
@@ -166,7 +184,7 @@ class QConfigMapping:
         >>> QConfigMapping.from_dict({"": default_qconfig, "module_name": [("fc", None)]}).module_name_qconfigs
         mappingproxy({'fc': None})
         """
-        unknown = [key for key in qconfig_dict if key not in QCONFIG_DICT_KEYS]
+        unknown = [key for key in qconfig_dict if key not in QCONFIG_DICT_KEYS + ("mpath",)]
         if unknown:
             valid = ", ".join(repr(key) for key in QCONFIG_DICT_KEYS)
             raise ValueError(f"qconfig_dict has unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {valid}")
@@ -207,7 +225,7 @@ class QConfigMapping:
 
     def __repr__(self) -> str:
         lines = [f"QConfigMapping(global={self.global_qconfig}"]
-        for key in QCONFIG_DICT_KEYS[1:]:
+        for key in QCONFIG_DICT_KEYS[1:] + ("mpath",):
             for entry in self._rules[key].legacy():
                 *rule_key, qconfig = entry
                 lines.append(f"  {key} {', '.join(_name(part) for part in rule_key)}: {qconfig}")
@@ -215,6 +233,7 @@ class QConfigMapping:
 
 
 _SETTER = {
+    "mpath": "set_mpath",
     "object_type": "set_object_type",
     "module_name_regex": "set_module_name_regex",
     "module_name": "set_module_name",

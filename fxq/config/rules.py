@@ -3,8 +3,7 @@
 Each kind stores its entries and answers `lookup(query)` with the qconfig it assigns to one graph
 node, or `UNSET` when none of its entries applies. An explicit `None` entry ("keep this float") is
 an answer, not UNSET, so it stops the search like any qconfig. `PRECEDENCE` lists the kinds from
-the one that wins to the fallback; adding a kind (e.g. mpath queries, which go just above
-module_name) is a new class here plus one line in `PRECEDENCE`.
+the one that wins to the fallback; adding a kind is a new class here plus one line in `PRECEDENCE`.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["UNSET", "NodeQuery", "PRECEDENCE", "GlobalRule", "ObjectTypeRules", "ModuleNameRegexRules",
-           "ModuleNameRules", "ModuleNameObjectTypeOrderRules"]
+           "ModuleNameRules", "ModuleNameObjectTypeOrderRules", "MPathRules"]
 
 
 class _Unset:
@@ -34,6 +33,7 @@ class NodeQuery:
     object_types: tuple = ()
     call_index: Optional[int] = None
     counted_in: str = ""
+    mpath: tuple = ()  # the set_mpath queries that select this node (MPathRules.selecting), registration order
 
 
 def _check_hashable(key: Any, where: str) -> None:
@@ -168,8 +168,50 @@ class ModuleNameObjectTypeOrderRules(_TableRules):
         return [(*rule_key, qconfig) for rule_key, qconfig in self.entries.items()]
 
 
-# The rule kind that wins comes first. A future mpath kind slots in above ModuleNameRules.
+class MPathRules(_TableRules):
+    """mpath query -> qconfig for every graph node the query selects; the first registered match wins.
+
+    Needs the node itself (``qconfig_for(..., node=node)``): each query is matched once per graph, and a
+    node's lookup key carries the queries selecting it, so resolution stays cached per distinct answer.
+    """
+
+    key = "mpath"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selected: dict = {}  # query -> (graph, node count, set of nodes) for the graph last asked about
+
+    def set(self, rule_key: str, qconfig: Any) -> None:
+        from fxq.mpath import compile as compile_query  # late: fxq.mpath imports the tracer, not the config
+
+        if not isinstance(rule_key, str):
+            raise TypeError(f"set_mpath: the query must be a str such as '**/head/**', got {rule_key!r}")
+        compile_query(rule_key)  # a bad query fails here, with a caret, not in the middle of prepare_fx
+        self._selected.pop(rule_key, None)
+        super().set(rule_key, qconfig)
+
+    def selecting(self, node: Any) -> tuple:
+        """The registered queries that select ``node`` (a node of a GraphModule), in registration order."""
+        if not self.entries or node is None:
+            return ()
+        return tuple(query for query in self.entries if node in self._nodes(query, node.graph))
+
+    def _nodes(self, query: str, graph: Any) -> set:
+        from fxq.mpath import search
+
+        cached = self._selected.get(query)
+        if cached is None or cached[0] is not graph or cached[1] != len(graph.nodes):  # rebuilt when edited
+            nodes = set(search(query, graph.owning_module).nodes)
+            cached = self._selected[query] = (graph, len(graph.nodes), nodes)
+        return cached[2]
+
+    def lookup(self, query: NodeQuery) -> Any:
+        return self.entries[query.mpath[0]] if query.mpath else UNSET
+
+
+# The rule kind that wins comes first: mpath queries, then the module-name kinds, regex, type, global.
 PRECEDENCE: tuple[Callable[[], Any], ...] = (
+    MPathRules,
     ModuleNameObjectTypeOrderRules,
     ModuleNameRules,
     ModuleNameRegexRules,

@@ -1,0 +1,115 @@
+"""A compiled query: a small NFA over path elements, built once per query.
+
+Groups are expanded into alternatives, each alternative is a list of segments, and a state is a position in one
+alternative. ``**`` is a state that loops on any element and may also be skipped. Matching a path is stepping
+the set of live states element by element; callers memoise the state set of every module scope prefix, so a
+search costs one step per distinct scope plus one per node: linear in (nodes x segments).
+
+>>> program = compile_query("a/**/[re:f.*]")
+>>> program.matches_path(["a", "b", "fc"]), program.matches_path(["b", "fc"])
+(True, False)
+"""
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+from fxq.mpath.fragments import Element
+from fxq.mpath.parser import MANY, ONE, Group, Query, parse
+
+__all__ = ["Program", "compile_query"]
+
+_TEST, _ONE, _MANY, _END = 0, 1, 2, 3
+
+
+def _expand(segments: Sequence) -> list[list]:
+    """All flat segment lists a sequence with groups stands for."""
+    choices = []
+    for segment in segments:
+        if isinstance(segment, Group):
+            choices.append([flat for alternative in segment.alternatives for flat in _expand(alternative)])
+        else:
+            choices.append([[segment]])
+    return [[s for part in combination for s in part] for combination in itertools.product(*choices)]
+
+
+class Program:
+    """The NFA of one query. ``anywhere=True`` lets the query match a suffix of the path (used by filter)."""
+
+    def __init__(self, query: Query, anywhere: bool = False):
+        self.query = query
+        self.kinds: list[int] = []
+        self.fragments: list = []
+        for flat in _expand(query.segments):
+            if anywhere and not query.rooted:
+                flat = [MANY] + flat
+            for segment in flat:
+                kind = _MANY if segment == MANY else _ONE if segment == ONE else _TEST
+                self.kinds.append(kind)
+                self.fragments.append(None if kind != _TEST else segment)
+            self.kinds.append(_END)
+            self.fragments.append(None)
+        self._closure = [self._close(state) for state in range(len(self.kinds))]
+        starts = [0] + [i + 1 for i, kind in enumerate(self.kinds[:-1]) if kind == _END]
+        self.start = frozenset().union(*(self._closure[s] for s in starts))
+        self._final_tests: dict[frozenset, tuple] = {}
+
+    def _close(self, state: int) -> frozenset:
+        closure = {state}
+        while self.kinds[state] == _MANY:
+            state += 1
+            closure.add(state)
+        return frozenset(closure)
+
+    def step(self, states: frozenset, element: Element) -> frozenset:
+        """The live states after consuming one element."""
+        live: set = set()
+        for state in states:
+            kind = self.kinds[state]
+            if kind == _MANY:
+                live |= self._closure[state]  # ** consumes the element and may consume more (its closure is already in states)
+            elif kind == _ONE or (kind == _TEST and self.fragments[state].matches(element)):
+                live |= self._closure[state + 1]
+        return frozenset(live)
+
+    def accepts(self, states: frozenset) -> bool:
+        return any(self.kinds[state] == _END for state in states)
+
+    def final_tests(self, states: frozenset) -> tuple:
+        """The fragments of which one must match the last element for the path to be accepted (True: any does).
+
+        Memoised per state set: a node's last step only needs these, not a full step.
+        """
+        tests = self._final_tests.get(states)
+        if tests is None:
+            found = []
+            for state in states:
+                kind = self.kinds[state]
+                if kind == _MANY and _END_IN(self, state) or kind == _ONE and _END_IN(self, state + 1):
+                    found = [True]
+                    break
+                if kind == _TEST and _END_IN(self, state + 1):
+                    found.append(self.fragments[state])
+            tests = self._final_tests[states] = tuple(found)
+        return tests
+
+    def accepts_last(self, states: frozenset, element: Element) -> bool:
+        return any(test is True or test.matches(element) for test in self.final_tests(states))
+
+    def matches_path(self, names: Iterable) -> bool:
+        """Match a path given as names or Elements (convenience for tests and small trees)."""
+        states = self.start
+        for item in names:
+            states = self.step(states, item if isinstance(item, Element) else Element(item))
+        return self.accepts(states)
+
+
+def _END_IN(program: Program, state: int) -> bool:
+    return any(program.kinds[s] == _END for s in program._closure[state])
+
+
+@lru_cache(maxsize=256)
+def compile_query(text: str, anywhere: bool = False) -> Program:
+    """Parse and compile once; the same text returns the same Program (fragments are stateless or memoising)."""
+    return Program(parse(text), anywhere)
