@@ -20,6 +20,8 @@ from fxq.dump import dump, to_networkx
 from fxq.calibration import calibrate
 from fxq.numeric import compare, sensitivity
 from fxq.tracer import TraceError
+from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, cross_layer_equalize,
+                              default_equalization_qconfig)
 
 __version__ = "0.1.0"
 
@@ -31,3 +33,4 @@ __all__ = [
     "get_weight_only_qconfig_mapping", "observers", "mpath", "find_quantizers", "TraceError", "PassError",
     "dump", "to_networkx", "calibrate", "compare", "sensitivity",
 ]
+__all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization"]

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 from torch import fx, nn
 
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
+from fxq.equalization import apply_equalization_config
 from fxq.passes import pipeline
 from fxq.passes.context import PassContext
 from fxq.state import FxqState, get_state, set_state
@@ -41,18 +42,19 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     >>> quantized(torch.randn(2, 4)).shape
     torch.Size([2, 4])
     """
-    _reject_unsupported(_equalization_config, backend_config)
+    _reject_unsupported(None, backend_config)
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_fx expects an nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple):
         raise TypeError(f"example_inputs must be a tuple of the forward's arguments, got "
                         f"{type(example_inputs).__name__}; write example_inputs=(x,) for one input")
     mapping = QConfigMapping.coerce(qconfig_mapping)
+    model, equalization_mapping = apply_equalization_config(model, _equalization_config)  # CLE returns a copy
     prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
     gm = _trace_copy(model, prepare_config)
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
-                      state=state)
+                      state=state, equalization_mapping=equalization_mapping)
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
     set_state(gm, state)
     _emit_warnings(ctx)
@@ -74,7 +76,7 @@ def convert_to_reference_fx(graph_module: fx.GraphModule, convert_custom_config:
                             backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
     """The reference representation: ``quantize_per_tensor -> dequantize -> float op -> quantize_per_tensor``,
     with weighted modules replaced by reference modules (float ops on quantize-dequantized weights)."""
-    return _convert(graph_module, convert_custom_config, pipeline.CONVERT[:1], debug_dump_dir, backend_config)
+    return _convert(graph_module, convert_custom_config, pipeline.REFERENCE_CONVERT, debug_dump_dir, backend_config)
 
 
 def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_config: Any = None) -> fx.GraphModule:
@@ -136,9 +138,6 @@ def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.Gra
 
 
 def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
-    if equalization_config is not None:
-        raise NotImplementedError("_equalization_config: input-weight equalization is not implemented yet in fxq; "
-                                  "call prepare_fx without it")
     if backend_config is not None:
         raise NotImplementedError("backend_config: fxq does not take torch.ao BackendConfig objects; register ops "
                                   "with fxq.patterns instead, or leave backend_config=None")

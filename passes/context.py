@@ -19,6 +19,7 @@ class PassContext:
     prepare_config: Any = None
     convert_config: Any = None
     example_inputs: tuple = ()
+    equalization_mapping: Any = None  # QConfigMapping of EqualizationQConfig (prepare's _equalization_config)
     state: Any = None  # the fxq state stored on the observed GraphModule (fxq.state.FxqState)
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)

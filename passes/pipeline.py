@@ -15,6 +15,7 @@ from torch import fx
 
 from fxq.dump import dump
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
+from fxq.passes import equalize, insert_equalization_observers
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -24,13 +25,16 @@ PREPARE = [
     fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
     assign_qconfig.run,
     insert_observers.run,
+    insert_equalization_observers.run,  # after insert_observers: equalization observers sit behind input observers
 ]
 
 CONVERT = [
+    equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels
     cleanup.run,
 ]
+REFERENCE_CONVERT = CONVERT[:CONVERT.index(to_reference.run) + 1]  # convert_to_reference_fx stops here
 
 
 class PassError(RuntimeError):

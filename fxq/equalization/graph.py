@@ -1,0 +1,151 @@
+"""Which graph nodes equalization handles, and how an equalized layer's input chain reaches the previous layer.
+
+A *layer* is ``nn.Linear`` / ``nn.Conv1d/2d/3d`` (groups 1), their fused ReLU forms, or ``F.linear`` /
+``F.conv1d/2d/3d`` with a ``get_attr`` weight. A *connected chain* is what lies between two layers when every
+node on it has one user and commutes with a positive per-channel scale (relu(s*x) = s*relu(x)):
+
+    layer1 -> [obs] -> relu / leaky_relu / max pool / avg pool / dropout / identity -> [obs] -> layer2
+
+For such a chain the scale of layer2's input is folded into layer1's weight rows and bias instead of a ``mul``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxq.equalization.observers import ChannelRangeObserver, InputEqualizationObserver
+from fxq.nn import fused
+from fxq.observers import ObserverBase
+
+LAYER_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+FUSED_LAYERS = (fused.LinearReLU, fused.ConvReLU1d, fused.ConvReLU2d, fused.ConvReLU3d)
+LAYER_FUNCTIONS = (F.linear, F.conv1d, F.conv2d, F.conv3d)
+# Ops f with f(s * x) = s * f(x) per channel (dim 1) for s > 0.
+HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                       nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                       nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Identity, nn.Dropout)
+HOMOGENEOUS_FUNCTIONS = (F.relu, torch.relu, F.leaky_relu, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d,
+                         F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                         F.adaptive_avg_pool3d, F.dropout)
+HOMOGENEOUS_METHODS = ("relu", "contiguous")
+
+
+def inner_module(module: nn.Module) -> nn.Module:
+    """The Linear/Conv inside a fused LinearReLU/ConvReLU, or the module itself."""
+    return module[0] if isinstance(module, FUSED_LAYERS) else module
+
+
+def argument(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    return node.args[index] if index < len(node.args) else node.kwargs.get(name, default)
+
+
+def is_layer_kind(node: fx.Node, modules: dict) -> bool:
+    """Linear/conv by kind (whether or not the details allow equalizing it)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], LAYER_MODULES + FUSED_LAYERS)
+    return node.op == "call_function" and node.target in LAYER_FUNCTIONS
+
+
+def channel_axis(node: fx.Node, modules: dict) -> int:
+    """The feature dim of a layer's input and output: last for linear, 1 (channels) for conv."""
+    if node.op == "call_module":
+        return -1 if isinstance(inner_module(modules[node.target]), nn.Linear) else 1
+    return -1 if node.target is F.linear else 1
+
+
+def layer_problem(node: fx.Node, modules: dict, calls: Counter) -> Optional[str]:
+    """Why this linear/conv node cannot have its weight rescaled, or None when it can."""
+    if node.op == "call_module":
+        module = inner_module(modules[node.target])
+        if calls[node.target] > 1:
+            return f"module '{node.target}' is called {calls[node.target]} times (its weight is shared)"
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups != 1:
+            return f"grouped convolution (groups={module.groups})"
+        return None
+    if node.target is not F.linear and argument(node, 6, "groups", 1) != 1:
+        return "grouped convolution"
+    if weight_attr(node) is None:
+        return "its weight is not a model attribute (get_attr)"
+    bias = argument(node, 2, "bias")
+    if bias is not None and not (isinstance(bias, fx.Node) and bias.op == "get_attr" and len(bias.users) == 1):
+        return "its bias is not a model attribute used only by this op"
+    return None
+
+
+def weight_attr(node: fx.Node) -> Optional[fx.Node]:
+    """The get_attr node a functional layer's weight comes from, through observers; None otherwise."""
+    value = argument(node, 1, "weight")
+    while isinstance(value, fx.Node) and value.op == "call_module" and len(value.users) == 1:
+        value = value.args[0]
+    if isinstance(value, fx.Node) and value.op == "get_attr" and len(value.users) == 1:
+        return value
+    return None
+
+
+def is_observer(node: Any, modules: dict) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_module" and isinstance(modules[node.target], ObserverBase)
+
+
+def is_tracker(node: Any, modules: dict) -> bool:
+    """A ChannelRangeObserver node that is not an input equalization observer (it records an intermediate range)."""
+    return (isinstance(node, fx.Node) and node.op == "call_module"
+            and type(modules[node.target]) is ChannelRangeObserver)
+
+
+def is_homogeneous(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], HOMOGENEOUS_MODULES)
+    if node.op == "call_function":
+        return node.target in HOMOGENEOUS_FUNCTIONS
+    return node.op == "call_method" and node.target in HOMOGENEOUS_METHODS
+
+
+@dataclass
+class Chain:
+    """The previous layer and the observer nodes between it and the equalized layer's input observer."""
+
+    layer: fx.Node
+    observers: list = field(default_factory=list)  # quantization observer nodes, nearest the previous layer last
+
+
+def previous_layer(input_observer: fx.Node, modules: dict, calls: Counter) -> Optional[Chain]:
+    """Walk back from an equalized layer's input observer to the layer feeding it through a connected chain."""
+    chain_observers = [input_observer]
+    node = input_observer.args[0]
+    while isinstance(node, fx.Node) and len(node.users) == 1:
+        if is_observer(node, modules):
+            chain_observers.append(node)
+        elif is_layer_kind(node, modules):
+            if layer_problem(node, modules, calls) is not None:
+                return None
+            return Chain(node, chain_observers) if _observers_private(chain_observers, calls) else None
+        elif not (is_tracker(node, modules) or is_homogeneous(node, modules)):
+            return None
+        node = node.args[0] if node.args else None
+    return None
+
+
+def _observers_private(observer_nodes: list, calls: Counter) -> bool:
+    """Every call of each observer module on the chain is on the chain: rescaling it affects nothing else."""
+    on_chain = Counter(node.target for node in observer_nodes)
+    return all(calls[target] == count for target, count in on_chain.items())
+
+
+def tracker_after(observer_node: fx.Node, modules: dict) -> Optional[fx.Node]:
+    user = next(iter(observer_node.users), None)
+    return user if len(observer_node.users) == 1 and is_tracker(user, modules) else None
+
+
+def input_equalization_nodes(gm: fx.GraphModule, modules: dict) -> list:
+    return [n for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(modules[n.target], InputEqualizationObserver)]
+
+
+def call_counts(gm: fx.GraphModule) -> Counter:
+    """How many call_module nodes call each module (observers shared between ops are called several times)."""
+    return Counter(n.target for n in gm.graph.nodes if n.op == "call_module")

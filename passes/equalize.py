@@ -1,0 +1,167 @@
+"""Apply input-weight equalization: rescale weights and observers, then drop the equalization observers.
+
+Per equalized layer, ``s = sqrt(w_range / x_range)`` per input column (1 for dead or zero columns). The weight's
+columns are divided by ``s`` (new tensors: the float model shares storage with the user's). The input must be
+multiplied by ``s``:
+
+- from a previous layer through a connected chain (fxq.equalization.graph): that layer's weight rows and bias
+  are multiplied by ``s`` and every quantization observer on the chain gets the range it would have seen
+  (torch.ao forgets this and loses accuracy);
+- otherwise a ``mul`` by the scale buffer goes in front of the input quantization observer, whose range
+  becomes the scaled one.
+
+Weight observers of functional layers are rebuilt and re-run on the new weight (module layers get theirs in
+to_reference). Every scale is kept as a buffer ``<layer>_equalization_scale``.
+Requires: a calibrated graph from insert_equalization_observers. Guarantees: no equalization observer left.
+Position: first in convert, before to_reference.
+
+Before / after::
+
+    x -> obs0 -> eq0 -> linear1 -> obs1 -> eq1 -> linear2      x -> mul -> obs0 -> linear1 -> obs1 -> linear2
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from fxq.equalization import graph as eqg
+from fxq.equalization.observers import ChannelRangeObserver, WeightEqualizationObserver
+from fxq.equalization.scales import along, equalization_scale, scale_weight
+from fxq.observers import MinMaxObserver, PerChannelMinMaxObserver
+from fxq.passes.context import PassContext, modules_of
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    modules = modules_of(gm)
+    calls = eqg.call_counts(gm)
+    columns, rows = {}, {}  # layer node -> scale for its weight columns / rows
+    for node in eqg.input_equalization_nodes(gm, modules):
+        layer, input_observer = next(iter(node.users)), node.args[0]
+        scale = _scale(node, layer, modules, ctx)
+        if scale is None:
+            continue
+        columns[layer] = scale
+        _register(gm, f"{layer.name}_equalization_scale", scale)
+        chain = eqg.previous_layer(input_observer, modules, calls)
+        if chain is not None and _rescale_chain(gm, chain, node, scale, modules):
+            rows[chain.layer] = scale
+            ctx.count("scales folded into the previous layer")
+        else:
+            _insert_mul(gm, input_observer, layer, scale, modules)
+            _set_range(gm, input_observer.target, *modules[node.target].scaled_range(scale), modules)
+            ctx.count("input muls")
+    for layer in {**columns, **rows}:
+        _rescale_weight(gm, layer, columns.get(layer), rows.get(layer), modules, ctx)
+    _remove_equalization_nodes(gm, modules)
+    return gm
+
+
+def _scale(node: fx.Node, layer: fx.Node, modules: dict, ctx: PassContext):
+    input_observer = modules[node.target]
+    weight_observer = _weight_observer(layer, input_observer, modules)
+    if not (input_observer.has_data() and weight_observer is not None and weight_observer.has_data()):
+        ctx.warnings.append(f"equalization skipped for node '{layer.name}': its equalization observers saw no data")
+        return None
+    return equalization_scale(input_observer.min_val, input_observer.max_val, weight_observer.min_val,
+                              weight_observer.max_val)
+
+
+def _weight_observer(layer: fx.Node, input_observer: nn.Module, modules: dict):
+    if layer.op == "call_module":
+        return getattr(input_observer, "weight_observer", None)
+    value = eqg.argument(layer, 1, "weight")
+    while isinstance(value, fx.Node) and value.op == "call_module":
+        if isinstance(modules[value.target], WeightEqualizationObserver):
+            return modules[value.target]
+        value = value.args[0]
+    return None
+
+
+def _rescale_chain(gm: fx.GraphModule, chain: eqg.Chain, node: fx.Node, scale, modules: dict) -> bool:
+    """Give each observer on the chain its range after scaling; False (nothing changed) if one is unknown."""
+    ranges = {chain.observers[0].target: modules[node.target].scaled_range(scale)}
+    for observer in chain.observers[1:]:
+        if observer.target in ranges:
+            continue
+        tracker = eqg.tracker_after(observer, modules)
+        if tracker is None or not modules[tracker.target].has_data():
+            return False
+        ranges[observer.target] = modules[tracker.target].scaled_range(scale)
+    for target, (low, high) in ranges.items():
+        _set_range(gm, target, low, high, modules)
+    return True
+
+
+def _set_range(gm: fx.GraphModule, target: str, low: torch.Tensor, high: torch.Tensor, modules: dict) -> None:
+    """Make a per-tensor quantization observer report [low, high]. A min/max observer takes the range as is;
+    any other (a histogram's bins describe the unscaled data) is replaced by a MinMaxObserver with its settings."""
+    observer = modules[target]
+    if not isinstance(observer, MinMaxObserver) or isinstance(observer, PerChannelMinMaxObserver):
+        observer = MinMaxObserver(dtype=observer.dtype, qscheme=observer.qscheme, quant_min=observer.quant_min,
+                                  quant_max=observer.quant_max, eps=float(observer.eps))
+        setattr(gm, target, observer)
+        modules[target] = observer
+    observer.min_val, observer.max_val = low.detach().clone(), high.detach().clone()
+
+
+def _insert_mul(gm: fx.GraphModule, input_observer: fx.Node, layer: fx.Node, scale, modules: dict) -> None:
+    value = input_observer.args[0]
+    shape_like = along(scale, 1, _weight(gm, layer, modules).ndim) if eqg.channel_axis(layer, modules) == 1 else scale
+    with gm.graph.inserting_before(input_observer):
+        factor = gm.graph.get_attr(_register(gm, f"{layer.name}_input_equalization_scale", shape_like))
+        mul = gm.graph.call_function(torch.mul, (value, factor))
+    mul.meta.update({k: v for k, v in value.meta.items() if k in ("fxq_scope", "fxq_value")})
+    input_observer.replace_input_with(value, mul)
+
+
+def _weight(gm: fx.GraphModule, layer: fx.Node, modules: dict) -> torch.Tensor:
+    if layer.op == "call_module":
+        return eqg.inner_module(modules[layer.target]).weight
+    return getattr(gm, eqg.weight_attr(layer).target)
+
+
+def _rescale_weight(gm: fx.GraphModule, layer: fx.Node, column, row, modules: dict, ctx: PassContext) -> None:
+    """New weight (columns / column scale, rows * row scale) and bias (* row scale); never written in place."""
+    if layer.op == "call_module":
+        module = eqg.inner_module(modules[layer.target])
+        module.weight = nn.Parameter(scale_weight(module.weight, column, row), module.weight.requires_grad)
+        if row is not None and module.bias is not None:
+            module.bias = nn.Parameter(module.bias.detach() * row, module.bias.requires_grad)
+        return
+    attr = eqg.weight_attr(layer)
+    weight = scale_weight(getattr(gm, attr.target), column, row)
+    attr.target = _register(gm, f"{attr.target}_equalized", weight)
+    bias = eqg.argument(layer, 2, "bias")
+    if row is not None and bias is not None:
+        bias.target = _register(gm, f"{bias.target}_equalized", getattr(gm, bias.target).detach() * row)
+    _reobserve_weight(gm, layer, weight, modules, ctx)
+
+
+def _reobserve_weight(gm: fx.GraphModule, layer: fx.Node, weight: torch.Tensor, modules: dict,
+                      ctx: PassContext) -> None:
+    """The functional weight's quantization observer, rebuilt from the qconfig and run on the new weight."""
+    qconfig = ctx.state.qconfigs.get(layer.name)
+    value = eqg.argument(layer, 1, "weight")
+    while isinstance(value, fx.Node) and value.op == "call_module":
+        if eqg.is_observer(value, modules) and qconfig is not None:
+            observer = qconfig.weight()
+            observer(weight)
+            setattr(gm, value.target, observer)
+            modules[value.target] = observer
+        value = value.args[0]
+
+
+def _register(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
+    name = name.replace(".", "_")
+    while hasattr(gm, name):
+        name += "_"
+    gm.register_buffer(name, tensor.detach().clone())
+    return name
+
+
+def _remove_equalization_nodes(gm: fx.GraphModule, modules: dict) -> None:
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(modules.get(node.target), ChannelRangeObserver):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.delete_all_unused_submodules()
