@@ -103,10 +103,12 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         qconfig = ctx.state.qconfigs.get(node.name)
         if ctx.state.modes.get(node.name) != STATIC or node in absorbed or node in inserter.observer_nodes:
             continue
-        match = OBSERVATION.match(node, modules)
+        match = next((m for m in OBSERVATION.matches(node, modules) if m.rule.action.accepts(m.nodes, modules)), None)
         if match is None or not is_float_tensor(match.last):
             continue
         absorbed.update(match.nodes[1:])
+        if len(match.nodes) > 1:
+            ctx.state.chain_ends[node.name] = match.last.name
         observe: Observe = match.rule.action
         if observe.kind == SHARED:
             _observe_shared(inserter, node, match.last, qconfig, observe)

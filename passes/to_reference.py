@@ -114,7 +114,7 @@ def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, 
         mode = ctx.state.modes.get(node.name)
         if node.op != "call_module" or mode in (None, DYNAMIC_FP16):
             continue
-        if mode == STATIC and not _is_observed_op(node, observed, modules):
+        if mode == STATIC and not _is_observed_op(node, observed, modules, ctx.state.chain_ends):
             continue
         module = modules[node.target]
         inner = module[0] if type(module) in FUSED_CONSTITUENTS else module
@@ -152,8 +152,11 @@ def _attribute(gm: fx.GraphModule, target: str) -> torch.Tensor:
     return value
 
 
-def _is_observed_op(node: fx.Node, observed: set, modules: dict) -> bool:
-    """Input and output both go through observers that saw data: the op will be quantized."""
+def _is_observed_op(node: fx.Node, observed: set, modules: dict, chain_ends: dict) -> bool:
+    """Input and output (of the whole chain, for conv -> relu6) go through observers that saw data."""
     def usable(value) -> bool:
         return value in observed and _usable(modules[value.target])
-    return bool(node.args) and usable(node.args[0]) and any(usable(user) for user in node.users)
+    last = node
+    while last.name != chain_ends.get(node.name, node.name) and len(last.users) == 1:
+        (last,) = last.users
+    return bool(node.args) and usable(node.args[0]) and any(usable(user) for user in last.users)

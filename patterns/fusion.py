@@ -34,6 +34,10 @@ def _linear_bn(linear, bn):
     return fused.fold_bn_into_linear(linear, bn)
 
 
+def _bn_relu(bn, relu):
+    return {nn.BatchNorm2d: fused.BNReLU2d, nn.BatchNorm3d: fused.BNReLU3d}[type(bn)](bn, nn.ReLU())
+
+
 def _rows():
     for conv, bn in BATCH_NORMS.items():
         yield row(chain(conv, bn, RELU), _conv_bn_relu)           # conv -> bn -> relu  =>  ConvReLU(conv with bn folded)
@@ -41,6 +45,7 @@ def _rows():
         yield row(chain(conv, RELU), _conv_relu)                  # conv -> relu        =>  ConvReLU
     yield row(chain(nn.Linear, RELU), _linear_relu)               # linear -> relu      =>  LinearReLU
     yield row(chain(nn.Linear, nn.BatchNorm1d), _linear_bn)       # linear -> bn1d      =>  linear with bn folded
+    yield row(chain((nn.BatchNorm2d, nn.BatchNorm3d), RELU), _bn_relu)  # bn -> relu    =>  BNReLU
 
 
 FUSION = Table("fusion", _rows())
@@ -51,4 +56,6 @@ FUSED_CONSTITUENTS = {
     fused.ConvReLU1d: (nn.Conv1d, nn.ReLU),
     fused.ConvReLU2d: (nn.Conv2d, nn.ReLU),
     fused.ConvReLU3d: (nn.Conv3d, nn.ReLU),
+    fused.BNReLU2d: (nn.BatchNorm2d, nn.ReLU),
+    fused.BNReLU3d: (nn.BatchNorm3d, nn.ReLU),
 }

@@ -17,8 +17,8 @@ from fxq.nn import fused, reference
 from fxq.nn import quantized as qnn
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
-from fxq.patterns.matcher import Match, Table, chain, row
-from fxq.patterns.ops import (ADD, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
+from fxq.patterns.matcher import Match, Table, chain, op_of, row
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
                               MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
 from fxq.patterns.rewrites import Lowering
 
@@ -47,9 +47,18 @@ def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
             return False
         low.set_module(node.target, quantized_type.from_reference(module, out.scale, out.zero_point))
         node.args = (source,)
-        low.replace_output(out, node)
+        low.replace_output(out, _chain_output(low, match, node))
         return True
     return rewrite
+
+
+def _chain_output(low: Lowering, match: Match, lowered: fx.Node) -> fx.Node:
+    """What now yields the chain's quantized output: the lowered op, or for ``op -> bounded activation`` the
+    activation, which then clamps the int8 tensor (the op was quantized with the activation's output range, so
+    the clamp costs no extra rounding; clamping inside the kernel's 0..255 would not be exact under reduce_range)."""
+    if len(match.nodes) > 1 and op_of(match.last, low.modules) in BOUNDED:
+        return match.last
+    return lowered
 
 
 def module_from_float(quantized_type: type) -> Rewrite:
@@ -155,9 +164,13 @@ def functional_weighted(build_float: Callable, quantized_plain: type, quantized_
         if source is None or out is None or float_module is None or low.mode(node) != STATIC:
             return False
         ref = _REFERENCE[type(float_module)].from_float(float_module, weight_qparams)
-        quantized_type = quantized_relu if len(match.nodes) > 1 else quantized_plain
+        ends_in_relu = len(match.nodes) > 1 and op_of(match.last, low.modules) in RELU
+        quantized_type = quantized_relu if ends_in_relu else quantized_plain
         name = low.add_module(node.name + "_quantized", quantized_type.from_reference(ref, out.scale, out.zero_point))
-        low.replace_output(out, low.call_before(out, "call_module", name, (source,)))
+        with low.gm.graph.inserting_before(node):
+            call = low.gm.graph.call_module(name, (source,))
+        node.replace_all_uses_with(call)
+        low.replace_output(out, _chain_output(low, match, call))
         return True
     return rewrite
 
@@ -169,6 +182,12 @@ _QUANTIZED_CONV = {F.conv1d: (qnn.Conv1d, qnn.ConvReLU1d), F.conv2d: (qnn.Conv2d
 
 
 def _rows():
+    for ref, plain in ((reference.Linear, qnn.Linear), (reference.Conv1d, qnn.Conv1d), (reference.Conv2d, qnn.Conv2d),
+                       (reference.Conv3d, qnn.Conv3d)):                             # dq -> conv -> relu6 -> q
+        yield row(chain(ref, BOUNDED), weighted_module(plain, ref))
+    yield row(chain(F.linear, BOUNDED), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
+    for conv in CONV_FUNCTIONS:
+        yield row(chain(conv, BOUNDED), functional_weighted(float_conv, *_QUANTIZED_CONV[conv]))
     yield row(reference.Linear, weighted_module(qnn.Linear, reference.Linear))      # dq -> linear -> q
     yield row(fused.LinearReLU, weighted_module(qnn.LinearReLU, reference.Linear))  # dq -> linear+relu -> q
     for float_conv_type, ref, plain, relu in (
@@ -178,6 +197,7 @@ def _rows():
         yield row(ref, weighted_module(plain, ref))                                 # dq -> conv -> q
         yield row(float_conv_type, weighted_module(relu, ref))                      # dq -> conv+relu -> q
     for float_type, quantized_type in ((nn.BatchNorm2d, qnn.BatchNorm2d), (nn.BatchNorm3d, qnn.BatchNorm3d),
+                                       (fused.BNReLU2d, qnn.BNReLU2d), (fused.BNReLU3d, qnn.BNReLU3d),
                                        (nn.LayerNorm, qnn.LayerNorm), (nn.Hardswish, qnn.Hardswish),
                                        (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax)):
         yield row(float_type, module_from_float(quantized_type))                     # dq -> norm/act -> q

@@ -10,14 +10,14 @@ An op with no row here stays float; its observed inputs are dequantized in front
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.nn.functional as F
 from torch import nn
 
 from fxq.nn import fused
 from fxq.patterns.matcher import Table, chain, row
-from fxq.patterns.ops import (ADD, CAT, CONV_FUNCTIONS, CONV_MODULES, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, CONV_FUNCTIONS, CONV_MODULES, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
                               LEAKY_RELU, MATMUL, MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
 
 OWN, SHARED, FIXED = "own", "shared", "fixed"
@@ -43,18 +43,27 @@ class Observe:
     weight: Optional[int] = None
     fixed: Optional[tuple] = None
     quantize_float_inputs: bool = True
+    when: Optional[Callable] = None  # when(match_nodes, modules) -> bool: the row applies only if it says so
+
+    def accepts(self, nodes: list, modules: dict) -> bool:
+        return self.when is None or self.when(nodes, modules)
 
 
 _WEIGHTED_MODULES = (nn.Linear, fused.LinearReLU) + CONV_MODULES + (fused.ConvReLU1d, fused.ConvReLU2d,
                                                                     fused.ConvReLU3d)
-_OWN_MODULES = _WEIGHTED_MODULES + (nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Hardswish, nn.ELU,
-                                    nn.LeakyReLU)
+_OWN_MODULES = _WEIGHTED_MODULES + (nn.BatchNorm2d, nn.BatchNorm3d, fused.BNReLU2d, fused.BNReLU3d, nn.LayerNorm,
+                                    nn.Hardswish, nn.ELU, nn.LeakyReLU)
+_UNFUSED_WEIGHTED = (nn.Linear,) + CONV_MODULES
+
 
 
 def _rows():
     own = Observe(OWN)
     binary = Observe(OWN, inputs=(0, 1))
     functional_weighted = Observe(OWN, inputs=(0,), weight=1)
+    # conv -> relu6: one observer, after relu6: the conv output is quantized with the clamp's range
+    yield row(chain(_UNFUSED_WEIGHTED, BOUNDED), own)
+    yield row(chain((F.linear,) + CONV_FUNCTIONS, BOUNDED), functional_weighted)
     yield row(_OWN_MODULES, own)                                          # linear/conv/norm modules: x -> obs
     yield row(chain(F.linear, RELU), functional_weighted)                 # F.linear -> relu: one observer after relu
     yield row(F.linear, functional_weighted)

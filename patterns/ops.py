@@ -36,3 +36,7 @@ SHARES_INPUT_QPARAMS = (
     torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
     torch.mean, torch.clamp,
 ) + RELU + SHAPE_METHODS
+
+# Bounded activations. After a conv / linear they are observed as one op with it: the conv's int8 output gets the
+# clamp's range (torch.ao gives it the conv's own, wider range and loses resolution there).
+BOUNDED = (nn.ReLU6, F.relu6, nn.Hardtanh, F.hardtanh, torch.clamp, torch.clip, "clamp", "clip")
