@@ -6,7 +6,7 @@ output is unchanged and both ranges become ``sqrt(x_range * w_range)``.
     >>> import torch
     >>> equalization_scale(torch.tensor([0., 0.]), torch.tensor([100., 0.]), torch.tensor([-1., -1.]),
     ...                    torch.tensor([1., 1.])).tolist()
-    [0.1414213478565216, 1.0]
+    [0.1414213627576828, 1.0]
 """
 from __future__ import annotations
 
