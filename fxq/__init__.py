@@ -20,6 +20,8 @@ from fxq.dump import dump, to_networkx
 from fxq.calibration import calibrate
 from fxq.numeric import compare, sensitivity
 from fxq.tracer import TraceError
+from fxq.leaves import find_untraceable
+from fxq.registry import register_custom_module, unregister_custom_module
 from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, cross_layer_equalize,
                               default_equalization_qconfig)
 
@@ -34,3 +36,4 @@ __all__ = [
     "dump", "to_networkx", "calibrate", "compare", "sensitivity",
 ]
 __all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization"]
+__all__ += ["find_untraceable", "register_custom_module", "unregister_custom_module"]

@@ -21,7 +21,8 @@ from fxq.equalization import apply_equalization_config
 from fxq.passes import pipeline
 from fxq.passes.context import PassContext
 from fxq.state import FxqState, get_state, set_state
-from fxq.tracer import trace
+from fxq.leaves import trace_for_prepare
+from fxq.registry import check_configs
 
 ConfigLike = Union[dict, None, Any]
 
@@ -51,6 +52,7 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     mapping = QConfigMapping.coerce(qconfig_mapping)
     model, equalization_mapping = apply_equalization_config(model, _equalization_config)  # CLE returns a copy
     prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
+    check_configs(prepare_config)
     gm = _trace_copy(model, prepare_config)
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
@@ -108,6 +110,7 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
             f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
             f"example_inputs) first")
     config = ConvertCustomConfig.coerce(convert_custom_config)
+    check_configs(convert_config=config)
     gm = copy_module(graph_module)
     ctx = PassContext(convert_config=config, state=state)
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
@@ -129,7 +132,7 @@ def copy_module(model: nn.Module) -> nn.Module:
 
 def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
     model = copy_module(model)
-    gm = trace(model, prepare_config.non_traceable_module_names, prepare_config.non_traceable_module_classes)
+    gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
     for name in prepare_config.preserved_attributes:
         if hasattr(model, name):
             setattr(gm, name, getattr(model, name))

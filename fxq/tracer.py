@@ -75,14 +75,19 @@ def _is_builtin_leaf(module: nn.Module) -> bool:
     return builtin or owner.startswith("fxq.")
 
 
+def is_user_leaf(module: nn.Module) -> bool:
+    """A module the graph calls but that is not one of torch.nn's or fxq's: a non-traceable or custom module."""
+    return not _is_builtin_leaf(module) and not isinstance(module, fx.GraphModule)
+
+
 class Tracer(fx.Tracer):
     """torch.fx tracer that keeps leaves as leaves and stamps every node with its module scope.
 
     ``leaf_names``: module paths never traced through; ``leaf_classes``: classes never traced through.
     """
 
-    def __init__(self, leaf_names: Iterable[str] = (), leaf_classes: Iterable[type] = ()):
-        super().__init__()
+    def __init__(self, leaf_names: Iterable[str] = (), leaf_classes: Iterable[type] = (), **options: Any):
+        super().__init__(**options)  # options: torch.fx.Tracer's (autowrap_functions, param_shapes_constant, ...)
         self.leaf_names = frozenset(leaf_names)
         self.leaf_classes = tuple(leaf_classes)
         self._scopes: list[Scope] = []
@@ -91,7 +96,8 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_classes):
             return True
-        return _is_builtin_leaf(m)
+        # a user tracer class mixed in (see trace()) keeps its own leaf rules
+        return _is_builtin_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         path = self.path_of_module(m)
@@ -122,10 +128,21 @@ class Tracer(fx.Tracer):
             raise TraceError(scope.path, scope.type_name, _user_source_line(error), _reason(error)) from error
 
 
-def trace(model: nn.Module, leaf_names: Iterable[str] = (), leaf_classes: Iterable[type] = ()) -> fx.GraphModule:
-    """Trace ``model`` into a GraphModule with scopes recorded; raises :class:`TraceError` when it cannot."""
-    tracer = Tracer(leaf_names, leaf_classes)
-    graph = tracer.trace(model)
+def trace(model: nn.Module, leaf_names: Iterable[str] = (), leaf_classes: Iterable[type] = (),
+          tracer_class: Optional[type] = None, tracer_options: Optional[dict] = None) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule with scopes recorded; raises :class:`TraceError` when it cannot.
+
+    ``tracer_class``: a ``torch.fx.Tracer`` subclass of the user's (HF's, or one with its own leaf rules); fxq's
+    scope recording is mixed into it. ``tracer_options``: its constructor's keyword arguments, plus
+    ``concrete_args`` for ``trace()``.
+    """
+    options = dict(tracer_options or {})
+    concrete_args = options.pop("concrete_args", None)
+    cls = Tracer
+    if tracer_class is not None and not issubclass(Tracer, tracer_class):
+        cls = type(f"Fxq{tracer_class.__name__}", (Tracer, tracer_class), {})
+    tracer = cls(leaf_names, leaf_classes, **options)
+    graph = tracer.trace(model, concrete_args=concrete_args)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
@@ -146,4 +163,4 @@ def _user_source_line(error: BaseException) -> str:
     return f"{frame.filename}:{frame.lineno}: {code}"
 
 
-__all__ = ["Scope", "SCOPE_KEY", "Tracer", "TraceError", "qualified_name", "scope_of", "trace"]
+__all__ = ["Scope", "SCOPE_KEY", "Tracer", "TraceError", "is_user_leaf", "qualified_name", "scope_of", "trace"]

@@ -15,6 +15,8 @@ from torch import fx
 
 from fxq.dump import dump
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
+from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
+                        quantize_custom_modules, quantized_io)
 from fxq.passes import equalize, insert_equalization_observers
 from fxq.passes.context import PassContext
 
@@ -26,12 +28,18 @@ PREPARE = [
     assign_qconfig.run,
     insert_observers.run,
     insert_equalization_observers.run,  # after insert_observers: equalization observers sit behind input observers
+    observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs
+    prepare_standalone.run,
+    observe_io.run,        # last: the model's quantized inputs/outputs reuse any observer already there
 ]
 
 CONVERT = [
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels
+    quantize_custom_modules.run,  # after lower: leaves take the quantized tensors lowering left around them
+    convert_standalone.run,
+    quantized_io.run,
     cleanup.run,
 ]
 REFERENCE_CONVERT = CONVERT[:CONVERT.index(to_reference.run) + 1]  # convert_to_reference_fx stops here

@@ -8,6 +8,7 @@ from torch import nn
 
 import fxq
 from conftest import sqnr
+from fxq.passes import pipeline
 
 
 def _quantize(model, example, calibration=None, mapping=None, **kwargs):
@@ -149,10 +150,13 @@ def test_debug_dump_dir_has_the_graph_after_every_pass_and_timings(tmp_path):
     prepared(torch.randn(8, 4))
     fxq.convert_fx(prepared, debug_dump_dir=str(tmp_path))
     prepare_files = sorted(p.name for p in (tmp_path / "prepare").iterdir())
-    assert prepare_files == ["01-record_values.txt", "02-fuse.txt", "03-assign_qconfig.txt",
-                             "04-insert_observers.txt", "timing.txt"]
+    def expected(passes):  # one numbered file per pass of the pipeline, in its order
+        return [f"{i:02d}-{run.__module__.rsplit('.', 1)[-1]}.txt" for i, run in enumerate(passes, 1)] + ["timing.txt"]
+    assert prepare_files[:4] == ["01-record_values.txt", "02-fuse.txt", "03-assign_qconfig.txt",
+                                 "04-insert_observers.txt"]
+    assert prepare_files == expected(pipeline.PREPARE)
     convert_files = sorted(p.name for p in (tmp_path / "convert").iterdir())
-    assert convert_files == ["01-to_reference.txt", "02-lower.txt", "03-cleanup.txt", "timing.txt"]
+    assert convert_files == expected(pipeline.CONVERT)
     assert "activation_post_process_0" in (tmp_path / "prepare" / "04-insert_observers.txt").read_text()
     timing = (tmp_path / "prepare" / "timing.txt").read_text()
     assert "fused Linear -> ReLU|relu|relu|relu|relu_: 1" in timing or "fused" in timing

@@ -79,7 +79,7 @@ class PrepareCustomConfig(_CustomConfig):
 
     DICT_KEYS = ("standalone_module_name", "standalone_module_class", "float_to_observed_custom_module_class",
                  "non_traceable_module_name", "non_traceable_module_class", "input_quantized_idxs",
-                 "output_quantized_idxs", "preserved_attributes", "auto_leaf")
+                 "output_quantized_idxs", "preserved_attributes", "auto_leaf", "tracer_class", "tracer_options")
 
     def __init__(self) -> None:
         self.standalone_module_names: dict[str, StandaloneModuleConfigEntry] = {}
@@ -91,6 +91,8 @@ class PrepareCustomConfig(_CustomConfig):
         self.output_quantized_indexes: list[int] = []
         self.preserved_attributes: list[str] = []
         self.auto_leaf: bool = False
+        self.tracer_class: Optional[type] = None  # a torch.fx.Tracer subclass; fxq mixes its scope recording in
+        self.tracer_options: dict[str, Any] = {}  # the tracer's constructor arguments, plus "concrete_args"
 
     def _standalone_entry(self, qconfig_mapping: Any, example_inputs: Any, prepare_custom_config: Any,
                           backend_config: Any) -> StandaloneModuleConfigEntry:
@@ -156,6 +158,20 @@ class PrepareCustomConfig(_CustomConfig):
         self.auto_leaf = bool(auto_leaf)
         return self
 
+    def set_tracer(self, tracer_class: Optional[type] = None, **options: Any) -> "PrepareCustomConfig":
+        """Trace with ``tracer_class`` (a torch.fx.Tracer subclass) and/or these options: the tracer's constructor
+        arguments (``param_shapes_constant``, ``autowrap_functions``, ...) and ``concrete_args`` for ``trace()``.
+
+        >>> PrepareCustomConfig().set_tracer(concrete_args={"mask": None}).to_dict()
+        {'tracer_options': {'concrete_args': {'mask': None}}}
+        """
+        import torch.fx
+        if tracer_class is not None and not (isinstance(tracer_class, type)
+                                             and issubclass(tracer_class, torch.fx.Tracer)):
+            raise TypeError(f"set_tracer: expected a torch.fx.Tracer subclass, got {tracer_class!r}")
+        self.tracer_class, self.tracer_options = tracer_class, dict(options)
+        return self
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> "PrepareCustomConfig":
         """Build from torch.ao's prepare_custom_config_dict (plus "auto_leaf"); unknown keys raise ValueError."""
@@ -180,7 +196,10 @@ class PrepareCustomConfig(_CustomConfig):
         config.set_output_quantized_indexes(config_dict.get("output_quantized_idxs", []))
         config.set_preserved_attributes(config_dict.get("preserved_attributes", []))
         config.set_auto_leaf(config_dict.get("auto_leaf", False))
-        return config
+        options = config_dict.get("tracer_options", {})
+        if not isinstance(options, dict):
+            raise TypeError(f'prepare_custom_config_dict["tracer_options"]: expected a dict, got {options!r}')
+        return config.set_tracer(config_dict.get("tracer_class"), **options)
 
     def to_dict(self) -> dict[str, Any]:
         """The legacy dict; empty settings are left out, as torch.ao does."""
@@ -194,6 +213,8 @@ class PrepareCustomConfig(_CustomConfig):
             "output_quantized_idxs": list(self.output_quantized_indexes),
             "preserved_attributes": list(self.preserved_attributes),
             "auto_leaf": self.auto_leaf,
+            "tracer_class": self.tracer_class,
+            "tracer_options": dict(self.tracer_options),
         }
         return {key: value for key, value in items.items() if value}
 

@@ -1,0 +1,134 @@
+"""From a model to the GraphModule prepare works on: leaf rules, automatic leaf discovery, foreign graphs.
+
+* Leaves are the non-traceable modules of the prepare config, the custom module classes (config and global
+  registry) and the standalone modules; with ``auto_leaf`` also every submodule that fails to trace.
+* A model that already is a ``GraphModule`` (from HF's tracer, ``symbolic_trace`` with ``concrete_args``, or
+  edited by hand) is taken as it is: its graph is not traced again. Node scopes come from the ``nn_module_stack``
+  metadata torch.fx tracers leave, or from the module path of ``call_module`` nodes.
+
+    >>> report = fxq.find_untraceable(model, (x,))                    # doctest: +SKIP
+    >>> report.leaves
+    ['blocks.1.gate']
+"""
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import fx, nn
+
+from fxq.registry import registry
+from fxq.tracer import SCOPE_KEY, Scope, TraceError, qualified_name, trace
+
+__all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "adopt_graph_module"]
+
+
+@dataclass(frozen=True)
+class Untraceable:
+    """One submodule that symbolic tracing fails on: where, why, and the user's source line."""
+
+    path: str
+    type_name: str
+    error: str
+    source: str
+
+
+@dataclass
+class UntraceableReport:
+    """``modules``: the failing submodules, innermost first found; ``leaves``: their paths, the smallest set of
+    leaves (innermost failing modules) that makes the whole model traceable; ``traceable``: False when even the
+    root's own forward fails (then no set of leaves helps)."""
+
+    modules: list = field(default_factory=list)
+    traceable: bool = True
+
+    @property
+    def leaves(self) -> list[str]:
+        return [entry.path for entry in self.modules]
+
+
+def find_untraceable(model: nn.Module, example_inputs: Optional[tuple] = None, leaf_names: tuple = (),
+                     leaf_classes: tuple = ()) -> UntraceableReport:
+    """Trace ``model`` and, each time a submodule fails, make that innermost module a leaf and trace again.
+
+    ``example_inputs`` is accepted for symmetry with prepare_fx (tracing does not run the model).
+
+    >>> import torch, fxq
+    >>> class Gate(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return x if x.sum() > 0 else -x          # data-dependent: not traceable
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Gate())
+    >>> fxq.find_untraceable(model).leaves
+    ['1']
+    """
+    report = UntraceableReport()
+    leaves = list(leaf_names)
+    while True:
+        try:
+            trace(model, leaves, leaf_classes)
+            return report
+        except TraceError as error:
+            if not error.module_path or error.module_path in leaves:
+                report.traceable = False
+                report.modules.append(Untraceable(error.module_path, error.module_type, error.reason, error.source))
+                return report
+            report.modules.append(Untraceable(error.module_path, error.module_type, error.reason, error.source))
+            leaves.append(error.module_path)
+
+
+def trace_for_prepare(model: nn.Module, config: Any) -> fx.GraphModule:
+    """The GraphModule prepare runs its passes on (``model`` is already a copy the caller owns)."""
+    if isinstance(model, fx.GraphModule):
+        return adopt_graph_module(model)
+    _warn_unknown_names(model, config.non_traceable_module_names, "non_traceable_module_name")
+    _warn_unknown_names(model, list(config.standalone_module_names), "standalone_module_name")
+    names = list(config.non_traceable_module_names) + list(config.standalone_module_names)
+    classes = (tuple(config.non_traceable_module_classes) + tuple(config.standalone_module_classes)
+               + registry.leaf_classes(config))
+    if config.auto_leaf:
+        report = find_untraceable(model, None, tuple(names), classes)
+        names += report.leaves if report.traceable else []
+    return trace(model, names, classes, config.tracer_class, config.tracer_options)
+
+
+def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """Give every node of a GraphModule fxq did not trace a scope, without tracing it again."""
+    modules = dict(gm.named_modules())
+    root = Scope("", qualified_name(type(gm)))
+    for node in gm.graph.nodes:
+        if SCOPE_KEY in node.meta:
+            continue
+        if node.op == "call_module" and node.target in modules:
+            node.meta[SCOPE_KEY] = Scope(node.target, qualified_name(type(modules[node.target])))
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, module_type = list(stack.values())[-1]
+            path = path if path in modules else _strip_prefix(path, modules)
+            type_name = qualified_name(module_type) if isinstance(module_type, type) else str(module_type)
+            node.meta[SCOPE_KEY] = Scope(path, type_name)
+        else:
+            node.meta[SCOPE_KEY] = root
+    return gm
+
+
+def _strip_prefix(path: str, modules: dict) -> str:
+    """Dynamo-style paths ("L['self'].encoder.layer") -> the module path that exists ("encoder.layer")."""
+    parts = path.split(".")
+    for start in range(len(parts)):
+        candidate = ".".join(parts[start:])
+        if candidate in modules:
+            return candidate
+    return ""
+
+
+def _warn_unknown_names(model: nn.Module, names: list, key: str) -> None:
+    existing = [name for name, _ in model.named_modules() if name]
+    for name in names:
+        if name not in existing:
+            close = difflib.get_close_matches(name, existing, n=3) or existing[:3]
+            warnings.warn(f"fxq: prepare_custom_config[{key!r}] names '{name}', which matches no submodule of "
+                          f"{type(model).__name__}; closest existing names: {', '.join(close) or '(none)'}",
+                          stacklevel=4)

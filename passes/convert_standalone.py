@@ -1,0 +1,30 @@
+"""Convert standalone modules with ``fxq.convert_fx`` and wire their quantized inputs and outputs.
+
+Inputs at the child's ``input_quantized_idxs`` receive the quantized tensor (not its dequantize); when the child
+returns quantized (``output_quantized_idxs``), the ``quantize_per_tensor`` after it goes away.
+Requires: the lowered graph and ``ctx.state.standalone`` (prepare_standalone). Position: after lower, before cleanup.
+"""
+from __future__ import annotations
+
+from torch import fx
+
+from fxq.passes.boundary import feed_quantized, return_quantized
+from fxq.passes.context import PassContext, modules_of
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    if not ctx.state.standalone:
+        return gm
+    from fxq.api import convert_fx  # the child runs the whole convert pipeline; imported late (api imports us)
+    modules = modules_of(gm)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or node.name not in ctx.state.standalone:
+            continue
+        inputs, outputs = ctx.state.standalone[node.name]
+        parent, _, name = node.target.rpartition(".")
+        setattr(modules[parent] if parent else gm, name, convert_fx(modules[node.target], ctx.convert_config))
+        feed_quantized(node, set(inputs), f"standalone module '{node.target}'")
+        if outputs:
+            return_quantized(node)
+        ctx.count("standalone modules converted")
+    return gm
