@@ -74,9 +74,11 @@ class CustomModuleRegistry:
             raise ValueError(f"register_custom_module({_name(float_class)}, mode={mode!r}): give a quantized_class")
 
     def unregister(self, cls: type) -> None:
-        """Forget ``cls`` wherever it appears (as a float, observed or quantized class)."""
+        """Forget ``cls`` wherever it appears (as a float, observed or quantized class), with the classes it was
+        registered with (unregistering a float class also drops its observed -> quantized entry)."""
+        linked = {cls} | {v for table in self.float_to_observed.values() for k, v in table.items() if k is cls}
         for table in (*self.float_to_observed.values(), *self.observed_to_quantized.values()):
-            for key in [k for k, v in table.items() if cls in (k, v)]:
+            for key in [k for k, v in table.items() if k in linked or v in linked]:
                 del table[key]
 
     def observed_class(self, float_class: type, mode: str, prepare_config: Any = None) -> Optional[type]:

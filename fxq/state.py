@@ -23,7 +23,7 @@ class FxqState:
     chain_ends: dict = field(default_factory=dict)  # anchor name -> last node of a chain observed as one op
     prepare_config: Any = None
     custom_modules: dict = field(default_factory=dict)  # node name -> float class swapped for an observed one
-    standalone: dict = field(default_factory=dict)  # node name -> (input_quantized_idxs, output_quantized_idxs)
+    standalone: dict = field(default_factory=dict)  # node name -> (input idxs, output idxs, child FxqState)
 
 
 def get_state(gm: Any) -> Optional[FxqState]:

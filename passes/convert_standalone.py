@@ -10,6 +10,7 @@ from torch import fx
 
 from fxq.passes.boundary import feed_quantized, return_quantized
 from fxq.passes.context import PassContext, modules_of
+from fxq.state import set_state
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -20,7 +21,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or node.name not in ctx.state.standalone:
             continue
-        inputs, outputs = ctx.state.standalone[node.name]
+        inputs, outputs, child_state = ctx.state.standalone[node.name]
+        set_state(modules[node.target], child_state)
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else gm, name, convert_fx(modules[node.target], ctx.convert_config))
         feed_quantized(node, set(inputs), f"standalone module '{node.target}'")

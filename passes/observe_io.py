@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from fxq.passes.boundary import observe_input
+from fxq.passes.boundary import is_observer, observe_input
 from fxq.passes.context import PassContext, modules_of
 
 
@@ -23,8 +23,11 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for index in config.input_quantized_indexes:
         _check_index(index, len(placeholders), "input_quantized_idxs", "inputs")
-        for user in list(placeholders[index].users):
+        readers = [u for u in placeholders[index].users if not is_observer(u, modules)]  # observers: already one
+        for user in readers:
             observe_input(gm, modules, user, placeholders[index], activation)
+        if not readers and not placeholders[index].users:
+            raise ValueError(f"input_quantized_idxs: input {index} is never read; leave it out")
         ctx.count("quantized inputs")
     output = next(n for n in gm.graph.nodes if n.op == "output")
     values = _outputs(output)

@@ -5,7 +5,7 @@ here it is replaced by ``fxq.prepare_fx(module, its mapping, its example inputs,
 child's ``input_quantized_idxs`` / ``output_quantized_idxs`` say which of its inputs arrive quantized and which
 outputs leave quantized: the parent observes those values, so convert can quantize them at the boundary.
 None entries fall back to the parent's mapping; missing example inputs are captured from the parent's run.
-Requires: qconfigs (assign_qconfig). Guarantees: ``ctx.state.standalone[node name] = (input idxs, output idxs)``.
+Requires: qconfigs (assign_qconfig). Guarantees: ``ctx.state.standalone[node name] = (input idxs, output idxs, the child's FxqState)``.
 Position: after insert_observers.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         modules[node.target] = child
         child_config = child._fxq_state.prepare_config
         inputs, outputs = list(child_config.input_quantized_indexes), list(child_config.output_quantized_indexes)
-        ctx.state.standalone[node.name] = (inputs, outputs)
+        # the child's own state travels with the parent's: deep copies of a GraphModule drop extra attributes
+        ctx.state.standalone[node.name] = (inputs, outputs, child._fxq_state)
         activation = _activation(node, ctx)
         for index in inputs:
             observe_input(gm, modules, node, node.args[index], activation)
