@@ -68,11 +68,15 @@ class TraceError(RuntimeError):
         )
 
 
+# Module classes users taught fxq as ops (fxq.patterns.register_op): they are quantized whole, so never traced into.
+REGISTERED_LEAF_CLASSES: set = set()
+
+
 def _is_builtin_leaf(module: nn.Module) -> bool:
     """torch.nn's own layers are leaves; its containers (Sequential, ModuleList, ModuleDict) are traced through."""
     owner = type(module).__module__
     builtin = owner.startswith("torch.nn") and not owner.startswith("torch.nn.modules.container")
-    return builtin or owner.startswith("fxq.")
+    return builtin or owner.startswith("fxq.") or type(module) in REGISTERED_LEAF_CLASSES
 
 
 def is_user_leaf(module: nn.Module) -> bool:
