@@ -18,7 +18,7 @@ from fxq.nn import quantized as qnn
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.matcher import Match, Table, chain, op_of, row
-from fxq.patterns.ops import (ADD, BOUNDED, CAT, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
                               MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
 from fxq.patterns.rewrites import Lowering
 
@@ -102,6 +102,19 @@ def _cat(low: Lowering, match: Match) -> bool:
     return True
 
 
+def _stack(low: Lowering, match: Match) -> bool:
+    """stack of quantized tensors sharing one observer (so one scale): torch.stack runs on them directly."""
+    node = match.anchor
+    tensors = arg(node, 0, "tensors")
+    sources = low.quantized_sources(list(tensors)) if isinstance(tensors, (list, tuple)) else None
+    out = low.output(node)
+    if sources is None or out is None:
+        return False
+    node.args = (sources,) + tuple(node.args[1:])
+    low.replace_output(out, node)
+    return True
+
+
 def unary(kernel: Callable, extra_args: Callable[[fx.Node], tuple] = lambda node: ()) -> Rewrite:
     """f(x, ...) on a quantized x -> kernel(q, *extra, scale, zero_point) (or *extra after the qparams)."""
     def rewrite(low: Lowering, match: Match) -> bool:
@@ -134,7 +147,7 @@ def in_quantized_domain(low: Lowering, match: Match) -> bool:
     """Ops that keep their input's qparams (or have fixed ones) run on the quantized tensor as they are."""
     node = match.anchor
     source, out = low.quantized_source(node.args[0]) if node.args else None, low.output(match.last)
-    if source is None or out is None:
+    if source is None or out is None or arg(node, 2, "mode", "constant") != "constant" and node.target is F.pad:
         return False
     node.args = (source,) + tuple(node.args[1:])
     low.replace_output(out, match.last)
@@ -207,6 +220,7 @@ def _rows():
     yield row(MUL, binary(kernels.mul))
     yield row(MATMUL[:2], binary(kernels.matmul))                                         # dq, dq -> matmul -> q
     yield row(CAT, _cat)                                                             # [dq...] -> cat -> q
+    yield row(STACK, _stack)                                                         # [dq...] -> stack -> q
     yield row(SOFTMAX[1:], unary(kernels.softmax, _softmax_dim))                          # dq -> softmax -> q
     yield row(LAYER_NORM[1], unary(kernels.layer_norm, _layer_norm_args))
     yield row(HARDSWISH[1], unary(kernels.hardswish))

@@ -17,7 +17,7 @@ from torch import nn
 
 from fxq.nn import fused
 from fxq.patterns.matcher import Table, chain, row
-from fxq.patterns.ops import (ADD, BOUNDED, CAT, CONV_FUNCTIONS, CONV_MODULES, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, CONV_MODULES, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
                               LEAKY_RELU, MATMUL, MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
 
 OWN, SHARED, FIXED = "own", "shared", "fixed"
@@ -74,7 +74,7 @@ def _rows():
     yield row(chain(MUL, RELU), binary)
     yield row(ADD + MUL + MATMUL, binary)
     yield row(LAYER_NORM[1:] + HARDSWISH[1:] + ELU[1:] + LEAKY_RELU[1:], own)
-    yield row(CAT, Observe(SHARED))                                       # every cat input shares one observer
+    yield row(CAT + STACK, Observe(SHARED))                               # every cat input shares one observer
     yield row(SHARES_INPUT_QPARAMS, Observe(SHARED))
     # torch.ao gives nn.Softmax fixed qparams but observes functional softmax like any op: so does fxq.
     yield row(SIGMOID + HARDSIGMOID + SOFTMAX[:1], Observe(FIXED, fixed=RANGE_0TO1, quantize_float_inputs=False))

@@ -10,6 +10,7 @@ ADD = (operator.add, torch.add, operator.iadd, "add")
 MUL = (operator.mul, torch.mul, operator.imul, "mul")
 MATMUL = (torch.matmul, operator.matmul, torch.bmm)
 CAT = (torch.cat, torch.concat, torch.concatenate)
+STACK = (torch.stack,)
 
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
@@ -35,7 +36,11 @@ SHARES_INPUT_QPARAMS = (
     nn.Flatten, nn.Identity, nn.Dropout, F.dropout, nn.ReLU6, F.relu6, nn.Hardtanh, F.hardtanh,
     torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
     torch.mean, torch.clamp,
-) + RELU + SHAPE_METHODS
+    # padding (constant mode pads with the zero point's value) and selection: they only move int8 values around
+    F.pad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    operator.getitem, torch.narrow, torch.index_select, F.interpolate, nn.Upsample, F.pixel_shuffle,
+    F.pixel_unshuffle, nn.PixelShuffle, nn.PixelUnshuffle, torch.repeat_interleave,
+) + RELU + SHAPE_METHODS + ("narrow", "index_select", "expand_as", "repeat_interleave", "flip", "roll")
 
 # Bounded activations. After a conv / linear they are observed as one op with it: the conv's int8 output gets the
 # clamp's range (torch.ao gives it the conv's own, wider range and loses resolution there).

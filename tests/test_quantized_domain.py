@@ -1,0 +1,77 @@
+"""Padding, selection and shape ops run on int8 tensors: no dequantize -> float op -> quantize detour."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxq
+from conftest import sqnr
+
+
+class Between(nn.Module):
+    """conv -> op -> conv: the op's input and output should both stay int8."""
+
+    def __init__(self, op, channels_out=8):
+        super().__init__()
+        self.conv1, self.op, self.conv2 = nn.Conv2d(3, 8, 3), op, nn.Conv2d(channels_out, 4, 1)
+
+    def forward(self, x):
+        return self.conv2(self.op(self.conv1(x)))
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+OPS = {
+    "F.pad": (lambda: Fn(lambda x: F.pad(x, (1, 1, 2, 0))), 8),
+    "F.pad value": (lambda: Fn(lambda x: F.pad(x, (1, 1), value=0.25)), 8),
+    "ZeroPad2d": (lambda: nn.ZeroPad2d(1), 8),
+    "ConstantPad2d": (lambda: nn.ConstantPad2d(2, 0.5), 8),
+    "slice": (lambda: Fn(lambda x: x[:, :4, 1:, ::2]), 4),
+    "narrow": (lambda: Fn(lambda x: x.narrow(1, 2, 4)), 4),
+    "index_select": (lambda: Fn(lambda x: x.index_select(1, torch.tensor([0, 2, 4, 6]))), 4),
+    "repeat": (lambda: Fn(lambda x: x.repeat(1, 2, 1, 1)), 16),
+    "interpolate": (lambda: Fn(lambda x: F.interpolate(x, scale_factor=2, mode="nearest")), 8),
+    "pixel_shuffle": (lambda: nn.PixelShuffle(2), 2),
+    "flip": (lambda: Fn(lambda x: x.flip(-1)), 8),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_between_convs_stays_int8(name):
+    torch.manual_seed(0)
+    build, channels = OPS[name]
+    model = Between(build(), channels).eval()
+    batches = [torch.randn(2, 3, 10, 10) for _ in range(4)]
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (batches[0],))
+    for batch in batches:
+        prepared(batch)
+    quantized = fxq.convert_fx(prepared)
+    assert quantized.code.count(".dequantize()") == 1, quantized.code  # only at the model's output
+    assert quantized.code.count("quantize_per_tensor(") == 1
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        assert sqnr(model(x), quantized(x)) > 25  # two int8 convs, random weights
+
+
+def test_stack_of_quantized_branches():
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.stack([self.a(x), self.b(x)], dim=1)
+
+    model, x = Stack().eval(), torch.randn(16, 8)
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,))
+    prepared(x)
+    quantized = fxq.convert_fx(prepared)
+    assert "torch.stack" in quantized.code and quantized.code.count(".dequantize()") == 1
+    assert sqnr(model(x).detach(), quantized(x)) > 30
