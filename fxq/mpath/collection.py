@@ -67,7 +67,14 @@ class NodeCollection:
 
     def __init__(self, index: Any, found: list):
         self.index = index
-        self._matches = tuple(self._wrap(position, item) for position, item in found)
+        self._found_items = found  # (position, node or module path), graph order; Match objects built on demand
+        self._match_objects: Optional[tuple] = None
+
+    @property
+    def _matches(self) -> tuple:
+        if self._match_objects is None:
+            self._match_objects = tuple(self._wrap(position, item) for position, item in self._found_items)
+        return self._match_objects
 
     def _wrap(self, position: int, item: Any) -> Match:
         if isinstance(item, fx.Node):
@@ -78,11 +85,11 @@ class NodeCollection:
         return type(self)(self.index, found)
 
     def _found(self) -> list:
-        return [(m.position, m.node if m.node is not None else m.name) for m in self._matches]
+        return list(self._found_items)
 
     # ---- sequence ----
     def __len__(self) -> int:
-        return len(self._matches)
+        return len(self._found_items)
 
     def __iter__(self) -> Iterator[Match]:
         return iter(self._matches)
@@ -97,11 +104,11 @@ class NodeCollection:
 
     @property
     def names(self) -> list[str]:
-        return [m.name for m in self._matches]
+        return [item.name if isinstance(item, fx.Node) else item for _, item in self._found_items]
 
     @property
     def nodes(self) -> list[fx.Node]:
-        return [m.node for m in self._matches if m.node is not None]
+        return [item for _, item in self._found_items if isinstance(item, fx.Node)]
 
     @property
     def modules(self) -> list[Optional[nn.Module]]:
@@ -150,7 +157,7 @@ class NodeCollection:
         if not isinstance(self.index, GraphIndex):
             raise TypeError("users()/producers() follow a graph's data flow: search a GraphModule "
                             "(fxq.tracer.trace(model) or a prepared/converted model), not a plain module tree")
-        seen, result, frontier = set(), set(), [m.node for m in self._matches]
+        seen, result, frontier = set(), set(), self.nodes
         while frontier:
             for node in step(frontier.pop()):
                 if node in seen:

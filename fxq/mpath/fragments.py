@@ -86,6 +86,8 @@ def resolve_name(qualified: str) -> Any:
 class NameFragment:
     """A plain segment: the element's attribute (or node) name equals it."""
 
+    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+
     def __init__(self, name: str):
         self.name = name
 
@@ -98,6 +100,7 @@ class NotFragment:
 
     def __init__(self, inner: Fragment):
         self.inner = inner
+        self.structural = getattr(inner, "structural", False)
 
     def matches(self, element: Element) -> bool:
         return not self.inner.matches(element)
@@ -110,6 +113,10 @@ class ClassFragment:
     for the float model keep selecting the same layers after fusion. Scopes of traced-through modules that the
     GraphModule no longer holds are matched by their recorded class name.
     """
+
+    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+
+    node_ops = ("call_module",)  # as the last element of a node path, only module calls can be instances
 
     def __init__(self, argument: str):
         self.cls = resolve_name(argument)
@@ -140,6 +147,8 @@ class ClassFragment:
 class RegexFragment:
     """``[re:layer[12\\]]``: the element's name fully matches the regex."""
 
+    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+
     def __init__(self, argument: str):
         try:
             self.pattern = re.compile(argument)
@@ -153,32 +162,39 @@ class RegexFragment:
 class OpFragment:
     """``[op:call_function]``: the element is an fx node of this op kind."""
 
+    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+
     def __init__(self, argument: str):
         if argument not in OP_KINDS:
             raise ValueError(f"unknown op kind '{argument}'; expected one of {', '.join(OP_KINDS)}")
         self.op = argument
+        self.node_ops = (argument,)
 
     def matches(self, element: Element) -> bool:
         return element.node is not None and element.node.op == self.op
 
 
 class TargetFragment:
-    """``[target:torch.matmul]``: a call_function node calling that function (or a call_module node of that path).
+    """``[target:torch.matmul]``: a call_function node calling that function.
 
     A name without a dot (``[target:view]``) matches call_method nodes of that method and functions of that
     ``__name__``; a dotted name must resolve to an object, so typos fail at compile time.
     """
 
+    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+
     def __init__(self, argument: str):
         self.text = argument
         self.function = resolve_name(argument) if "." in argument else None
+        # as a node path's last element only these op kinds can match: buckets of other ops are skipped
+        self.node_ops = ("call_function",) if self.function is not None else ("call_function", "call_method")
 
     def matches(self, element: Element) -> bool:
         node = element.node
         if node is None:
             return False
         if self.function is not None:
-            return (node.op == "call_function" and node.target is self.function) or node.target == self.text
+            return node.op == "call_function" and node.target is self.function
         if node.op == "call_method":
             return node.target == self.text
         return node.op == "call_function" and getattr(node.target, "__name__", None) == self.text
@@ -189,6 +205,8 @@ class QTagFragment:
 
     Tags are compared component by component: ``activation`` matches ``activation/output``, ``output`` does not.
     """
+
+    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
 
     def __init__(self, argument: str):
         self.tags = [tuple(tag.strip().split("/")) for tag in argument.split(",")]

@@ -50,6 +50,9 @@ class Program:
                 self.fragments.append(None if kind != _TEST else segment)
             self.kinds.append(_END)
             self.fragments.append(None)
+        # Every fragment answers from (name, module class, recorded type, tag, node): scope steps can be shared
+        # between scopes that look alike (every "attn" under "layers.N"). A registered fragment opts in.
+        self.structural = all(getattr(f, "structural", False) for f in self.fragments if f is not None)
         self._closure = [self._close(state) for state in range(len(self.kinds))]
         starts = [0] + [i + 1 for i, kind in enumerate(self.kinds[:-1]) if kind == _END]
         self.start = frozenset().union(*(self._closure[s] for s in starts))
