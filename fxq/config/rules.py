@@ -8,6 +8,7 @@ the one that wins to the fallback; adding a kind is a new class here plus one li
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -179,7 +180,7 @@ class MPathRules(_TableRules):
 
     def __init__(self) -> None:
         super().__init__()
-        self._selected: dict = {}  # query -> (graph, node count, set of nodes) for the graph last asked about
+        self._selected: dict = {}  # query -> (graph ref, node count, node names) for the graph last asked about
 
     def set(self, rule_key: str, qconfig: Any) -> None:
         from fxq.mpath import compile as compile_query  # late: fxq.mpath imports the tracer, not the config
@@ -194,15 +195,15 @@ class MPathRules(_TableRules):
         """The registered queries that select ``node`` (a node of a GraphModule), in registration order."""
         if not self.entries or node is None:
             return ()
-        return tuple(query for query in self.entries if node in self._nodes(query, node.graph))
+        return tuple(query for query in self.entries if node.name in self._names(query, node.graph))
 
-    def _nodes(self, query: str, graph: Any) -> set:
+    def _names(self, query: str, graph: Any) -> set:
         from fxq.mpath import search
 
         cached = self._selected.get(query)
-        if cached is None or cached[0] is not graph or cached[1] != len(graph.nodes):  # rebuilt when edited
-            nodes = set(search(query, graph.owning_module).nodes)
-            cached = self._selected[query] = (graph, len(graph.nodes), nodes)
+        if cached is None or cached[0]() is not graph or cached[1] != len(graph.nodes):  # rebuilt when edited
+            names = set(search(query, graph.owning_module).names)  # names, not nodes: no model is kept alive
+            cached = self._selected[query] = (weakref.ref(graph), len(graph.nodes), names)
         return cached[2]
 
     def lookup(self, query: NodeQuery) -> Any:

@@ -84,7 +84,7 @@ class GraphIndex:
         if self._scope_types is None:
             self._scope_types = {}
             for (prefix, op), bucket in self.groups()[0].items():
-                scope = bucket[0][1].meta.get(SCOPE_KEY) if op != "call_module" else None
+                scope = bucket[1].meta.get(SCOPE_KEY) if op != "call_module" else None
                 if scope is not None:  # every node of a non-module bucket has this prefix as its scope
                     self._scope_types.setdefault(prefix, scope.type_name)
         return self._scope_types
@@ -173,7 +173,7 @@ class GraphIndex:
                 bucket = buckets.get((prefix, node.op))
                 if bucket is None:
                     bucket = buckets[(prefix, node.op)] = []
-                bucket.append((position, node))
+                bucket += (position, node)  # flat [position, node, ...]: no tuple per node
             self._groups = (buckets, observers)
         return self._groups
 
@@ -197,18 +197,18 @@ class GraphIndex:
             if not tests or (ops is not None and op not in ops):
                 continue
             if tests[0] is True:
-                found.extend(bucket)
+                found.extend(zip(bucket[::2], bucket[1::2]))
                 continue
             if op == "call_module":  # resolve the children of one parent module, not each path from the root
                 parent = self.module(prefix)
                 children = parent._modules if parent is not None else {}
-                for position, node in bucket:
+                for position, node in zip(bucket[::2], bucket[1::2]):
                     name = node.target.rpartition(".")[2]
                     element = Element(name, children.get(name), "", node)
                     if any(test.matches(element) for test in tests):
                         found.append((position, node))
                 continue
-            for position, node in bucket:
+            for position, node in zip(bucket[::2], bucket[1::2]):
                 element = Element(node.name, None, "", node)
                 if any(test.matches(element) for test in tests):
                     found.append((position, node))
