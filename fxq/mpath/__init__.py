@@ -75,6 +75,6 @@ def matches(query: str, gm: fx.GraphModule) -> set[str]:
 
     >>> import torch, fxq
     >>> fxq.mpath.matches("[op:placeholder]", fxq.tracer.trace(torch.nn.ReLU()))
-    {'input'}
+    {'input_1'}
     """
     return set(search(query, gm).names)
