@@ -84,6 +84,8 @@ def convert_to_reference_fx(graph_module: fx.GraphModule, convert_custom_config:
 def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_config: Any = None) -> fx.GraphModule:
     """Trace a copy of ``model`` (eval mode) and fuse conv/linear with batch norm and relu into float modules.
 
+    ``{"fold_linear_chains": True}`` also folds linear -> linear chains (see passes/fold_linear_chains.py).
+
     >>> import torch, fxq
     >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.ReLU()).eval()
     >>> type(fxq.fuse_fx(m).get_submodule("0")).__name__
@@ -92,8 +94,10 @@ def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_con
     _reject_unsupported(None, backend_config)
     config = FuseCustomConfig.coerce(fuse_custom_config)
     gm = _trace_copy(model, PrepareCustomConfig().set_preserved_attributes(config.preserved_attributes))
-    from fxq.passes import fuse
+    from fxq.passes import fold_linear_chains, fuse
     ctx = PassContext()
+    if config.fold_linear_chains:
+        gm = fold_linear_chains.run(gm, ctx)
     gm = fuse.run(gm, ctx)
     gm.recompile()
     _emit_warnings(ctx)
