@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
-from fxq.nn import reference
+from fxq.nn import reference, reference_recurrent
 from fxq.observers import ObserverBase
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
-              nn.Conv3d: reference.Conv3d}
-_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
+              nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding}
+_RECURRENT = {nn.LSTM: reference_recurrent.LSTM, nn.GRU: reference_recurrent.GRU}  # dynamic mode only
+_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -118,10 +119,13 @@ def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, 
             continue
         module = modules[node.target]
         inner = module[0] if type(module) in FUSED_CONSTITUENTS else module
-        if type(inner) not in _REFERENCE:
-            continue
         qconfig = ctx.state.qconfigs.get(node.name)
-        ref = _REFERENCE[type(inner)].from_float(inner, weight_qparams(qconfig.weight(), inner.weight))
+        if type(inner) in _RECURRENT and mode == DYNAMIC:
+            ref = _RECURRENT[type(inner)].from_float(inner, qconfig.weight)
+        elif type(inner) in _REFERENCE:
+            ref = _REFERENCE[type(inner)].from_float(inner, weight_qparams(qconfig.weight(), inner.weight))
+        else:
+            continue
         new = type(module)(ref, module[1]) if inner is not module else ref
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else gm, name, new)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY, activation_dtype
-from fxq.nn import fused, reference
-from fxq.nn.quantized import dynamic, weight_only
+from fxq.nn import fused, reference, reference_recurrent
+from fxq.nn.quantized import dynamic, recurrent, weight_only
 from fxq.patterns.functional_weights import float_linear
 from fxq.patterns.matcher import Match, row
 from fxq.patterns.rewrites import Lowering
@@ -63,16 +63,33 @@ def functional_linear(low: Lowering, match: Match) -> bool:
 
 
 def embedding(low: Lowering, match: Match) -> bool:
-    """nn.Embedding in weight-only mode -> int8 rows with per-row qparams."""
+    """reference Embedding in weight-only mode -> int8 rows with per-row qparams."""
     node = match.anchor
     if low.mode(node) != WEIGHT_ONLY:
         return False
-    module = weight_only.Embedding.from_float(low.modules[node.target], low.qconfig(node).weight())
-    low.set_module(node.target, module)
+    low.set_module(node.target, weight_only.Embedding.from_reference(low.modules[node.target]))
     return True
+
+
+_DYNAMIC_RECURRENT = {nn.LSTM: recurrent.LSTM, nn.GRU: recurrent.GRU,
+                      reference_recurrent.LSTM: recurrent.LSTM, reference_recurrent.GRU: recurrent.GRU}
+
+
+def recurrent_module(low: Lowering, match: Match) -> bool:
+    """LSTM / GRU: a reference one (dynamic int8) or a float one (dynamic float16) -> packed cells."""
+    node = match.anchor
+    module, mode = low.modules[node.target], low.mode(node)
+    if mode == DYNAMIC and isinstance(module, (reference_recurrent.LSTM, reference_recurrent.GRU)):
+        low.set_module(node.target, _DYNAMIC_RECURRENT[type(module)].from_reference(module))
+        return True
+    if mode == DYNAMIC_FP16 and type(module) in (nn.LSTM, nn.GRU) and not getattr(module, "proj_size", 0):
+        low.set_module(node.target, _DYNAMIC_RECURRENT[type(module)].from_float_fp16(module))
+        return True
+    return False
 
 
 def rows():
     yield row((reference.Linear, fused.LinearReLU, nn.Linear), linear_module)   # linear -> int8-weight linear
     yield row(F.linear, functional_linear)                                        # F.linear -> int8-weight linear
-    yield row(nn.Embedding, embedding)                                            # embedding -> int8 rows
+    yield row(reference.Embedding, embedding)                                     # embedding -> int8 rows
+    yield row(tuple(_DYNAMIC_RECURRENT), recurrent_module)                        # LSTM / GRU -> int8 cells

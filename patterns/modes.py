@@ -6,10 +6,11 @@ from fxq.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY
 from fxq.nn import fused
 
 _LINEARS = (nn.Linear, fused.LinearReLU, F.linear)
+_RECURRENT = (nn.LSTM, nn.GRU)
 
 MODE_OPS = {
-    DYNAMIC: _LINEARS,                          # int8 weights, activations quantized per call
-    DYNAMIC_FP16: _LINEARS[:2],                 # float16 weights (modules only)
+    DYNAMIC: _LINEARS + _RECURRENT,             # int8 weights, activations quantized per call
+    DYNAMIC_FP16: _LINEARS[:2] + _RECURRENT,    # float16 weights (modules only)
     WEIGHT_ONLY: _LINEARS + (nn.Embedding,),    # int8 weights, float activations
 }
 

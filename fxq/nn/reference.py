@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "WeightQParams"]
+__all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "WeightQParams"]
 
 WeightQParams = Dict[str, Any]
 
 _PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
-_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
+_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 _INT_RANGE = {torch.qint8: (-128, 127), torch.quint8: (0, 255), torch.qint32: (-(2**31), 2**31 - 1)}
 
 
@@ -58,7 +58,9 @@ class _ReferenceWeight:
         low, high = _INT_RANGE[self.weight_dtype]
         quant_range = [qparams.get("quant_min", low), qparams.get("quant_max", high)]
         self.register_buffer("weight_scale", torch.as_tensor(qparams["scale"], dtype=torch.float).detach().clone())
-        zero_point = torch.as_tensor(qparams["zero_point"], dtype=torch.long)
+        # embedding rows keep a float zero point (per_channel_affine_float_qparams); the others an integer one
+        float_zero_point = self.weight_qscheme == torch.per_channel_affine_float_qparams
+        zero_point = torch.as_tensor(qparams["zero_point"], dtype=torch.float if float_zero_point else torch.long)
         self.register_buffer("weight_zero_point", zero_point.detach().clone())
         self.register_buffer("weight_axis", torch.tensor(int(qparams.get("axis", 0))))
         self.register_buffer("weight_quant_range", torch.tensor(quant_range, dtype=torch.long))
@@ -129,7 +131,7 @@ class _ReferenceWeight:
                         weight_qparams=weight_qparams)
         # the float weight is shared, not copied: reference modules only read it
         reference.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
-        if float_module.bias is not None:
+        if getattr(float_module, "bias", None) is not None:  # embeddings have none
             bias = float_module.bias
             reference.bias = nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
         return reference
@@ -172,3 +174,19 @@ class Conv2d(_ReferenceConv, nn.Conv2d):
 
 class Conv3d(_ReferenceConv, nn.Conv3d):
     """`nn.Conv3d` whose forward uses the quantize-dequantized weight."""
+
+
+class Embedding(_ReferenceWeight, nn.Embedding):
+    """`nn.Embedding` that looks rows up in the quantize-dequantized table (int8 rows, per-row qparams)."""
+
+    @staticmethod
+    def _constructor_args(embedding: nn.Embedding) -> tuple:
+        return (embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, embedding.max_norm,
+                embedding.norm_type, embedding.scale_grad_by_freq, embedding.sparse)
+
+    def _get_name(self) -> str:
+        return "ReferenceQuantizedEmbedding"
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return F.embedding(indices, self.get_weight(), self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)

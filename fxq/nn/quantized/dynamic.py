@@ -43,6 +43,25 @@ class Linear(nn.Module):
         packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), _bias(linear))
         return cls(linear.in_features, linear.out_features, packed, torch.float16, relu)
 
+    # The packed weight is not a tensor: the state_dict carries it unpacked, and loading packs it again.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        fp16 = self.dtype == torch.float16
+        unpack = torch.ops.quantized.linear_unpack_fp16 if fp16 else torch.ops.quantized.linear_unpack
+        destination[prefix + "weight"], destination[prefix + "bias"] = unpack(self._packed_params)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if prefix + "weight" in state_dict:
+            weight, bias = state_dict.pop(prefix + "weight"), state_dict.pop(prefix + "bias", None)
+            fp16 = self.dtype == torch.float16
+            pack = torch.ops.quantized.linear_prepack_fp16 if fp16 else torch.ops.quantized.linear_prepack
+            self._packed_params = pack(weight, bias)
+        elif strict:
+            missing_keys.append(prefix + "weight")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def _get_name(self) -> str:
         return "DynamicQuantizedLinear" + ("ReLU" if self.relu else "")
 

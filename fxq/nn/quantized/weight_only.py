@@ -85,15 +85,14 @@ class Embedding(nn.Module):
         return (rows.float() - zero_point) * scale
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, observer: nn.Module) -> "Embedding":
-        """Quantize each row with a per-row observer (ch_axis=0) that has seen the weight."""
-        observer(embedding.weight.detach())
-        scale, zero_point = observer.calculate_qparams()
-        low, high = observer.quant_min, observer.quant_max
-        weight = embedding.weight.detach()
-        dtype = torch.uint8 if low >= 0 else torch.int8
-        quantized = torch.clamp(torch.round(weight / scale[:, None] + zero_point[:, None]), low, high).to(dtype)
-        return cls(quantized, scale, zero_point.float(), embedding.padding_idx)
+    def from_reference(cls, ref: nn.Module) -> "Embedding":
+        """From a reference Embedding with per-row (axis 0) weight qparams."""
+        if not isinstance(ref, reference.Embedding) or not ref.is_per_channel or int(ref.weight_axis) != 0:
+            raise ValueError("weight-only Embedding needs fxq.nn.reference.Embedding with per-row (axis 0) qparams; "
+                             "use fxq.float_qparams_weight_only_qconfig for embeddings")
+        weight = ref.quantized_weight()
+        return cls(weight.int_repr(), weight.q_per_channel_scales(), weight.q_per_channel_zero_points().float(),
+                   ref.padding_idx)
 
     def _get_name(self) -> str:
         return "WeightOnlyInt8Embedding"
