@@ -18,6 +18,7 @@ from torch import fx
 
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.fusion import FUSION
+from fxq.patterns.matcher import op_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             continue  # erased by an earlier fusion, or a module called from several places (fusing would change them all)
         match = FUSION.match(node, modules)
         if match is None:
+            _log_if_users_block_fusion(node, modules)
             continue
         parts = [modules[n.target] if n.op == "call_module" else None for n in match.nodes]
         fused = match.rule.action(*parts)
@@ -45,6 +47,20 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         ctx.count(f"fused {match.rule.name}")
     gm.delete_all_unused_submodules()
     return gm
+
+
+def _log_if_users_block_fusion(node: fx.Node, modules: dict) -> None:
+    """A pattern that would have matched but for a value with other users is skipped: say so at debug level."""
+    if len(node.users) < 2:
+        return
+    for rule in FUSION.rules_for(op_of(node, modules)):
+        blocked = [u for u in node.users if len(rule.pattern) > 1 and u.args and u.args[0] is node
+                   and op_of(u, modules) in rule.ops_at(1)]
+        if blocked:
+            log.debug("fusion %s skipped at %s: its output has %d users (%s); fusing it into %s would change what "
+                      "the others read", rule.name, node.name, len(node.users),
+                      ", ".join(u.name for u in node.users), blocked[0].name)
+            return
 
 
 def _replace_module(gm: fx.GraphModule, modules: dict, path: str, module) -> None:

@@ -1,5 +1,6 @@
 """Fusion patterns: module and functional spellings, fused kernels, torch.ao parity, and bounded activations."""
 import copy
+import logging
 
 import pytest
 import torch
@@ -144,3 +145,22 @@ def test_clamp_whose_range_misses_zero_stays_exact():
     x = torch.randn(4, 3, 10, 10)
     assert ours(x).min() >= 0.5 - 0.02  # the clamp still applies (on the int8 grid)
     assert sqnr(model(x).detach(), ours(x)) > 30
+
+
+def test_a_pattern_on_a_value_with_several_users_is_skipped_with_a_debug_log(caplog):
+    class TwoReaders(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # bn folded into conv would change what the add reads
+
+    model = TwoReaders().eval()
+    with caplog.at_level(logging.DEBUG, logger="fxq.passes.fuse"):
+        fused = fxq.fuse_fx(model)
+    assert type(fused.get_submodule("conv")) is nn.Conv2d and type(fused.get_submodule("bn")) is nn.BatchNorm2d
+    assert any("skipped at conv" in r.getMessage() and "2 users" in r.getMessage() for r in caplog.records)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(fused(x), model(x))
