@@ -92,10 +92,18 @@ def _table_row(record: dict) -> list:
         shape = "x".join(str(d) for d in record["shape"] or [])
         value = f"{record['dtype']}[{shape}]"
     low, high = quant.get("min"), quant.get("max")
-    range_text = f"{low:.4g}..{high:.4g}" if low is not None and high is not None else ""
+    range_text = _range_text(low, high)
     return [record["index"], record["name"], record["op"], record["target"], record["scope"] or "<root>", value,
             _short_qconfig(record["qconfig"]), range_text, _text(quant.get("scale")), _text(quant.get("zero_point")),
             quant.get("dtype", "")]
+
+
+def _range_text(low, high) -> str:
+    if low is None or high is None:
+        return ""
+    if isinstance(low, list):  # a per-channel observer (e.g. F.linear's weight): the extremes over channels
+        return f"[{len(low)}] {min(low):.4g}..{max(high):.4g}"
+    return f"{low:.4g}..{high:.4g}"
 
 
 def _short_qconfig(qconfig: Optional[str]) -> str:

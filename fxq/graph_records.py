@@ -7,7 +7,10 @@ A record is a dict with the fixed keys of :data:`RECORD_KEYS` (schema version :d
   (``""`` at the root); for ``call_module`` nodes ``scope_type`` is the class of the module called now.
 - ``inputs`` (list of str): names of the nodes it reads, in argument order, each once.
 - ``dtype`` (str or None) and ``shape`` (list of int or None): its output on the example inputs.
-- ``qconfig`` (str or None): the short form of the QConfig prepare assigned to it (prepared graphs only).
+- ``qconfig`` (str or None): ``QConfig.short()`` of the QConfig prepare assigned to the op. In a prepared graph
+  it comes from the assignment (``gm._fxq_state``); in a converted graph from the provenance convert keeps
+  (fxq.provenance), so a lowered op (``add_relu``, ``linear_quantized_0``) shows the qconfig of the op it
+  replaced. Observer, quantize and dequantize nodes have None: their ``quant`` says what they do.
 - ``quant`` (dict or None), for observers, quantize calls and ops with a quantized output: ``dtype`` (str),
   ``min`` / ``max`` (float or None: the observed range), ``scale`` (float, or list of float per channel),
   ``zero_point`` (int, or list of int).
@@ -31,9 +34,12 @@ RECORD_KEYS = ("index", "name", "op", "target", "scope", "scope_type", "inputs",
 _QUANTIZE_CALLS = (torch.quantize_per_tensor, torch.quantize_per_channel)
 
 
-def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None) -> list[dict]:
+def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None,
+                 qconfigs: Optional[dict] = None) -> list[dict]:
     """A record per node, in graph order. With ``example_inputs`` the graph runs once to learn the actual
     output dtypes and shapes (a converted graph's quint8 tensors); otherwise they come from prepare's record.
+    ``qconfigs`` (node name -> QConfig) overrides the assignment read from ``gm``; the pipeline passes its own
+    while prepare runs, before the state is on the GraphModule.
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
@@ -42,22 +48,45 @@ def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None) -> 
     ['input_1', 'activation_post_process_0', '_0', 'activation_post_process_1', 'output']
     """
     values = _run(gm, example_inputs) if example_inputs is not None else {}
-    state = get_state(gm)
-    qconfigs = state.qconfigs if state is not None else {}
     modules = dict(gm.named_modules())
-    return [_record(index, node, modules, values, qconfigs) for index, node in enumerate(gm.graph.nodes)]
+    texts = _qconfig_texts(gm, qconfigs)
+    records = []
+    for index, node in enumerate(gm.graph.nodes):
+        record = _record(index, node, modules, values)
+        if not _is_plumbing(node, modules):  # observers, quantize, dequantize: their quant fields speak
+            record["qconfig"] = texts.get(node.name)
+        records.append(record)
+    return records
 
 
-def _record(index: int, node: fx.Node, modules: dict, values: dict, qconfigs: dict) -> dict:
+def _qconfig_texts(gm: fx.GraphModule, qconfigs: Optional[dict]) -> dict:
+    """Node name -> QConfig.short() text: what convert kept, else the given or the prepared model's assignment."""
+    from fxq.provenance import provenance  # fxq.provenance reads target_name from here: import late
+    kept = provenance(gm)
+    if kept:
+        return {name: qconfig for name, (_, qconfig) in kept.items() if qconfig is not None}
+    if qconfigs is None:
+        state = get_state(gm)
+        qconfigs = state.qconfigs if state is not None else {}
+    return {name: qconfig.short() for name, qconfig in qconfigs.items() if qconfig is not None}
+
+
+def _is_plumbing(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), ObserverBase)
+    return node.target in _QUANTIZE_CALLS or node.target is torch.dequantize or (
+        node.op == "call_method" and node.target == "dequantize")
+
+
+def _record(index: int, node: fx.Node, modules: dict, values: dict) -> dict:
     scope = scope_of(node)
     scope_type = scope.type_name
     if node.op == "call_module" and node.target in modules:
         scope_type = _class_name(type(modules[node.target]))
     dtype, shape = _value(node, values)
-    qconfig = qconfigs.get(node.name)
     return {"index": index, "name": node.name, "op": node.op, "target": target_name(node),
             "scope": scope.path, "scope_type": scope_type, "inputs": _inputs(node), "dtype": dtype, "shape": shape,
-            "qconfig": qconfig.short() if qconfig is not None else None, "quant": _quant(node, modules)}
+            "qconfig": None, "quant": _quant(node, modules)}
 
 
 def target_name(node: fx.Node) -> str:

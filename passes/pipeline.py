@@ -3,6 +3,9 @@
 Set ``debug_dump_dir`` (or the environment variable ``FXQ_DUMP_DIR``) to get ``NN-<pass>.txt`` with the graph
 after every pass (fxq.dump's table, then the code), numbered in pipeline order, and ``timing.txt`` with the
 time and statistics of each pass.
+
+Convert runs carry provenance (fxq.provenance): each op's name and qconfig ride in node meta through the
+passes and are kept on the converted model, for fxq.compare and the dumps' qconfig column.
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from typing import Callable, Optional, Sequence
 
 from torch import fx
 
-from fxq.dump import dump
+from fxq.dump import format_table
+from fxq.graph_records import node_records
+from fxq import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
@@ -55,6 +60,9 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
     dump_dir = dump_dir or os.environ.get("FXQ_DUMP_DIR")
     directory = _prepare_dump_dir(dump_dir, stage)
     timings, done = [], []
+    converting = ctx.convert_config is not None
+    if converting:
+        provenance.stamp(gm, ctx.state.qconfigs)
     for index, run in enumerate(passes, 1):
         name = run.__module__.rsplit(".", 1)[-1]
         ctx.current_pass = name
@@ -73,8 +81,11 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
         done.append(name)
         if directory is not None:
             gm.recompile()  # the Python code is only regenerated when someone reads it
-            (directory / f"{index:02d}-{name}.txt").write_text(dump(gm) + "\n" + gm.code)
+            table = format_table(node_records(gm, qconfigs=ctx.state.qconfigs if ctx.state else None))
+            (directory / f"{index:02d}-{name}.txt").write_text(table + "\n" + gm.code)
     gm.recompile()
+    if converting:
+        provenance.keep(gm)
     if directory is not None:
         _write_timings(directory, timings, ctx)
     return gm
