@@ -1,25 +1,22 @@
 """Where does the quantization error come from? Per-layer SQNR between a float and a quantized model, and a
 layer sensitivity ranking: the job of torch.ao's numeric suite, each as one call.
-
-:func:`compare` runs both models on the same inputs and matches their graphs by node: the float model is traced
-and fused the way prepare_fx fuses it (so a fused conv-bn-relu is compared with the float conv-bn-relu), and a
-node of the quantized graph is matched to the float node of the same name; ops the lowering re-created under a
-numbered name (``add`` -> ``add_1``) are matched by base name, in graph order, when the shapes agree.
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
 import torch
 from tabulate import tabulate
 from torch import fx, nn
 
 from fxq.graph_records import target_name
+from fxq.provenance import provenance
+from fxq.sensitivity import Sensitivity, sensitivity  # re-exported: the numeric suite's calls live here
 from fxq.tracer import scope_of
 
+__all__ = ["Comparison", "LayerError", "Sensitivity", "compare", "sensitivity"]
 _SKIPPED_OPS = ("placeholder", "get_attr", "output")
 
 
@@ -48,6 +45,17 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
     """Per-layer SQNR of ``quantized_model`` (from convert_fx) against ``float_model``, worst first.
 
     ``inputs`` is an iterable of batches; a batch is a tensor or a tuple of the forward's arguments.
+
+    How float and quantized activations are paired: ``float_model`` is traced and fused the way prepare_fx does
+    it, so its graph has the observed graph's op nodes under the same names (a conv-bn-relu is one fused
+    ``conv`` node, compared as the float relu(bn(conv(x)))). Convert records, for each node it makes, the op
+    whose output it holds (fxq.provenance; kept on the model, so it survives ``torch.save``): the quantized
+    ``add_relu`` that replaced ``add`` -> ``relu`` holds ``relu``'s output, a ``linear_quantized_0`` module
+    holds ``F.linear``'s. Each float op is paired with the *last* node in the quantized graph holding its
+    output (its dequantized value when it ran in float and was re-quantized after). Float ops with no
+    quantized counterpart (``add`` inside ``add_relu``, ops convert removed) and pairs whose shapes differ
+    are left out. A quantized model without that record (edited after convert) is matched by node name,
+    then by base name (``add`` -> ``add_1``) in graph order. Each row names the float node and its scope.
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
@@ -94,7 +102,20 @@ def _fused_float_graph(model: nn.Module) -> fx.GraphModule:
 
 
 def _match(reference: fx.GraphModule, quantized: fx.GraphModule) -> dict[str, str]:
-    """Quantized node name -> float node name, for nodes both graphs compute."""
+    """Quantized node name -> float node name, for nodes both graphs compute (see :func:`compare`)."""
+    float_names = {n.name for n in reference.graph.nodes if n.op not in _SKIPPED_OPS}
+    origins = provenance(quantized)
+    if not origins:
+        return _match_by_name(reference, quantized)
+    holder: dict[str, str] = {}  # float op -> the last quantized node holding its output
+    for node in quantized.graph.nodes:
+        origin = origins.get(node.name, (None, None))[0]
+        if node.op not in _SKIPPED_OPS and origin in float_names:
+            holder[origin] = node.name
+    return {quantized_name: float_name for float_name, quantized_name in holder.items()}
+
+
+def _match_by_name(reference: fx.GraphModule, quantized: fx.GraphModule) -> dict[str, str]:
     float_nodes = [n for n in reference.graph.nodes if n.op not in _SKIPPED_OPS]
     float_names = {n.name for n in float_nodes}
     quantized_nodes = [n for n in quantized.graph.nodes if n.op not in _SKIPPED_OPS]
@@ -129,55 +150,3 @@ def _values(gm: fx.GraphModule, args: tuple, wanted: set) -> dict:
         _Capture(gm).run(*args)
     return values
 
-
-@dataclass(frozen=True)
-class Sensitivity:
-    """How much the metric moved when only ``layer`` stayed float (positive: quantizing it costs that much)."""
-
-    layer: str
-    metric: float
-    change: float
-
-
-def sensitivity(float_model: nn.Module, qconfig_mapping: Any, calibration: Sequence[Any],
-                eval_fn: Callable[[nn.Module], float], layers: Optional[Sequence[str]] = None) -> list[Sensitivity]:
-    """Rank layers by how much the metric recovers when only that layer is left in float, most sensitive first.
-
-    ``eval_fn(model) -> float`` is higher-is-better (e.g. accuracy). ``layers`` defaults to every Linear and
-    Conv module. Costs one prepare + calibrate + convert + eval per layer.
-
-    >>> import torch, fxq
-    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
-    >>> data = [torch.randn(16, 8) for _ in range(2)]
-    >>> score = lambda m: -float((m(data[0]) - model(data[0])).pow(2).mean())
-    >>> ranking = fxq.sensitivity(model, fxq.get_default_qconfig_mapping(), data, score)
-    >>> sorted(r.layer for r in ranking)
-    ['0', '2']
-    """
-    from fxq.api import convert_fx, prepare_fx
-    from fxq.calibration import calibrate
-    from fxq.config import QConfigMapping
-
-    if getattr(float_model, "_fxq_state", None) is not None:
-        raise TypeError("fxq.sensitivity takes the float model (it prepares one copy per layer); pass the model "
-                        "you gave prepare_fx, not the prepared one")
-    mapping = QConfigMapping.coerce(qconfig_mapping)
-    first = calibration[0]
-    example = first if isinstance(first, tuple) else (first,)
-    weighted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    layers = list(layers) if layers is not None else [
-        name for name, module in float_model.named_modules() if isinstance(module, weighted)]
-
-    def quantized_metric(float_layer: Optional[str]) -> float:
-        layer_mapping = copy.deepcopy(mapping)
-        if float_layer is not None:
-            layer_mapping.set_module_name(float_layer, None)
-        prepared = prepare_fx(float_model, layer_mapping, example)
-        calibrate(prepared, calibration, progress=False)
-        return float(eval_fn(convert_fx(prepared)))
-
-    baseline = quantized_metric(None)
-    ranking = [Sensitivity(layer, metric, metric - baseline) for layer in layers
-               for metric in (quantized_metric(layer),)]
-    ranking.sort(key=lambda s: (-s.change, s.layer))
-    return ranking
