@@ -22,7 +22,7 @@ from fxq import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
-from fxq.passes import equalize, insert_equalization_observers
+from fxq.passes import cost_model, equalize, insert_equalization_observers
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -31,6 +31,7 @@ PREPARE = [
     record_values.run,     # first: later passes read the shapes and dtypes it records
     fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
     assign_qconfig.run,
+    cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
     insert_observers.run,
     insert_equalization_observers.run,  # after insert_observers: equalization observers sit behind input observers
     observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs

@@ -79,7 +79,8 @@ class PrepareCustomConfig(_CustomConfig):
 
     DICT_KEYS = ("standalone_module_name", "standalone_module_class", "float_to_observed_custom_module_class",
                  "non_traceable_module_name", "non_traceable_module_class", "input_quantized_idxs",
-                 "output_quantized_idxs", "preserved_attributes", "auto_leaf", "tracer_class", "tracer_options")
+                 "output_quantized_idxs", "preserved_attributes", "auto_leaf", "tracer_class", "tracer_options",
+                 "cost_model")
 
     def __init__(self) -> None:
         self.standalone_module_names: dict[str, StandaloneModuleConfigEntry] = {}
@@ -93,6 +94,7 @@ class PrepareCustomConfig(_CustomConfig):
         self.auto_leaf: bool = False
         self.tracer_class: Optional[type] = None  # a torch.fx.Tracer subclass; fxq mixes its scope recording in
         self.tracer_options: dict[str, Any] = {}  # the tracer's constructor arguments, plus "concrete_args"
+        self.cost_model: bool = False
 
     def _standalone_entry(self, qconfig_mapping: Any, example_inputs: Any, prepare_custom_config: Any,
                           backend_config: Any) -> StandaloneModuleConfigEntry:
@@ -158,6 +160,12 @@ class PrepareCustomConfig(_CustomConfig):
         self.auto_leaf = bool(auto_leaf)
         return self
 
+    def set_cost_model(self, enabled: bool = True) -> "PrepareCustomConfig":
+        """Leave in float the Linear / Conv2d layers that run slower as int8 than as float on this machine
+        (timed once per shape and engine by fxq.cost_model); the dumps say which and why."""
+        self.cost_model = bool(enabled)
+        return self
+
     def set_tracer(self, tracer_class: Optional[type] = None, **options: Any) -> "PrepareCustomConfig":
         """Trace with ``tracer_class`` (a torch.fx.Tracer subclass) and/or these options: the tracer's constructor
         arguments (``param_shapes_constant``, ``autowrap_functions``, ...) and ``concrete_args`` for ``trace()``.
@@ -196,6 +204,7 @@ class PrepareCustomConfig(_CustomConfig):
         config.set_output_quantized_indexes(config_dict.get("output_quantized_idxs", []))
         config.set_preserved_attributes(config_dict.get("preserved_attributes", []))
         config.set_auto_leaf(config_dict.get("auto_leaf", False))
+        config.set_cost_model(config_dict.get("cost_model", False))
         options = config_dict.get("tracer_options", {})
         if not isinstance(options, dict):
             raise TypeError(f'prepare_custom_config_dict["tracer_options"]: expected a dict, got {options!r}')
@@ -215,6 +224,7 @@ class PrepareCustomConfig(_CustomConfig):
             "auto_leaf": self.auto_leaf,
             "tracer_class": self.tracer_class,
             "tracer_options": dict(self.tracer_options),
+            "cost_model": self.cost_model,
         }
         return {key: value for key, value in items.items() if value}
 

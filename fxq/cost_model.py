@@ -1,0 +1,122 @@
+"""Measured cost of a layer in int8 and in float, per op kind, shape, engine and thread count.
+
+The cost model answers one question for prepare: on this machine, is this Linear / Conv faster as an int8
+kernel than as the float op? Small layers often are not (an int8 kernel pays for requantizing its output and
+its fixed overheads, which a 32x32 linear never earns back). Each (kind, shapes, engine, threads) is timed
+once per process — the median of a few runs of both kernels on random data of the layer's shapes — and
+cached; ``FXQ_COST_CACHE=path.json`` keeps the cache across processes.
+
+    >>> cost = layer_cost("linear", weight_shape=(32, 32), input_shape=(1, 32))
+    >>> cost.int8_ms > 0 and cost.float_ms > 0
+    True
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Cost", "layer_cost", "clear_cache"]
+
+_RUNS, _WARMUP = 7, 2
+# int8 must lose by this factor before a layer stays float: the timings are noisy, and a float layer between
+# int8 ones adds a dequantize and a quantize that the per-layer timing does not see
+SLOWER_MARGIN = 1.25
+_cache: Dict[str, "Cost"] = {}
+
+
+@dataclass(frozen=True)
+class Cost:
+    int8_ms: float
+    float_ms: float
+
+    @property
+    def int8_is_slower(self) -> bool:
+        return self.int8_ms > SLOWER_MARGIN * self.float_ms
+
+    def describe(self) -> str:
+        return f"int8 {self.int8_ms:.3f} ms vs float {self.float_ms:.3f} ms"
+
+
+def layer_cost(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[int, ...],
+               geometry: Tuple = (), engine: str = "") -> Cost:
+    """Cost of ``kind`` ("linear" or "conv2d", with conv geometry (stride, padding, dilation, groups))."""
+    engine = engine or torch.backends.quantized.engine
+    key = json.dumps([kind, list(weight_shape), list(input_shape), list(geometry), engine, torch.get_num_threads()])
+    if not _cache:
+        _load_disk_cache()
+    if key not in _cache:
+        _cache[key] = _MEASURE[kind](tuple(weight_shape), tuple(input_shape), tuple(geometry), engine)
+        _save_disk_cache()
+    return _cache[key]
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+def _median_ms(function: Callable[[], object]) -> float:
+    with torch.no_grad():
+        for _ in range(_WARMUP):
+            function()
+        times = []
+        for _ in range(_RUNS):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+    return sorted(times)[_RUNS // 2] * 1e3
+
+
+def _quantized_input(shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(shape)
+    return x, torch.quantize_per_tensor(x, 0.05, 64, torch.quint8)
+
+
+def _measure_linear(weight_shape, input_shape, geometry, engine) -> Cost:
+    weight, bias = torch.randn(weight_shape), torch.randn(weight_shape[0])
+    x, xq = _quantized_input(input_shape)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        packed = torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(weight, 0.01, 0, torch.qint8), bias)
+        int8 = _median_ms(lambda: torch.ops.quantized.linear(xq, packed, 0.05, 64))
+    finally:
+        torch.backends.quantized.engine = previous
+    return Cost(int8, _median_ms(lambda: F.linear(x, weight, bias)))
+
+
+def _measure_conv2d(weight_shape, input_shape, geometry, engine) -> Cost:
+    stride, padding, dilation, groups = geometry
+    weight, bias = torch.randn(weight_shape), torch.randn(weight_shape[0])
+    x, xq = _quantized_input(input_shape)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        qweight = torch.quantize_per_tensor(weight, 0.01, 0, torch.qint8)
+        packed = torch.ops.quantized.conv2d_prepack(qweight, bias, list(stride), list(padding), list(dilation), groups)
+        int8 = _median_ms(lambda: torch.ops.quantized.conv2d(xq, packed, 0.05, 64))
+    finally:
+        torch.backends.quantized.engine = previous
+    return Cost(int8, _median_ms(lambda: F.conv2d(x, weight, bias, stride, padding, dilation, groups)))
+
+
+_MEASURE = {"linear": _measure_linear, "conv2d": _measure_conv2d}
+
+
+def _load_disk_cache() -> None:
+    path = os.environ.get("FXQ_COST_CACHE")
+    if path and os.path.exists(path):
+        with open(path) as file:
+            _cache.update({key: Cost(**value) for key, value in json.load(file).items()})
+
+
+def _save_disk_cache() -> None:
+    path = os.environ.get("FXQ_COST_CACHE")
+    if path:
+        with open(path, "w") as file:
+            json.dump({key: asdict(cost) for key, cost in _cache.items()}, file, indent=1)

@@ -1,0 +1,74 @@
+"""Leave in float the layers that are slower as int8 than as float here (opt-in: ``cost_model`` in the
+PrepareCustomConfig).
+
+Requires: qconfigs assigned (assign_qconfig) and the example inputs' shapes recorded (record_values).
+Guarantees: a static Linear / LinearReLU / Conv2d / ConvReLU2d whose measured int8 kernel time exceeds its
+float time gets no qconfig, so no observers are placed around it; ``node.meta["fxq_float_reason"]`` says
+why, and the dumps show it. Layers whose input shape is unknown are left as they are.
+Position: after assign_qconfig, before insert_observers.
+
+Before / after (a 32x32 linear that the int8 kernel cannot speed up)::
+
+    fc: qconfig static int8    ->    fc: qconfig None, fxq_float_reason "cost model: int8 0.011 ms vs float 0.004 ms"
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx, nn
+
+from fxq import cost_model
+from fxq.modes import STATIC
+from fxq.nn import fused
+from fxq.passes.context import PassContext, modules_of
+from fxq.passes.record_values import value_of
+
+REASON_KEY = "fxq_float_reason"
+
+
+def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    if ctx.prepare_config is None or not getattr(ctx.prepare_config, "cost_model", False):
+        return gm
+    modules = modules_of(gm)
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or ctx.state.modes.get(node.name) != STATIC or not node.args:
+            continue
+        cost = _cost(modules[node.target], value_of(node.args[0]).shape if isinstance(node.args[0], fx.Node) else None)
+        if cost is not None and cost.int8_is_slower:
+            for kept in _unfused(gm, modules, node):
+                ctx.state.qconfigs[kept.name], ctx.state.modes[kept.name] = None, None
+                kept.meta[REASON_KEY] = f"cost model: {cost.describe()}"
+            ctx.count("layers left float by the cost model")
+    return gm
+
+
+def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
+    """A float layer runs faster as its parts than as a fused Sequential (one module call less per layer):
+    split a fused Linear/Conv + ReLU back into the layer and ``torch.relu``. Returns the nodes left float."""
+    module = modules[node.target]
+    if not isinstance(module, (fused.LinearReLU, fused.ConvReLU2d)):
+        return [node]
+    parent, _, name = node.target.rpartition(".")
+    setattr(modules[parent] if parent else gm, name, module[0])
+    modules[node.target] = module[0]
+    with gm.graph.inserting_after(node):
+        relu = gm.graph.call_function(torch.relu, (node,))
+    node.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
+    relu.meta.update({k: v for k, v in node.meta.items() if k != "fxq_value"})
+    relu.meta["fxq_value"] = node.meta.get("fxq_value")
+    return [node, relu]
+
+
+def _cost(module: nn.Module, input_shape) -> "cost_model.Cost | None":
+    layer = module[0] if isinstance(module, (fused.LinearReLU, fused.ConvReLU2d)) else module
+    if input_shape is None:
+        return None
+    if type(layer) is nn.Linear and len(input_shape) >= 1:
+        rows = math.prod(input_shape[:-1]) if len(input_shape) > 1 else 1
+        return cost_model.layer_cost("linear", tuple(layer.weight.shape), (rows, input_shape[-1]))
+    if type(layer) is nn.Conv2d and len(input_shape) == 4 and layer.padding_mode == "zeros" \
+            and not isinstance(layer.padding, str):
+        geometry = (tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation), layer.groups)
+        return cost_model.layer_cost("conv2d", tuple(layer.weight.shape), tuple(input_shape), geometry)
+    return None
