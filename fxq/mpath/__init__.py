@@ -66,7 +66,7 @@ def find_quantizers(model: fx.GraphModule, query: str) -> QuantizerCollection:
         raise TypeError("fxq.find_quantizers(model, query): model must be a prepared GraphModule "
                         f"(from fxq.prepare_fx), got {type(model).__name__}")
     index = index_of(model)
-    found = [(p, node) for p, node in index.match(compile_query(query)) if QTAG_KEY in node.meta]
+    found = [node for node in index.match(compile_query(query)) if QTAG_KEY in node.meta]
     return QuantizerCollection(index, found)
 
 

@@ -11,7 +11,6 @@ NodeCollection([<0: 1: Linear>])
 """
 from __future__ import annotations
 
-import operator
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -32,10 +31,10 @@ class Match:
     """One result: ``name`` (node name, or module path for a module tree), ``node`` (None for modules),
     ``module`` (looked up when read, so it reflects ``initialize``), ``path`` (dotted, for display)."""
 
-    __slots__ = ("position", "name", "node", "root")
+    __slots__ = ("name", "node", "root")
 
-    def __init__(self, position: int, name: str, node: Optional[fx.Node], root: nn.Module):
-        self.position, self.name, self.node, self.root = position, name, node, root
+    def __init__(self, name: str, node: Optional[fx.Node], root: nn.Module):
+        self.name, self.node, self.root = name, node, root
 
     @property
     def module(self) -> Optional[nn.Module]:
@@ -67,36 +66,33 @@ class NodeCollection:
 
     def __init__(self, index: Any, found: list):
         self.index = index
-        self._found_items = found  # (position, node or module path), graph order; Match objects built on demand
+        self._items = found  # nodes (module paths for a module tree) in graph order; Match objects built on demand
         self._match_objects: Optional[tuple] = None
 
     @property
     def _matches(self) -> tuple:
         if self._match_objects is None:
-            self._match_objects = tuple(self._wrap(position, item) for position, item in self._found_items)
+            self._match_objects = tuple(self._wrap(item) for item in self._items)
         return self._match_objects
 
-    def _wrap(self, position: int, item: Any) -> Match:
+    def _wrap(self, item: Any) -> Match:
         if isinstance(item, fx.Node):
-            return Match(position, item.name, item, self.index.root)
-        return Match(position, item, None, self.index.root)
+            return Match(item.name, item, self.index.root)
+        return Match(item, None, self.index.root)
 
     def _new(self, found: list) -> "NodeCollection":
         return type(self)(self.index, found)
 
-    def _found(self) -> list:
-        return list(self._found_items)
-
     # ---- sequence ----
     def __len__(self) -> int:
-        return len(self._found_items)
+        return len(self._items)
 
     def __iter__(self) -> Iterator[Match]:
         return iter(self._matches)
 
     def __getitem__(self, item: Union[int, slice]) -> Any:
         if isinstance(item, slice):
-            return self._new(self._found()[item])
+            return self._new(self._items[item])
         return self._matches[item]
 
     def __contains__(self, item: Any) -> bool:
@@ -104,11 +100,11 @@ class NodeCollection:
 
     @property
     def names(self) -> list[str]:
-        return [item.name if isinstance(item, fx.Node) else item for _, item in self._found_items]
+        return [item.name if isinstance(item, fx.Node) else item for item in self._items]
 
     @property
     def nodes(self) -> list[fx.Node]:
-        return [item for _, item in self._found_items if isinstance(item, fx.Node)]
+        return [item for item in self._items if isinstance(item, fx.Node)]
 
     @property
     def modules(self) -> list[Optional[nn.Module]]:
@@ -124,10 +120,9 @@ class NodeCollection:
             return NotImplemented
         if other.index.root is not self.index.root:
             raise ValueError("set operations need two collections searched in the same model")
-        mine, theirs = dict((item, p) for p, item in self._found()), dict((i, p) for p, i in other._found())
-        merged = {**theirs, **mine}
-        return self._new(sorted(((p, item) for item, p in merged.items() if keep(item in mine, item in theirs)),
-                                key=operator.itemgetter(0)))
+        mine, theirs = set(self._items), set(other._items)
+        kept = [item for item in mine | theirs if keep(item in mine, item in theirs)]
+        return self._new(sorted(kept, key=self.index.positions.__getitem__))
 
     def __or__(self, other):
         return self._combine(other, lambda a, b: a or b)
@@ -142,8 +137,7 @@ class NodeCollection:
     def filter(self, query: str) -> "NodeCollection":
         """Keep the matches whose path ends with ``query`` (a leading ``/`` anchors it at the root instead)."""
         program = compile_query(query, anywhere=True)
-        only = [item for _, item in self._found()]
-        return self._new(self.index.match(program, only=only))
+        return self._new(self.index.match(program, only=self._items))
 
     def users(self, observers: bool = False, shape_ops: bool = False) -> "NodeCollection":
         """The nodes that consume the matched nodes; with ``observers``/``shape_ops`` step through those."""
@@ -165,8 +159,7 @@ class NodeCollection:
                 seen.add(node)
                 through = (observers and _is_observer(node)) or (shape_ops and _is_shape_op(node))
                 (frontier.append if through else result.add)(node)
-        positions = self.index.positions
-        return self._new(sorted((positions[node], node) for node in result))
+        return self._new(sorted(result, key=self.index.positions.__getitem__))
 
 
 class QuantizerCollection(NodeCollection):

@@ -6,7 +6,13 @@ A path element is one step of a module path or node path (see :class:`Element`).
 :class:`~fxq.mpath.errors.MPathError` with a caret under the argument. The built-in kinds are registered below
 exactly that way.
 
+A fragment may declare ``reads``: what of the Element it looks at (``name``, ``module`` (the object),
+``module_class`` (only its class), ``type_name``, ``qtag``, ``node``). Matching then steps once per distinct value
+of those instead of once per module scope (every ``layers.N.attn`` looks alike to ``attn``); without it each scope
+is tested on its own, which is correct but slower.
+
 >>> class Depth:            # [even:] selects elements whose name is an even number
+...     reads = ("name",)      # optional (see above)
 ...     def __init__(self, argument): pass
 ...     def matches(self, element): return element.name.isdigit() and int(element.name) % 2 == 0
 >>> register_fragment("even", Depth)
@@ -20,9 +26,9 @@ from typing import Any, Callable, Optional
 
 from torch import fx, nn
 
-__all__ = ["Element", "Fragment", "register_fragment", "fragment_kinds", "build_fragment", "resolve_name",
-           "NameFragment", "NotFragment", "ClassFragment", "RegexFragment", "OpFragment", "TargetFragment",
-           "QTagFragment"]
+__all__ = ["Element", "Fragment", "register_fragment", "fragment_kinds", "fragment_reads", "build_fragment",
+           "resolve_name", "NameFragment", "NotFragment", "ClassFragment", "RegexFragment", "OpFragment",
+           "TargetFragment", "QTagFragment"]
 
 Fragment = Any  # anything with matches(element) -> bool
 _REGISTRY: dict[str, Callable[[str], Fragment]] = {}
@@ -50,6 +56,17 @@ def register_fragment(kind: str, factory: Callable[[str], Fragment]) -> None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", kind):
         raise ValueError(f"register_fragment({kind!r}): a fragment kind is an identifier such as 'cls' or 'qtag'")
     _REGISTRY[kind] = factory
+
+
+ELEMENT_FIELDS = ("name", "module_class", "type_name", "qtag", "node")  # what ``structural = True`` promised
+
+
+def fragment_reads(fragment: Fragment) -> Optional[tuple]:
+    """The Element fields ``fragment`` declares it reads, or None when it does not say (it may read anything)."""
+    reads = getattr(fragment, "reads", None)
+    if reads is None and getattr(fragment, "structural", False):  # the older declaration: any field but identity
+        return ELEMENT_FIELDS
+    return None if reads is None else tuple(reads)
 
 
 def fragment_kinds() -> list[str]:
@@ -86,7 +103,7 @@ def resolve_name(qualified: str) -> Any:
 class NameFragment:
     """A plain segment: the element's attribute (or node) name equals it."""
 
-    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+    reads = ("name",)  # the Element fields it looks at: see fragment_reads
 
     def __init__(self, name: str):
         self.name = name
@@ -100,7 +117,7 @@ class NotFragment:
 
     def __init__(self, inner: Fragment):
         self.inner = inner
-        self.structural = getattr(inner, "structural", False)
+        self.reads = fragment_reads(inner)
 
     def matches(self, element: Element) -> bool:
         return not self.inner.matches(element)
@@ -114,7 +131,7 @@ class ClassFragment:
     GraphModule no longer holds are matched by their recorded class name.
     """
 
-    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+    reads = ("module_class", "type_name")  # the Element fields it looks at: see fragment_reads
 
     node_ops = ("call_module",)  # as the last element of a node path, only module calls can be instances
 
@@ -123,18 +140,25 @@ class ClassFragment:
         if not isinstance(self.cls, type):
             raise ValueError(f"'{argument}' is {type(self.cls).__name__}, not a class")
         self.recorded: dict[str, bool] = {}
+        self.by_class: dict[type, bool] = {}
 
     def matches(self, element: Element) -> bool:
         module = element.module
         if module is not None:
-            if isinstance(module, self.cls):
-                return True
-            return type(module).__module__ == "fxq.nn.fused" and len(module) and isinstance(module[0], self.cls)
+            found = self.by_class.get(type(module))  # the answer depends only on the class: asked once per class
+            if found is None:
+                found = self.by_class[type(module)] = self._module_matches(module)
+            return found
         if element.type_name:
             if element.type_name not in self.recorded:
                 self.recorded[element.type_name] = self._recorded_is_subclass(element.type_name)
             return self.recorded[element.type_name]
         return False
+
+    def _module_matches(self, module: nn.Module) -> bool:
+        if isinstance(module, self.cls):
+            return True
+        return type(module).__module__ == "fxq.nn.fused" and len(module) > 0 and isinstance(module[0], self.cls)
 
     def _recorded_is_subclass(self, type_name: str) -> bool:
         try:
@@ -147,7 +171,7 @@ class ClassFragment:
 class RegexFragment:
     """``[re:layer[12\\]]``: the element's name fully matches the regex."""
 
-    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+    reads = ("name",)  # the Element fields it looks at: see fragment_reads
 
     def __init__(self, argument: str):
         try:
@@ -162,7 +186,7 @@ class RegexFragment:
 class OpFragment:
     """``[op:call_function]``: the element is an fx node of this op kind."""
 
-    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+    reads = ("node",)  # the Element fields it looks at: see fragment_reads
 
     def __init__(self, argument: str):
         if argument not in OP_KINDS:
@@ -181,7 +205,7 @@ class TargetFragment:
     ``__name__``; a dotted name must resolve to an object, so typos fail at compile time.
     """
 
-    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+    reads = ("node",)  # the Element fields it looks at: see fragment_reads
 
     def __init__(self, argument: str):
         self.text = argument
@@ -206,7 +230,7 @@ class QTagFragment:
     Tags are compared component by component: ``activation`` matches ``activation/output``, ``output`` does not.
     """
 
-    structural = True  # reads only name, module class, type name, tag and node: see Program.structural
+    reads = ("qtag",)  # the Element fields it looks at: see fragment_reads
 
     def __init__(self, argument: str):
         self.tags = [tuple(tag.strip().split("/")) for tag in argument.split(",")]

@@ -28,6 +28,7 @@ __all__ = ["QTAG_KEY", "GraphIndex", "ModuleIndex", "index_of"]
 QTAG_KEY = "fxq_qtag"  # written by passes/insert_observers.py (same key)
 _ANCHORED_ON_USERS = ("parameter/",)
 _MISSING = object()
+_DEAD = ((), None, {})  # the entry of a scope no node of which can match
 
 
 def _tag_anchors_on_users(tag: str) -> bool:
@@ -62,7 +63,6 @@ class GraphIndex:
         self._positions: Optional[dict] = None
         self._scope_types: Optional[dict] = None
         self._scope_elements: dict[str, Element] = {}
-        self._groups: Optional[tuple] = None
 
     @property
     def positions(self) -> dict:
@@ -82,11 +82,15 @@ class GraphIndex:
     def scope_types(self) -> dict:
         """Module path -> recorded class name (scopes of traced-through modules), built on first use."""
         if self._scope_types is None:
-            self._scope_types = {}
-            for (prefix, op), bucket in self.groups()[0].items():
-                scope = bucket[1].meta.get(SCOPE_KEY) if op != "call_module" else None
-                if scope is not None:  # every node of a non-module bucket has this prefix as its scope
-                    self._scope_types.setdefault(prefix, scope.type_name)
+            types, last = {}, None
+            for node in self.nodes:
+                if node.op == "call_module":
+                    continue
+                scope = node.meta.get(SCOPE_KEY)
+                if scope is not last and scope is not None:  # consecutive nodes mostly share one Scope object
+                    types.setdefault(scope.path, scope.type_name)
+                    last = scope
+            self._scope_types = types
         return self._scope_types
 
     def scope_element(self, path: str) -> Element:
@@ -101,27 +105,54 @@ class GraphIndex:
         return element
 
     def prefix_states(self, program: Program, path: str, memo: dict) -> frozenset:
+        """The live states after the module scope ``path`` (memoised in ``memo`` per path)."""
         states = memo.get(path)
         if states is None:
             if not path:
                 states = program.start
             else:
-                parent_states = self.prefix_states(program, path.rpartition(".")[0], memo)
-                states = self._step(program, parent_states, self.scope_element(path), memo) if parent_states \
-                    else parent_states
+                parent, _, name = path.rpartition(".")
+                states = self.prefix_states(program, parent, memo)
+                if states:
+                    states = self._step(program, states, path, name, memo)
             memo[path] = states
         return states
 
-    @staticmethod
-    def _step(program: Program, states: frozenset, element: Element, memo: dict) -> frozenset:
-        if not program.structural:
-            return program.step(states, element)
-        module_class = type(element.module) if element.module is not None else None
-        key = (states, element.name, module_class, element.type_name, element.qtag)
-        result = memo.get(key)
+    def _step(self, program: Program, states: frozenset, path: str, name: str, memo: dict) -> frozenset:
+        """One scope step, shared between scopes equal in what the live fragments read (Program.reads).
+
+        ``memo[states]`` maps that signature to the next states (path keys are str: they never collide).
+        """
+        fields = program.reads(states)
+        if fields is None:
+            return program.step(states, self.scope_element(path))
+        steps = memo.get(states)
+        if steps is None:
+            steps = memo[states] = {}
+        key = self._signature(path, name, fields)
+        result = steps.get(key)
         if result is None:
-            result = memo[key] = program.step(states, element)
+            result = steps[key] = program.step(states, self.scope_element(path))
         return result
+
+    def _signature(self, path: str, name: str, fields: tuple):
+        """The values of ``fields`` for the scope at ``path``, without building its Element."""
+        if fields == ("name",):
+            return name
+        module = self.module(path)
+        if module is not None and type(module) is nn.Module:  # fx's placeholder for a traced-through module
+            module = None
+        values = []
+        for field in fields:
+            if field == "name":
+                values.append(name)
+            elif field == "module_class":
+                values.append(None if module is None else type(module))
+            elif field == "type_name":
+                values.append("" if module is not None else self.scope_types().get(path, ""))
+            elif field != "node":  # a scope has no node
+                values.append(getattr(self.scope_element(path), field))
+        return values[0] if len(values) == 1 else tuple(values)
 
     def element(self, node: fx.Node) -> Element:
         if node.op == "call_module":
@@ -152,70 +183,62 @@ class GraphIndex:
                 return True
         return False
 
-    def groups(self) -> tuple:
-        """Nodes bucketed by (scope prefix, op) in one pass, plus the observer nodes (their paths vary by anchor).
-
-        A query then costs one test per live bucket plus one per node in buckets its last segment can match.
-        """
-        if self._groups is None:
-            buckets: dict = {}
-            observers = []
-            for position, node in enumerate(self.nodes):
-                meta = node.meta
-                if QTAG_KEY in meta:
-                    observers.append((position, node))
-                    continue
-                if node.op == "call_module":
-                    prefix = node.target.rpartition(".")[0]
-                else:
-                    scope = meta.get(SCOPE_KEY)
-                    prefix = scope.path if scope is not None else ""
-                bucket = buckets.get((prefix, node.op))
-                if bucket is None:
-                    bucket = buckets[(prefix, node.op)] = []
-                bucket += (position, node)  # flat [position, node, ...]: no tuple per node
-            self._groups = (buckets, observers)
-        return self._groups
-
     def match(self, program: Program, only: Optional[Iterable[fx.Node]] = None) -> list:
-        """(position, node) of every matching node in graph order (of ``only`` when given)."""
+        """Every matching node in graph order (of ``only`` when given).
+
+        One pass over the graph. What a node must pass depends only on the states after its scope prefix, found
+        once per prefix; consecutive nodes of one module call share one Scope object and skip even that lookup.
+        Results are a plain list of nodes: a search keeps no per-node objects alive (no extra GC work).
+        """
         memo: dict = {}
         if only is not None:
             positions = self.positions
-            candidates = sorted((positions[node], node) for node in only)
-            return [(p, node) for p, node in candidates if self._node_matches(program, node, memo)]
-        buckets, observers = self.groups()
-        tests_of: dict = {}  # scope prefix -> (final tests, op kinds they can match or None for any)
-        found = []
-        for (prefix, op), bucket in buckets.items():
-            entry = tests_of.get(prefix)
-            if entry is None:
-                states = self.prefix_states(program, prefix, memo)
-                tests = program.final_tests(states) if states else ()
-                entry = tests_of[prefix] = (tests, _op_kinds(tests))
-            tests, ops = entry
+            return [node for node in sorted(only, key=positions.__getitem__)
+                    if self._node_matches(program, node, memo)]
+        found: list = []
+        entries: dict = {}  # scope prefix -> (final tests, op kinds they can match or None, the prefix's children)
+        last_scope = last_entry = None
+        for node in self.nodes:
+            meta = node.meta
+            if QTAG_KEY in meta:  # an observer: its path goes through the op it belongs to
+                if self._observer_matches(program, node, meta[QTAG_KEY], memo):
+                    found.append(node)
+                continue
+            op = node.op
+            if op == "call_module":
+                prefix, _, name = node.target.rpartition(".")
+                entry = entries.get(prefix) or self._entry(program, prefix, memo, entries)
+            else:
+                scope = meta.get(SCOPE_KEY)
+                if scope is not last_scope or last_entry is None:
+                    prefix = scope.path if scope is not None else ""
+                    last_scope, last_entry = scope, entries.get(prefix) or self._entry(program, prefix, memo, entries)
+                entry = last_entry
+            tests, ops, children = entry
             if not tests or (ops is not None and op not in ops):
                 continue
             if tests[0] is True:
-                found.extend(zip(bucket[::2], bucket[1::2]))
+                found.append(node)
                 continue
-            if op == "call_module":  # resolve the children of one parent module, not each path from the root
-                parent = self.module(prefix)
-                children = parent._modules if parent is not None else {}
-                for position, node in zip(bucket[::2], bucket[1::2]):
-                    name = node.target.rpartition(".")[2]
-                    element = Element(name, children.get(name), "", node)
-                    if any(test.matches(element) for test in tests):
-                        found.append((position, node))
-                continue
-            for position, node in zip(bucket[::2], bucket[1::2]):
-                element = Element(node.name, None, "", node)
-                if any(test.matches(element) for test in tests):
-                    found.append((position, node))
-        found.extend(item for item in observers if self._observer_matches(program, item[1], item[1].meta[QTAG_KEY],
-                                                                           memo))
-        found.sort(key=_first)
+            element = Element(name, children.get(name), "", node) if op == "call_module" else \
+                Element(node.name, None, "", node)
+            for test in tests:
+                if test.matches(element):
+                    found.append(node)
+                    break
         return found
+
+    def _entry(self, program: Program, prefix: str, memo: dict, entries: dict) -> tuple:
+        """What a node in scope ``prefix`` must pass; a scope the query cannot reach shares one empty entry."""
+        states = self.prefix_states(program, prefix, memo)
+        tests, ops = program.final_entry(states) if states else ((), None)
+        if not tests:
+            entry = _DEAD
+        else:  # module calls resolve through their parent's children: no walk from the root per node
+            parent = self.module(prefix)
+            entry = (tests, ops, parent._modules if parent is not None else {})
+        entries[prefix] = entry
+        return entry
 
     def _node_matches(self, program: Program, node: fx.Node, memo: dict) -> bool:
         tag = node.meta.get(QTAG_KEY)
@@ -223,21 +246,6 @@ class GraphIndex:
             return self._observer_matches(program, node, tag, memo)
         states = self.prefix_states(program, self.prefix_of(node), memo)
         return bool(states) and program.accepts_last(states, self.element(node))
-
-
-def _first(item: tuple) -> int:
-    return item[0]
-
-
-def _op_kinds(tests: tuple):
-    """The node op kinds any of these fragments can match (fragments may declare ``node_ops``), None for all."""
-    kinds: set = set()
-    for test in tests:
-        declared = getattr(test, "node_ops", None)
-        if test is True or declared is None:
-            return None
-        kinds.update(declared)
-    return kinds
 
 
 class ModuleIndex:
@@ -249,17 +257,18 @@ class ModuleIndex:
         self.positions = {name: i for i, (name, _) in enumerate(self.entries)}
 
     def match(self, program: Program, only: Optional[Iterable[str]] = None) -> list:
+        """The paths of the matching modules in named_modules() order (of ``only`` when given)."""
         memo = {"": program.start}
         names = set(only) if only is not None else None
         found = []
-        for position, (name, module) in enumerate(self.entries):
+        for name, module in self.entries:
             parent, _, attribute = name.rpartition(".")
             parent_states = memo.get(parent, frozenset())
             element = Element(attribute, module, qtag=getattr(module, QTAG_KEY, None))
             states = program.step(parent_states, element) if parent_states else parent_states
             memo[name] = states
             if (names is None or name in names) and program.accepts(states):
-                found.append((position, name))
+                found.append(name)
         return found
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import itertools
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
-from fxq.mpath.fragments import Element
+from fxq.mpath.fragments import Element, fragment_reads
 from fxq.mpath.parser import MANY, ONE, Group, Query, parse
 
 __all__ = ["Program", "compile_query"]
@@ -50,13 +50,12 @@ class Program:
                 self.fragments.append(None if kind != _TEST else segment)
             self.kinds.append(_END)
             self.fragments.append(None)
-        # Every fragment answers from (name, module class, recorded type, tag, node): scope steps can be shared
-        # between scopes that look alike (every "attn" under "layers.N"). A registered fragment opts in.
-        self.structural = all(getattr(f, "structural", False) for f in self.fragments if f is not None)
         self._closure = [self._close(state) for state in range(len(self.kinds))]
         starts = [0] + [i + 1 for i, kind in enumerate(self.kinds[:-1]) if kind == _END]
         self.start = frozenset().union(*(self._closure[s] for s in starts))
         self._final_tests: dict[frozenset, tuple] = {}
+        self._reads: dict[frozenset, Optional[tuple]] = {}
+        self._final_entries: dict[frozenset, tuple] = {}
 
     def _close(self, state: int) -> frozenset:
         closure = {state}
@@ -75,6 +74,24 @@ class Program:
             elif kind == _ONE or (kind == _TEST and self.fragments[state].matches(element)):
                 live |= self._closure[state + 1]
         return frozenset(live)
+
+    def reads(self, states: frozenset) -> Optional[tuple]:
+        """The Element fields the next step from ``states`` depends on (sorted), or None if a fragment does not say.
+
+        Two elements equal in these fields step to the same states, so callers share one step between module
+        scopes that look alike (every ``attn`` under ``layers.N`` for ``**/attn/...``). Memoised per state set.
+        """
+        if states not in self._reads:
+            fields: Optional[set] = set()
+            for state in states:
+                if self.kinds[state] == _TEST:
+                    declared = fragment_reads(self.fragments[state])
+                    if declared is None:
+                        fields = None
+                        break
+                    fields.update(declared)
+            self._reads[states] = None if fields is None else tuple(sorted(fields))
+        return self._reads[states]
 
     def accepts(self, states: frozenset) -> bool:
         return any(self.kinds[state] == _END for state in states)
@@ -96,6 +113,22 @@ class Program:
                     found.append(self.fragments[state])
             tests = self._final_tests[states] = tuple(found)
         return tests
+
+    def final_entry(self, states: frozenset) -> tuple:
+        """(final tests, the node op kinds they can match or None for any): what a node whose scope ends in
+        ``states`` must pass. Fragments may declare ``node_ops``; memoised per state set."""
+        entry = self._final_entries.get(states)
+        if entry is None:
+            tests = self.final_tests(states)
+            kinds: Optional[set] = set()
+            for test in tests:
+                declared = None if test is True else getattr(test, "node_ops", None)
+                if declared is None:
+                    kinds = None
+                    break
+                kinds.update(declared)
+            entry = self._final_entries[states] = (tests, kinds)
+        return entry
 
     def accepts_last(self, states: frozenset, element: Element) -> bool:
         return any(test is True or test.matches(element) for test in self.final_tests(states))
