@@ -40,7 +40,7 @@ class Cost:
         return self.int8_ms > SLOWER_MARGIN * self.float_ms
 
     def describe(self) -> str:
-        return f"int8 {self.int8_ms:.3f} ms vs float {self.float_ms:.3f} ms"
+        return f"int8 {self.int8_ms:.3f} vs float {self.float_ms:.3f} ms"
 
 
 def layer_cost(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[int, ...],

@@ -109,10 +109,11 @@ def _range_text(low, high) -> str:
 def _short_qconfig(qconfig: Optional[str]) -> str:
     if qconfig is None:
         return ""
-    for long, short in (("QConfig(", ""), ("Observer", ""), ("per_channel_", "pc_"), ("per_tensor_", "pt_"),
-                        ("reduce_range=True", "rr")):
+    if qconfig.startswith("QConfig(") and qconfig.endswith(")"):
+        qconfig = qconfig[len("QConfig("):-1]
+    for long, short in (("Observer", ""), ("per_channel_", "pc_"), ("per_tensor_", "pt_"), ("reduce_range=True", "rr")):
         qconfig = qconfig.replace(long, short)
-    return qconfig[:-1]
+    return qconfig
 
 
 def _text(value) -> str:

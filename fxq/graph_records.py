@@ -10,7 +10,8 @@ A record is a dict with the fixed keys of :data:`RECORD_KEYS` (schema version :d
 - ``qconfig`` (str or None): ``QConfig.short()`` of the QConfig prepare assigned to the op. In a prepared graph
   it comes from the assignment (``gm._fxq_state``); in a converted graph from the provenance convert keeps
   (fxq.provenance), so a lowered op (``add_relu``, ``linear_quantized_0``) shows the qconfig of the op it
-  replaced. Observer, quantize and dequantize nodes have None: their ``quant`` says what they do.
+  replaced. Observer, quantize and dequantize nodes have None: their ``quant`` says what they do. An op the
+  cost model left in float reads ``float (cost model: int8 ... vs float ... ms)``.
 - ``quant`` (dict or None), for observers, quantize calls and ops with a quantized output: ``dtype`` (str),
   ``min`` / ``max`` (float or None: the observed range), ``scale`` (float, or list of float per channel),
   ``zero_point`` (int, or list of int).
@@ -55,6 +56,8 @@ def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None,
         record = _record(index, node, modules, values)
         if not _is_plumbing(node, modules):  # observers, quantize, dequantize: their quant fields speak
             record["qconfig"] = texts.get(node.name)
+        if "fxq_float_reason" in node.meta:
+            record["qconfig"] = f"float ({node.meta['fxq_float_reason']})"
         records.append(record)
     return records
 

@@ -37,8 +37,9 @@ def test_a_layer_slower_in_int8_stays_float_with_the_reason_recorded(monkeypatch
     assert ("linear", (8, 8), (4, 8)) in calls  # the shape the example input gives the layer
     reasons = {n.name: n.meta.get("fxq_float_reason") for n in prepared.graph.nodes}
     (relu,) = [n.name for n in prepared.graph.nodes if n.target is torch.relu]
-    assert reasons["small"] == "cost model: int8 2.000 ms vs float 1.000 ms" and reasons["big"] is None
+    assert reasons["small"] == "cost model: int8 2.000 vs float 1.000 ms" and reasons["big"] is None
     assert reasons[relu] == reasons["small"]  # the relu fused into it stays float with it
+    assert "float (cost model: int8 2.000 vs float 1.000 ms)" in fxq.dump(prepared)
     prepared(x)
     quantized = fxq.convert_fx(prepared)
     assert type(quantized.small) is nn.Linear  # float, and unfused: a float Sequential only costs a module call
