@@ -108,3 +108,16 @@ def test_reference_graphs_of_dynamic_and_weight_only_read_dequantize_then_float_
         calls = [n.target for n in reference.graph.nodes if n.op in ("call_function", "call_method")]
         assert calls[1:] == ["dequantize", F.linear]
         assert calls[0] in (torch.quantize_per_tensor, torch.quantize_per_channel)
+
+
+def test_weight_only_times_both_kernels_once_per_shape_class_and_keeps_the_faster(monkeypatch):
+    layer = _convert(nn.Sequential(nn.Linear(64, 16)).eval(), fxq.get_weight_only_qconfig_mapping(),
+                     (torch.randn(2, 64),)).get_submodule("0")
+    timed = []
+    monkeypatch.setattr(weight_only, "_KERNEL_CHOICE", {})
+    monkeypatch.setattr(weight_only, "_best_of_two", lambda packed, dequantized: timed.append(1) or 1)
+    x = torch.randn(40, 64)
+    assert torch.equal(layer(x), layer._dequantized(x))  # "dequantized is faster" was measured: it runs
+    layer(torch.randn(20, 64))  # same class (16 rows and more): no new timing
+    layer(torch.randn(1, 64))   # batch 1: its own class
+    assert len(timed) == 2

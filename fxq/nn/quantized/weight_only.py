@@ -1,14 +1,20 @@
 """Weight-only quantized Linear and Embedding (W8A32 / W8A16): int8 weights, activations stay float.
 
 Linear picks its kernel per call from the activation's dtype and shape:
-  * ``aten._weight_int8pack_mm`` (int8 weight, per-output-channel scale, bfloat16 compute) when in_features is a
-    multiple of 32 — the kernel's constraint (other widths give wrong results) — for bf16 activations, and for
-    fp32 activations, which are rounded to bf16 for the product (W8A32 keeps fp32 at the interface);
-  * otherwise (or with ``exact=True``) the int8 weight is dequantized to the activation dtype and ``F.linear`` runs.
-Both compute ``x @ (scale * W_int8).T + b``; they differ only by bf16 rounding.
+  * ``aten._weight_int8pack_mm`` (int8 weight, per-output-channel scale, bfloat16 compute), possible when
+    in_features is a multiple of 32 — the kernel's constraint (other widths give wrong results) — for bf16
+    activations, and for fp32 activations, which are rounded to bf16 for the product (W8A32 keeps fp32 at the
+    interface);
+  * the int8 weight dequantized to the activation dtype, then ``F.linear`` — always possible, and the only
+    kernel with ``exact=True``.
+Which is faster depends on the CPU and the batch: on AVX2 int8pack wins at batch 1 and 32; on AMX hosts the
+bf16 ``F.linear`` of a dequantized weight beats it at batch 32 by ~6x. So where both are possible, the first
+call of each (shape, dtype, batch class, thread count) times both once and the choice is cached for the
+process. Both compute ``x @ (scale * W_int8).T + b``; they differ only by bf16 rounding.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
@@ -18,6 +24,23 @@ from torch import nn
 from fxq.nn import reference
 
 PACKED_KERNEL_ALIGNMENT = 32
+_MANY_ROWS = 16  # batch classes: 1..15 rows each their own, 16 and more one class (matrix-matrix kernels)
+_KERNEL_CHOICE: dict = {}  # (in, out, dtype, batch class, threads) -> int8pack is faster
+
+
+def _best_of_two(first, second) -> int:
+    """0 or 1: which of two calls is faster (min of two timed runs each, after one untimed)."""
+    times = []
+    with torch.no_grad():
+        for call in (first, second):
+            call()
+            runs = []
+            for _ in range(2):
+                start = time.perf_counter()
+                call()
+                runs.append(time.perf_counter() - start)
+            times.append(min(runs))
+    return 0 if times[0] <= times[1] else 1
 
 
 class Linear(nn.Module):
@@ -37,13 +60,26 @@ class Linear(nn.Module):
         return not self.exact and self.in_features % PACKED_KERNEL_ALIGNMENT == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_packed_kernel:
-            rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.weight_scale.to(torch.bfloat16))
-            y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
+        if self.uses_packed_kernel and self._packed_is_faster(x):
+            return self._packed(x)
+        return self._dequantized(x)
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.weight_scale.to(torch.bfloat16))
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def _dequantized(self, x: torch.Tensor) -> torch.Tensor:
         weight = (self.weight_int8.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None])
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _packed_is_faster(self, x: torch.Tensor) -> bool:
+        rows = x.numel() // self.in_features
+        key = (self.in_features, self.out_features, x.dtype, min(rows, _MANY_ROWS), torch.get_num_threads())
+        if key not in _KERNEL_CHOICE:
+            _KERNEL_CHOICE[key] = _best_of_two(lambda: self._packed(x), lambda: self._dequantized(x)) == 0
+        return _KERNEL_CHOICE[key]
 
     @classmethod
     def from_reference(cls, ref: nn.Module, activation_dtype: torch.dtype = torch.float32,
