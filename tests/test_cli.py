@@ -1,16 +1,14 @@
 """The `fxq` command: every command run as a user runs it (a process), the rest through ``fxq.cli.main`` in-process.
 
 A process costs ~3 s of torch import, so each command and each kind of bad argument the issue names (missing
-FACTORY, bad shape string, unreadable file) runs in a process once, and those that need the quantized model
-start side by side; `fxq demo` runs once, alone (it times itself), for all its checks. Every other case
-calls ``main(argv)`` and reads exit code, stdout and stderr the same way.
+FACTORY, bad shape string, unreadable file) runs in a process once; `fxq demo` runs once for all its checks.
+Every other case calls ``main(argv)`` and reads exit code, stdout and stderr the same way.
 """
 import re
 import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,12 +27,9 @@ MODELS = textwrap.dedent("""
 """)
 
 
-def _command(args):
-    return [sys.executable, "-m", "fxq.cli", *args]
-
-
 def _fxq(*args, cwd=None):
-    return subprocess.run(_command(args), capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "fxq.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -164,25 +159,9 @@ def _check_failure(code, stderr, expected_code, message):
         assert "usage: fxq" in stderr or "error:" in stderr
 
 
-PROCESS_RUNS = {
-    "dump": ["dump", "model_int8.pt"],
-    "compare": ["compare", "mymodels:build", "model_int8.pt", "--input-shape", "4,3,8,8"],
-    **{f"bad {i}": case[0] for i, case in enumerate(SUBPROCESS_CASES)},
-}
-
-
-@pytest.fixture(scope="module")
-def processes(workdir):
-    """``fxq`` in a process for each of PROCESS_RUNS, two at a time (two cores): name -> CompletedProcess."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_fxq, *args, cwd=workdir) for name, args in PROCESS_RUNS.items()}
-        return {name: future.result() for name, future in futures.items()}
-
-
-@pytest.mark.parametrize("index", range(len(SUBPROCESS_CASES)))
-def test_bad_arguments_in_a_process(processes, index):
-    _, code, message = SUBPROCESS_CASES[index]
-    result = processes[f"bad {index}"]
+@pytest.mark.parametrize("args, code, message", SUBPROCESS_CASES)
+def test_bad_arguments_in_a_process(workdir, args, code, message):
+    result = _fxq(*args, cwd=workdir)
     _check_failure(result.returncode, result.stderr, code, message)
     assert result.stdout == ""
 
@@ -199,8 +178,8 @@ def test_debug_shows_the_traceback(workdir, monkeypatch, capsys):
         _run_main(["dump", "unreadable.pt", "--debug"], workdir, monkeypatch, capsys)
 
 
-def test_dump_of_a_saved_model_in_a_process(processes):
-    result = processes["dump"]
+def test_dump_of_a_saved_model_in_a_process(workdir):
+    result = _fxq("dump", "model_int8.pt", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert re.search(r"quantize_per_tensor\s+call_function\s+torch.quantize_per_tensor", result.stdout)
     # the saved model keeps each op's qconfig: the lowered conv shows the x86 default's short form
@@ -231,8 +210,8 @@ def test_dump_graphml_to_a_file(workdir, monkeypatch, capsys):
     assert (workdir / "g.graphml").read_text().startswith("<graphml")
 
 
-def test_compare_prints_every_layer_worst_first_in_a_process(processes):
-    result = processes["compare"]
+def test_compare_prints_every_layer_worst_first_in_a_process(workdir):
+    result = _fxq("compare", "mymodels:build", "model_int8.pt", "--input-shape", "4,3,8,8", cwd=workdir)
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()[2:]
     assert {row.split()[1] for row in rows} >= {"_0", "_3"}
