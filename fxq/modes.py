@@ -9,8 +9,13 @@ dynamic_fp16   ``is_dynamic=True``, float16                float16 weights, fp32
 weight_only    a float dtype (float32 / bfloat16)          int8 weights, activations stay in that dtype
 =============  ==========================================  ===============================================
 
+This is the one place fxq decides a mode: the passes read it, and custom modules look their classes up under
+``CUSTOM_MODULE_MODE[quant_mode(qconfig)]``.
+
 >>> import fxq
 >>> quant_mode(fxq.default_dynamic_qconfig)
+'dynamic'
+>>> CUSTOM_MODULE_MODE[quant_mode(fxq.float16_dynamic_qconfig)]
 'dynamic'
 """
 from __future__ import annotations
@@ -22,6 +27,9 @@ import torch
 STATIC, DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY = "static", "dynamic", "dynamic_fp16", "weight_only"
 _INT8 = (torch.quint8, torch.qint8)
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+# The custom-module tables (registry, custom configs) are keyed by torch.ao's three modes: a float16 dynamic
+# qconfig uses the "dynamic" classes, as torch.ao's get_quant_type files it.
+CUSTOM_MODULE_MODE = {STATIC: "static", DYNAMIC: "dynamic", DYNAMIC_FP16: "dynamic", WEIGHT_ONLY: "weight_only"}
 _cache: dict = {}
 
 

@@ -16,19 +16,17 @@ in convert. Register them once, globally, or per call through the custom configs
 
 In the dynamic and weight-only modes nothing is observed, so the float class is its own "observed" class and only a
 quantized class is registered: ``fxq.register_custom_module(Float, quantized_class=DynQuantized, mode="dynamic")``.
+Which mode's classes a module gets follows its qconfig: ``fxq.modes.CUSTOM_MODULE_MODE[fxq.modes.quant_mode(qconfig)]``.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
-
 from fxq.config import legacy
 
 __all__ = ["CustomModuleRegistry", "registry", "register_custom_module", "unregister_custom_module",
-           "check_observed_class", "check_quantized_class", "mode_of"]
+           "check_observed_class", "check_quantized_class"]
 
-_INT_DTYPES = (torch.quint8, torch.qint8, torch.uint8, torch.int8)
 _PREPARE_KEY = 'prepare_custom_config["float_to_observed_custom_module_class"]'
 _CONVERT_KEY = 'convert_custom_config["observed_to_quantized_custom_module_class"]'
 
@@ -127,20 +125,6 @@ def check_configs(prepare_config: Any = None, convert_config: Any = None) -> Non
     for mode, table in (getattr(convert_config, "observed_to_quantized_mapping", {}) or {}).items():
         for observed_class, quantized_class in table.items():
             check_quantized_class(quantized_class, observed_class, f'{_CONVERT_KEY}["{mode}"]')
-
-
-def mode_of(qconfig: Any) -> Optional[str]:
-    """"static", "dynamic" or "weight_only" for a qconfig (None: keep float), as torch.ao classifies them."""
-    if qconfig is None:
-        return None
-    activation, weight = qconfig.activation(), qconfig.weight()
-    if getattr(activation, "is_dynamic", False):
-        return "dynamic"
-    if getattr(activation, "dtype", None) in _INT_DTYPES:
-        return "static"
-    if getattr(weight, "dtype", None) in _INT_DTYPES + (torch.float16,):
-        return "weight_only"
-    return None
 
 
 def _name(obj: Any) -> str:

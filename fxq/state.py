@@ -22,7 +22,8 @@ class FxqState:
     modes: dict = field(default_factory=dict)  # node name -> fxq.modes mode (None: float)
     chain_ends: dict = field(default_factory=dict)  # anchor name -> last node of a chain observed as one op
     prepare_config: Any = None
-    custom_modules: dict = field(default_factory=dict)  # node name -> float class swapped for an observed one
+    # node name -> (float class swapped for an observed one, quantized input positions, quantized output paths)
+    custom_modules: dict = field(default_factory=dict)
     standalone: dict = field(default_factory=dict)  # node name -> (input idxs, output idxs, child FxqState)
 
 

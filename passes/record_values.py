@@ -1,8 +1,9 @@
 """Run the traced float model once on the example inputs and record what each node produces.
 
 Requires: a freshly traced GraphModule and ``ctx.example_inputs``.
-Guarantees: ``node.meta["fxq_value"]`` is a :class:`Value` (tensor dtype and shape, or the Python type) for
-every node; example inputs that do not fit the model raise a ValueError naming the node that failed.
+Guarantees: ``node.meta["fxq_value"]`` is a :class:`Value` (tensor dtype and shape, or the Python type; for a
+tuple or list also its items) for every node; example inputs that do not fit the model raise a ValueError naming
+the node that failed.
 Position: first in prepare.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Value:
     type_name: str
     dtype: Optional[torch.dtype] = None
     shape: Optional[tuple] = None
+    items: Optional[tuple] = None  # the Values inside a tuple / list (a custom module's (output, (h, c)))
 
     @property
     def is_float_tensor(self) -> bool:
@@ -66,6 +68,8 @@ def _target(node: fx.Node) -> str:
 def _describe(result: Any) -> Value:
     if isinstance(result, torch.Tensor):
         return Value("Tensor", result.dtype, tuple(result.shape))
+    if isinstance(result, (tuple, list)):
+        return Value(type(result).__name__, items=tuple(_describe(item) for item in result))
     return Value(type(result).__name__)
 
 
