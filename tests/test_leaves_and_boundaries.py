@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 import fxq
 from conftest import sqnr, torch_ao
@@ -29,7 +30,8 @@ class Untraceable(nn.Module):
         self.heads, self.fc3 = Heads(), nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.fc3(self.heads(self.fc2(self.gate(self.fc1(x)))))
+        gated = self.gate(self.fc1(x))
+        return self.fc3(self.heads(torch.relu(self.fc2(gated)) + gated))
 
 
 X = torch.randn(8, 16)
@@ -52,14 +54,30 @@ def test_find_untraceable_names_each_failing_module_with_its_source_line():
 
 def test_auto_leaf_quantizes_what_torch_ao_cannot_trace():
     model = Untraceable().eval()
-    with pytest.raises(Exception):
-        tao = torch_ao()
+    tao = torch_ao()
+    with pytest.raises(fx.proxy.TraceError, match="control flow"):
         tao.quantize_fx.prepare_fx(model, tao.quantization.get_default_qconfig_mapping(), (X,))
     quantized = _quantize(model, {"auto_leaf": True})
-    linears = [n for n, m in quantized.named_modules() if type(m).__module__.startswith("fxq.nn.quantized")]
-    assert linears == ["fc1", "fc2", "fc3"]                    # every op outside the two leaves is int8
     assert type(quantized.gate) is Gate and type(quantized.heads) is Heads
+    modules = dict(quantized.named_modules())
+    leaves = [n for n in quantized.graph.nodes if n.target in ("gate", "heads")]
+    ops = [n for n in quantized.graph.nodes if n.op in ("call_module", "call_function", "call_method")
+           and n not in leaves and n.target not in (torch.quantize_per_tensor, "dequantize")]
+    int8 = [n.name for n in ops if _is_int8_op(n, modules)]
+    assert int8 == [n.name for n in ops] and len(int8) == 4       # fc1, fc2 (+relu), add, fc3: all int8
+    # float only at the leaves: quantize reads an input or a leaf, dequantize feeds a leaf or the output
+    for node in quantized.graph.nodes:
+        if node.target is torch.quantize_per_tensor:
+            assert node.args[0].op == "placeholder" or node.args[0] in leaves
+        if node.target == "dequantize":
+            assert all(u in leaves or u.op == "output" for u in node.users)
     assert sqnr(model(X), quantized(X)) >= 25
+
+
+def _is_int8_op(node, modules):
+    if node.op == "call_module":
+        return type(modules[node.target]).__module__.startswith("fxq.nn.quantized")
+    return str(node.target).startswith("quantized.")                # torch.ops.quantized.*
 
 
 class ChooseTracer(fx.Tracer):
@@ -69,12 +87,14 @@ class ChooseTracer(fx.Tracer):
         return isinstance(m, (Gate, Heads)) or super().is_leaf_module(m, name)
 
 
-def test_a_foreign_graph_module_is_quantized_without_tracing_it_again():
+def test_a_foreign_graph_module_is_quantized_without_tracing_it_again(monkeypatch):
     model = Untraceable().eval()
     gm = fx.GraphModule(model, ChooseTracer().trace(model))
     mapping = fxq.get_default_qconfig_mapping().set_module_name("fc2", None)  # scopes come from the foreign graph
+    monkeypatch.setattr("fxq.leaves.trace", lambda *args, **kwargs: pytest.fail("the GraphModule was traced again"))
     quantized = _quantize(gm, mapping=mapping)
-    assert type(quantized.fc1).__module__.startswith("fxq.nn.quantized") and type(quantized.fc2) is nn.Linear
+    assert type(quantized.fc1).__module__.startswith("fxq.nn.quantized")
+    assert not type(quantized.fc2).__module__.startswith("fxq.nn.quantized")  # float (fused with its relu)
     assert sqnr(model(X), quantized(X)) >= 25
     tao = torch_ao()
     with pytest.raises(Exception):  # torch.ao traces the GraphModule again, into Gate
@@ -105,39 +125,78 @@ class Sub(nn.Module):
         self.fc = nn.Linear(16, 16)
 
     def forward(self, x):
-        return torch.relu(self.fc(x))
+        return torch.relu(self.fc(x))                          # torch.ao does not fuse torch.relu: it runs float
+
+
+class FusedSub(Sub):
+    def forward(self, x):
+        return F.relu(self.fc(x))                              # both libraries fuse linear + F.relu
 
 
 class WithStandalone(nn.Module):
-    def __init__(self):
+    def __init__(self, sub=Sub):
         super().__init__()
-        self.fc_in, self.sub, self.fc_out = nn.Linear(16, 16), Sub(), nn.Linear(16, 16)
+        self.fc_in, self.sub, self.fc_out = nn.Linear(16, 16), sub(), nn.Linear(16, 16)
 
     def forward(self, x):
         return self.fc_out(self.sub(self.fc_in(x)))
 
 
-def _standalone(lib_prepare, lib_convert, config_class, mapping):
+BOUNDARY = {"input_quantized_idxs": [0], "output_quantized_idxs": [0]}
+CALIBRATION = [torch.randn(8, 16) for _ in range(3)]
+
+
+def _libraries():
+    tao = torch_ao()
+    return [(tao.quantize_fx.prepare_fx, tao.quantize_fx.convert_fx, tao.quantization),
+            (fxq.prepare_fx, fxq.convert_fx, fxq)]
+
+
+def _standalone(library, model, key, child, child_mapping=None):
+    """The same standalone flow, written as a legacy dict both libraries take."""
+    prepare, convert, names = library
+    mapping = names.get_default_qconfig_mapping()
+    child_mapping = child_mapping and names.QConfigMapping().set_global(getattr(names, child_mapping))
+    entry = ("sub" if key == "standalone_module_name" else type(model.sub), child_mapping, (X,), child, None)
+    prepared = prepare(model, mapping, (X,), prepare_custom_config={key: [entry]})
+    for batch in CALIBRATION:
+        prepared(batch)
+    return convert(prepared)
+
+
+@pytest.mark.parametrize("key, child, child_mapping", [
+    ("standalone_module_name", {}, None),                       # float in, float out
+    ("standalone_module_name", BOUNDARY, None),                 # quantized in, quantized out
+    ("standalone_module_class", BOUNDARY, None),
+    ("standalone_module_name", BOUNDARY, "default_qconfig"),    # its own mapping: per-tensor weights
+], ids=["name-float", "name-quantized", "class-quantized", "own-mapping"])
+def test_standalone_module_matches_torch_ao(key, child, child_mapping):
     torch.manual_seed(3)
-    model = WithStandalone().eval()
-    child = config_class().set_input_quantized_indexes([0]).set_output_quantized_indexes([0])
-    config = config_class().set_standalone_module_name("sub", None, (X,), child, None)
-    prepared = lib_prepare(model, mapping, (X,), prepare_custom_config=config)
-    for _ in range(3):
-        prepared(torch.randn(8, 16))
-    return model, lib_convert(prepared)
+    model = WithStandalone(FusedSub).eval()
+    ao_model, fxq_model = (_standalone(lib, model, key, child, child_mapping) for lib in _libraries())
+    assert isinstance(fxq_model.sub, fx.GraphModule)
+    assert type(fxq_model.sub.fc).__module__.startswith("fxq.nn.quantized")
+    placeholder = next(n for n in fxq_model.sub.graph.nodes if n.op == "placeholder")
+    takes_quantized = all(u.op == "call_module" for u in placeholder.users)  # no quantize_per_tensor in front
+    assert takes_quantized == bool(child)
+    weight_scheme = fxq_model.sub.fc._unpack()[0].qscheme()
+    assert weight_scheme == (torch.per_tensor_affine if child_mapping else torch.per_channel_affine)
+    assert sqnr(ao_model(X), fxq_model(X)) >= 40
 
 
-def test_standalone_module_takes_and_returns_quantized_tensors():
-    # torch.ao 2.13's converted parent hands this standalone module a float tensor (quantized::linear fails), so
-    # this flow is checked against float
-    model, quantized = _standalone(fxq.prepare_fx, fxq.convert_fx, fxq.PrepareCustomConfig,
-                                   fxq.get_default_qconfig_mapping())
-    assert isinstance(quantized.sub, fx.GraphModule)
-    assert type(quantized.sub.fc).__module__.startswith("fxq.nn.quantized")
+def test_standalone_module_returning_quantized_where_torch_ao_fails():
+    # The child ends in torch.relu, which torch.ao leaves float: its standalone graph returns a float tensor in
+    # spite of output_quantized_idxs, and the parent hands it to the quantized fc_out (quantized::linear fails).
+    # fxq quantizes the relu (fused with the linear), so the child returns what output_quantized_idxs promises.
+    torch.manual_seed(3)
+    model = WithStandalone(Sub).eval()
+    tao_library, fxq_library = _libraries()
+    with pytest.raises(NotImplementedError, match="quantized::linear"):
+        _standalone(tao_library, model, "standalone_module_name", BOUNDARY)(X)
+    quantized = _standalone(fxq_library, model, "standalone_module_name", BOUNDARY)
     node = next(n for n in quantized.graph.nodes if n.target == "sub")
     assert node.args[0].target == "fc_in"                      # quantized in, no dequantize between
-    assert next(n for n in quantized.sub.graph.nodes if n.op == "call_module").args[0].op == "placeholder"
+    assert next(iter(node.users)).target == "fc_out"           # quantized out, straight into the int8 fc_out
     assert sqnr(model(X), quantized(X)) >= 25
 
 
@@ -180,6 +239,13 @@ def test_custom_classes_without_from_float_or_from_observed_fail_at_registration
     config = {"float_to_observed_custom_module_class": {"static": {FloatRecurrent: NoFromFloat}}}
     with pytest.raises(TypeError, match=r'float_to_observed_custom_module_class"\]\["static"\].*NoFromFloat'):
         fxq.prepare_fx(WithRecurrent().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(5, 4, 8),), config)
+    config = {"float_to_observed_custom_module_class": {"static": {FloatRecurrent: ObservedRecurrent}}}
+    prepared = fxq.prepare_fx(WithRecurrent().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(5, 4, 8),),
+                              config)
+    prepared(torch.randn(5, 4, 8))
+    config = {"observed_to_quantized_custom_module_class": {"dynamic": {ObservedRecurrent: NoFromObserved}}}
+    with pytest.raises(TypeError, match=r'quantized_custom_module_class"\]\["dynamic"\].*NoFromObserved'):
+        fxq.convert_fx(prepared, config)                        # checked before convert runs a pass
 
 
 def test_observed_class_without_a_quantized_class_names_both_and_the_key():
