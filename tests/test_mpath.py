@@ -137,6 +137,30 @@ def test_register_fragment_adds_a_kind():
     assert search("[even: 1]", fxq.tracer.trace(model)).names == ["_1", "_3"]
 
 
+def test_fragments_declaring_what_they_read_share_scope_steps_and_give_the_same_answers(block):
+    class Layer:  # [layer:N] selects the element named N; says it reads only the name
+        reads = ("name",)
+
+        def __init__(self, argument: str):
+            self.name = argument
+
+        def matches(self, element) -> bool:
+            return element.name == self.name
+
+    class Undeclared(Layer):  # the same test without the declaration: tested on each scope
+        reads = None
+
+    fxq.mpath.register_fragment("layer", Layer)
+    fxq.mpath.register_fragment("layerundeclared", Undeclared)
+    declared = search("layers/[layer:1]/**/[cls:torch.nn.Linear]", block)
+    assert [m.path for m in declared] == ["layers.1.attn.q", "layers.1.attn.k", "layers.1.attn.v", "layers.1.attn.out",
+                                          "layers.1.mlp.0", "layers.1.mlp.2"]
+    assert search("layers/[layerundeclared:1]/**/[cls:torch.nn.Linear]", block).nodes == declared.nodes
+    # a class test on traced-through scopes (the graph holds them as plain Modules) reads the recorded class
+    assert len(search("**/[cls:mpath_models.Block]/*/[cls:torch.nn.Linear]", block)) == 12
+    assert len(search("**/[cls:torch.nn.Linear]/*", block)) == 0
+
+
 @pytest.mark.parametrize("query, position, words", [
     ("[cls:", 5, "not closed: expected ']'"),
     ("[unknown:x]", 1, "unknown fragment kind 'unknown'; known kinds: class, cls"),
@@ -147,6 +171,7 @@ def test_register_fragment_adds_a_kind():
     ("layer*", 5, "must be a whole segment"),
     ("{a, b", 5, "expected ',' or '}'"),
     ("[op:call_fn]", 4, "unknown op kind"),
+    ("a/~*", 3, "'~' negates a name or a [kind:argument]"),
 ])
 def test_parse_errors_point_at_the_problem(query, position, words):
     with pytest.raises(MPathError) as caught:

@@ -94,6 +94,8 @@ class _Parser:
         negations = 0
         while self.take("~"):
             negations += 1
+        if negations and self.peek() in ("*", "{"):
+            self.fail("'~' negates a name or a [kind:argument], not a wildcard or a group")
         fragment = self.test()
         for _ in range(negations):
             fragment = NotFragment(fragment)
