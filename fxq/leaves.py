@@ -1,7 +1,8 @@
 """From a model to the GraphModule prepare works on: leaf rules, automatic leaf discovery, foreign graphs.
 
-* Leaves are the non-traceable modules of the prepare config, the custom module classes (config and global
-  registry) and the standalone modules; with ``auto_leaf`` also every submodule that fails to trace.
+* Leaves are the non-traceable modules of the prepare config (by name, class or mpath query), the custom module
+  classes (config and global registry) and the standalone modules; with ``auto_leaf`` also every submodule that
+  fails to trace.
 * A model that already is a ``GraphModule`` (from HF's tracer, ``symbolic_trace`` with ``concrete_args``, or
   edited by hand) is taken as it is: its graph is not traced again. Node scopes come from the ``nn_module_stack``
   metadata torch.fx tracers leave, or from the module path of ``call_module`` nodes.
@@ -22,7 +23,8 @@ from torch import fx, nn
 from fxq.registry import registry
 from fxq.tracer import SCOPE_KEY, Scope, TraceError, qualified_name, trace
 
-__all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "adopt_graph_module"]
+__all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "leaves_by_query",
+           "adopt_graph_module"]
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,37 @@ def trace_for_prepare(model: nn.Module, config: Any) -> fx.GraphModule:
         return adopt_graph_module(model)
     _warn_unknown_names(model, config.non_traceable_module_names, "non_traceable_module_name")
     _warn_unknown_names(model, list(config.standalone_module_names), "standalone_module_name")
-    names = list(config.non_traceable_module_names) + list(config.standalone_module_names)
+    names = (list(config.non_traceable_module_names) + list(config.standalone_module_names)
+             + leaves_by_query(model, getattr(config, "non_traceable_module_mpaths", ())))
     classes = (tuple(config.non_traceable_module_classes) + tuple(config.standalone_module_classes)
                + registry.leaf_classes(config))
     if config.auto_leaf:
         report = find_untraceable(model, None, tuple(names), classes)
         names += report.leaves if report.traceable else []
     return trace(model, names, classes, config.tracer_class, config.tracer_options)
+
+
+def leaves_by_query(model: nn.Module, queries: Any) -> list[str]:
+    """The module paths the ``non_traceable_module_mpath`` queries select in ``model``'s module tree.
+
+    A query that selects nothing warns (like a module name that names nothing): the leaf it meant is still traced.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.ReLU()))
+    >>> leaves_by_query(model, ["*/[cls:torch.nn.ReLU]", "[cls:torch.nn.Linear]"])
+    ['1.0', '0']
+    """
+    from fxq.mpath import search
+
+    names: dict[str, None] = {}  # ordered, without repeats
+    for query in queries:
+        found = search(query, model).names
+        if not found:
+            warnings.warn(f"fxq: prepare_custom_config['non_traceable_module_mpath'] query {query!r} selects no "
+                          f"submodule of {type(model).__name__}; check it with fxq.mpath.search(query, model)",
+                          stacklevel=4)
+        names.update(dict.fromkeys(found))
+    return list(names)
 
 
 def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:

@@ -78,7 +78,8 @@ class PrepareCustomConfig(_CustomConfig):
     """
 
     DICT_KEYS = ("standalone_module_name", "standalone_module_class", "float_to_observed_custom_module_class",
-                 "non_traceable_module_name", "non_traceable_module_class", "input_quantized_idxs",
+                 "non_traceable_module_name", "non_traceable_module_class", "non_traceable_module_mpath",
+                 "input_quantized_idxs",
                  "output_quantized_idxs", "preserved_attributes", "auto_leaf", "tracer_class", "tracer_options",
                  "cost_model")
 
@@ -88,6 +89,7 @@ class PrepareCustomConfig(_CustomConfig):
         self.float_to_observed_mapping: dict[str, dict[type, type]] = {}  # mode -> {float class: observed class}
         self.non_traceable_module_names: list[str] = []
         self.non_traceable_module_classes: list[type] = []
+        self.non_traceable_module_mpaths: list[str] = []  # fxq.mpath queries over the model's module tree
         self.input_quantized_indexes: list[int] = []
         self.output_quantized_indexes: list[int] = []
         self.preserved_attributes: list[str] = []
@@ -138,6 +140,21 @@ class PrepareCustomConfig(_CustomConfig):
     def set_non_traceable_module_classes(self, module_classes: Any) -> "PrepareCustomConfig":
         """Module classes that tracing keeps as leaves."""
         self.non_traceable_module_classes = legacy.class_list(module_classes, "set_non_traceable_module_classes")
+        return self
+
+    def set_non_traceable_module_mpath(self, queries: Any) -> "PrepareCustomConfig":
+        """Modules an fxq.mpath query selects (a bare str is one query) that tracing keeps as leaves; resolved
+        against the model's module tree before tracing.
+
+        >>> PrepareCustomConfig().set_non_traceable_module_mpath("**/[cls:torch.nn.LSTM]").to_dict()
+        {'non_traceable_module_mpath': ['**/[cls:torch.nn.LSTM]']}
+        """
+        from fxq.mpath import compile as compile_query  # late: fxq.mpath imports the tracer, not the config
+
+        queries = legacy.str_list(queries, "set_non_traceable_module_mpath")
+        for query in queries:
+            compile_query(query)  # a bad query fails here, with a caret, not in the middle of prepare_fx
+        self.non_traceable_module_mpaths = queries
         return self
 
     def set_input_quantized_indexes(self, indexes: Any) -> "PrepareCustomConfig":
@@ -200,6 +217,7 @@ class PrepareCustomConfig(_CustomConfig):
                 config.set_float_to_observed_mapping(float_class, observed_class, mode)
         config.set_non_traceable_module_names(config_dict.get("non_traceable_module_name", []))
         config.set_non_traceable_module_classes(config_dict.get("non_traceable_module_class", []))
+        config.set_non_traceable_module_mpath(config_dict.get("non_traceable_module_mpath", []))
         config.set_input_quantized_indexes(config_dict.get("input_quantized_idxs", []))
         config.set_output_quantized_indexes(config_dict.get("output_quantized_idxs", []))
         config.set_preserved_attributes(config_dict.get("preserved_attributes", []))
@@ -218,6 +236,7 @@ class PrepareCustomConfig(_CustomConfig):
             "float_to_observed_custom_module_class": {m: dict(c) for m, c in self.float_to_observed_mapping.items()},
             "non_traceable_module_name": list(self.non_traceable_module_names),
             "non_traceable_module_class": list(self.non_traceable_module_classes),
+            "non_traceable_module_mpath": list(self.non_traceable_module_mpaths),
             "input_quantized_idxs": list(self.input_quantized_indexes),
             "output_quantized_idxs": list(self.output_quantized_indexes),
             "preserved_attributes": list(self.preserved_attributes),
