@@ -36,7 +36,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         return gm
     modules = modules_of(gm)
     calls = eqg.call_counts(gm)
-    for node, eq_qconfig in _selected_nodes(gm, modules, mapping):
+    for node, eq_qconfig in list(_selected_nodes(gm, modules, mapping)):  # select first: set_mpath rules match once
         problem = _problem(node, modules, calls, ctx)
         if problem is not None:
             ctx.warnings.append(f"equalization skipped for node '{node.name}': {problem}")
@@ -61,7 +61,7 @@ def _selected_nodes(gm: fx.GraphModule, modules: dict, mapping: Any):
         path, object_types, counted_in = _lookup_key(node, modules)
         index = calls_so_far[(counted_in, object_types[0])]
         calls_so_far[(counted_in, object_types[0])] += 1
-        qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in)
+        qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in, node=node)
         if qconfig is None:
             continue
         if not isinstance(qconfig, EqualizationQConfig):
