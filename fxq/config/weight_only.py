@@ -27,17 +27,29 @@ def get_weight_only_qconfig(activation_dtype: torch.dtype = torch.float32) -> QC
 
 def get_weight_only_qconfig_mapping(activation_dtype: torch.dtype = torch.float32,
                                     exclude: Iterable[str] = ()) -> QConfigMapping:
-    """Linear / F.linear weight-only, Embedding with int8 rows; the module names in ``exclude`` stay float.
+    """Linear / F.linear weight-only, Embedding with int8 rows; what ``exclude`` names stays float.
 
-    Exclude by query too with ``.set_mpath(query, None)``.
+    Each entry of ``exclude`` is a module name (``"lm_head"``: that module and everything inside it) or an
+    fxq.mpath query (``"**/[cls:torch.nn.Linear]/..."``, ``"layers/*/attn/**"``), told apart by the query
+    characters ``/ * [ { ~``, which no module name holds. Queries become ``set_mpath(query, None)`` rules, so they
+    win over every other rule of the mapping.
 
-    >>> mapping = get_weight_only_qconfig_mapping(exclude=["lm_head"])
-    >>> mapping.qconfig_for("lm_head", (nn.Linear,)) is None
-    True
+    >>> mapping = get_weight_only_qconfig_mapping(exclude=["lm_head", "**/gate/[cls:torch.nn.Linear]"])
+    >>> mapping.qconfig_for("lm_head", (nn.Linear,)) is None, dict(mapping.mpath_qconfigs)
+    (True, {'**/gate/[cls:torch.nn.Linear]': None})
     """
     qconfig = get_weight_only_qconfig(activation_dtype)
     mapping = (QConfigMapping().set_object_type(nn.Linear, qconfig).set_object_type(F.linear, qconfig)
                .set_object_type(nn.Embedding, float_qparams_weight_only_qconfig))
-    for name in exclude:
-        mapping.set_module_name(name, None)
+    for entry in [exclude] if isinstance(exclude, str) else exclude:
+        if not isinstance(entry, str):
+            raise TypeError(f"get_weight_only_qconfig_mapping(exclude=...): expected module names or mpath queries "
+                            f"(str), got {entry!r}")
+        if _QUERY_CHARACTERS.intersection(entry):
+            mapping.set_mpath(entry, None)
+        else:
+            mapping.set_module_name(entry, None)
     return mapping
+
+
+_QUERY_CHARACTERS = frozenset("/*[{~")
