@@ -5,10 +5,15 @@ columns are divided by ``s`` (new tensors: the float model shares storage with t
 multiplied by ``s``:
 
 - from a previous layer through a connected chain (fxq.equalization.graph): that layer's weight rows and bias
-  are multiplied by ``s`` and every quantization observer on the chain gets the range it would have seen
-  (torch.ao forgets this and loses accuracy);
-- otherwise a ``mul`` by the scale buffer goes in front of the input quantization observer, whose range
-  becomes the scaled one.
+  are multiplied by ``s`` and every quantization observer on the chain is rebuilt for the values it would have
+  seen (torch.ao forgets this and loses accuracy). After a shape op the features of one channel share a scale
+  (the channel map prepare recorded), so a flatten after a conv gets each channel's scale H*W times;
+- otherwise a ``mul`` by the scale buffer goes in front of the input quantization observer, which is rebuilt
+  for the scaled input.
+
+Rebuilt observers keep the user's type and settings (fxq.equalization.requantize): a HistogramObserver stays a
+HistogramObserver, its histogram rebuilt from per-channel histograms. Grouped convs scale each input channel's
+weights within its group.
 
 Weight observers of functional layers are rebuilt and re-run on the new weight (module layers get theirs in
 to_reference). Every scale is kept as a buffer ``<layer>_equalization_scale``.
@@ -21,13 +26,15 @@ Before / after::
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import fx, nn
 
 from fxq.equalization import graph as eqg
 from fxq.equalization.observers import ChannelRangeObserver, WeightEqualizationObserver
-from fxq.equalization.scales import along, equalization_scale, scale_weight
-from fxq.observers import MinMaxObserver, PerChannelMinMaxObserver
+from fxq.equalization import requantize
+from fxq.equalization.scales import along, equalization_scale, scale_weight, tied_scale
 from fxq.passes.context import PassContext, modules_of
 
 
@@ -36,19 +43,20 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     calls = eqg.call_counts(gm)
     columns, rows = {}, {}  # layer node -> scale for its weight columns / rows
     for node in eqg.input_equalization_nodes(gm, modules):
-        layer, input_observer = next(iter(node.users)), node.args[0]
-        scale = _scale(node, layer, modules, ctx)
-        if scale is None:
+        layer, input_observer, record = next(iter(node.users)), node.args[0], modules[node.target]
+        ranges = _ranges(node, layer, modules, ctx)
+        if ranges is None:
             continue
+        per_channel, scale = _scales(record, ranges)
         columns[layer] = scale
         _register(gm, f"{layer.name}_equalization_scale", scale)
-        chain = eqg.previous_layer(input_observer, modules, calls)
-        if chain is not None and _rescale_chain(gm, chain, node, scale, modules):
-            rows[chain.layer] = scale
+        chain = eqg.previous_layer(layer, modules, calls) if per_channel is not None else None
+        if chain is not None and _rescale_chain(gm, chain, (record, scale, per_channel), modules):
+            rows[chain.layer] = per_channel
             ctx.count("scales folded into the previous layer")
         else:
             _insert_mul(gm, input_observer, layer, scale, modules)
-            _set_range(gm, input_observer.target, *modules[node.target].scaled_range(scale), modules)
+            _requantize(gm, _own_observer(gm, input_observer, calls, modules), record, scale, modules)
             ctx.count("input muls")
     for layer in {**columns, **rows}:
         _rescale_weight(gm, layer, columns.get(layer), rows.get(layer), modules, ctx)
@@ -56,14 +64,22 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return gm
 
 
-def _scale(node: fx.Node, layer: fx.Node, modules: dict, ctx: PassContext):
+def _ranges(node: fx.Node, layer: fx.Node, modules: dict, ctx: PassContext):
+    """(input min, input max, weight min, weight max) per input channel, or None if an observer saw nothing."""
     input_observer = modules[node.target]
     weight_observer = _weight_observer(layer, input_observer, modules)
     if not (input_observer.has_data() and weight_observer is not None and weight_observer.has_data()):
         ctx.warnings.append(f"equalization skipped for node '{layer.name}': its equalization observers saw no data")
         return None
-    return equalization_scale(input_observer.min_val, input_observer.max_val, weight_observer.min_val,
-                              weight_observer.max_val)
+    return input_observer.min_val, input_observer.max_val, weight_observer.min_val, weight_observer.max_val
+
+
+def _scales(record: nn.Module, ranges: tuple):
+    """(scale per previous-layer channel or None, scale per input feature). With a channel map (prepare found a
+    foldable chain) the features of one channel share a scale, so it can go into that channel's weight row."""
+    if record.channel_map.numel() != ranges[0].numel():
+        return None, equalization_scale(*ranges)
+    return tied_scale(*ranges, record.channel_map, int(record.channel_map.max()) + 1)
 
 
 def _weight_observer(layer: fx.Node, input_observer: nn.Module, modules: dict):
@@ -77,31 +93,49 @@ def _weight_observer(layer: fx.Node, input_observer: nn.Module, modules: dict):
     return None
 
 
-def _rescale_chain(gm: fx.GraphModule, chain: eqg.Chain, node: fx.Node, scale, modules: dict) -> bool:
-    """Give each observer on the chain its range after scaling; False (nothing changed) if one is unknown."""
-    ranges = {chain.observers[0].target: modules[node.target].scaled_range(scale)}
-    for observer in chain.observers[1:]:
-        if observer.target in ranges:
+def _rescale_chain(gm: fx.GraphModule, chain: eqg.Chain, equalized: tuple, modules: dict) -> bool:
+    """Rebuild each observer on the chain for the scaled values; False (nothing changed) if one's data is
+    unknown or the previous layer's outputs do not match the scale. ``equalized``: (input equalization observer,
+    scale per input feature, scale per previous-layer channel)."""
+    record, scale, per_channel = equalized
+    if _weight(gm, chain.layer, modules).shape[0] != per_channel.numel():
+        return False
+    plan = {chain.observers[0].target: (record, scale)}
+    for position, observer in enumerate(chain.observers[1:], 1):
+        if observer.target in plan:
             continue
         tracker = eqg.tracker_after(observer, modules)
         if tracker is None or not modules[tracker.target].has_data():
             return False
-        ranges[observer.target] = modules[tracker.target].scaled_range(scale)
-    for target, (low, high) in ranges.items():
-        _set_range(gm, target, low, high, modules)
+        plan[observer.target] = (modules[tracker.target], scale if position < chain.after_reshape else per_channel)
+    for target, (observed, factor) in plan.items():
+        _requantize(gm, target, observed, factor, modules)
     return True
 
 
-def _set_range(gm: fx.GraphModule, target: str, low: torch.Tensor, high: torch.Tensor, modules: dict) -> None:
-    """Make a per-tensor quantization observer report [low, high]. A min/max observer takes the range as is;
-    any other (a histogram's bins describe the unscaled data) is replaced by a MinMaxObserver with its settings."""
-    observer = modules[target]
-    if not isinstance(observer, MinMaxObserver) or isinstance(observer, PerChannelMinMaxObserver):
-        observer = MinMaxObserver(dtype=observer.dtype, qscheme=observer.qscheme, quant_min=observer.quant_min,
-                                  quant_max=observer.quant_max, eps=float(observer.eps))
-        setattr(gm, target, observer)
-        modules[target] = observer
-    observer.min_val, observer.max_val = low.detach().clone(), high.detach().clone()
+def _requantize(gm: fx.GraphModule, target: str, record: nn.Module, scale: torch.Tensor, modules: dict) -> None:
+    """Swap the quantization observer ``target`` for a copy of the same type whose state is what it would have
+    recorded on the scaled values (fxq.equalization.requantize): the user's observer computes the qparams."""
+    observer = requantize.rescaled_observer(modules[target], record, scale)
+    setattr(gm, target, observer)
+    modules[target] = observer
+
+
+def _own_observer(gm: fx.GraphModule, observer_node: fx.Node, calls, modules: dict) -> str:
+    """The observer module this node calls, made its own first if other nodes call it too (an op that shares its
+    input's qparams, like flatten, shares the observer module): only this call sees the scaled values."""
+    target = observer_node.target
+    if calls[target] <= 1:
+        return target
+    name = f"{target}_equalized".replace(".", "_")
+    while hasattr(gm, name):
+        name += "_"
+    gm.add_submodule(name, copy.deepcopy(modules[target]))
+    modules[name] = gm.get_submodule(name)
+    observer_node.target = name
+    calls[target] -= 1
+    calls[name] = 1
+    return name
 
 
 def _insert_mul(gm: fx.GraphModule, input_observer: fx.Node, layer: fx.Node, scale, modules: dict) -> None:
@@ -124,12 +158,13 @@ def _rescale_weight(gm: fx.GraphModule, layer: fx.Node, column, row, modules: di
     """New weight (columns / column scale, rows * row scale) and bias (* row scale); never written in place."""
     if layer.op == "call_module":
         module = eqg.inner_module(modules[layer.target])
-        module.weight = nn.Parameter(scale_weight(module.weight, column, row), module.weight.requires_grad)
+        weight = scale_weight(module.weight, column, row, eqg.groups_of(layer, modules))
+        module.weight = nn.Parameter(weight, module.weight.requires_grad)
         if row is not None and module.bias is not None:
             module.bias = nn.Parameter(module.bias.detach() * row, module.bias.requires_grad)
         return
     attr = eqg.weight_attr(layer)
-    weight = scale_weight(getattr(gm, attr.target), column, row)
+    weight = scale_weight(getattr(gm, attr.target), column, row, eqg.groups_of(layer, modules))
     attr.target = _register(gm, f"{attr.target}_equalized", weight)
     bias = eqg.argument(layer, 2, "bias")
     if row is not None and bias is not None:

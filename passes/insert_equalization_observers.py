@@ -1,11 +1,15 @@
 """Insert input-weight equalization observers for the layers ``_equalization_config`` selects.
 
-For each selected linear/conv (``nn.Linear``, ``nn.Conv1d/2d/3d``, their fused ReLU forms, ``F.linear``,
-``F.conv1d/2d/3d``) whose input is quantized, an InputEqualizationObserver goes between the input quantization
-observer and the layer. Functional layers also get a WeightEqualizationObserver on the weight path; a module
-layer's weight equalization observer is kept on the input observer (``.weight_observer``) and fed its weight now.
-When the input comes from another layer through a connected chain (see fxq.equalization.graph), every other
-quantization observer on that chain gets a ChannelRangeObserver after it, so convert can rescale it exactly.
+For each selected linear/conv (``nn.Linear``, ``nn.Conv1d/2d/3d`` including grouped and depthwise, their fused
+ReLU forms, ``F.linear``, ``F.conv1d/2d/3d``) whose input is quantized, an InputEqualizationObserver goes between
+the input quantization observer and the layer. Functional layers also get a WeightEqualizationObserver on the
+weight path; a module layer's weight equalization observer is kept on the input observer (``.weight_observer``)
+and fed its weight now.
+When the input comes from another layer through a connected chain (see fxq.equalization.graph), the input
+equalization observer records which of that layer's channels each input feature comes from (its channel map),
+and every other quantization observer on the chain gets a ChannelRangeObserver after it, so convert can rebuild
+it exactly. Each equalization observer records what rebuilding its quantization observer needs (per-channel
+histograms behind a HistogramObserver; fxq.equalization.requantize).
 A selected layer that cannot be equalized is skipped with a warning naming the node.
 Requires: insert_observers. Guarantees: equalization observers only; quantization observers untouched.
 Position: right after insert_observers.
@@ -23,11 +27,14 @@ from typing import Any, Optional
 from torch import fx, nn
 
 from fxq.equalization import graph as eqg
+from fxq.equalization import requantize
+from fxq.equalization.channels import channel_map
 from fxq.equalization.observers import ChannelRangeObserver, InputEqualizationObserver, WeightEqualizationObserver
 from fxq.equalization.qconfig import EqualizationQConfig
 from fxq.observers import ObserverBase
 from fxq.passes.assign_qconfig import _lookup_key
 from fxq.passes.context import PassContext, modules_of
+from fxq.passes.record_values import value_of
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -42,11 +49,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             ctx.warnings.append(f"equalization skipped for node '{node.name}': {problem}")
             ctx.count("layers skipped")
             continue
-        _insert_for_layer(gm, node, eq_qconfig, modules)
+        input_observer = _insert_for_layer(gm, node, eq_qconfig, modules)
         ctx.count("layers equalized")
-        chain = eqg.previous_layer(node.args[0].args[0], modules, calls)
-        if chain is not None:
-            _insert_trackers(gm, chain, modules, ctx)
+        _prepare_folding(gm, node, input_observer, modules, calls, ctx)
     return gm
 
 
@@ -92,10 +97,14 @@ def _problem(node: fx.Node, modules: dict, calls: Counter, ctx: PassContext) -> 
         return "its input is not quantized (no qconfig, or its input is not observed)"
     if len(observer.users) != 1:
         return f"its input observer '{observer.target}' also feeds other ops"
+    if requantize.rebuild_kind(modules[observer.target]) is None:
+        return (f"its input observer '{observer.target}' is a {type(modules[observer.target]).__name__}, whose "
+                f"state cannot be rescaled for the equalized input; use {requantize.REBUILDABLE} in the qconfig")
     return None
 
 
-def _insert_for_layer(gm: fx.GraphModule, node: fx.Node, eq_qconfig: EqualizationQConfig, modules: dict) -> None:
+def _insert_for_layer(gm: fx.GraphModule, node: fx.Node, eq_qconfig: EqualizationQConfig,
+                      modules: dict) -> InputEqualizationObserver:
     input_observer = eq_qconfig.input_activation()
     weight_observer = eq_qconfig.weight()
     for built, wanted, field in ((input_observer, InputEqualizationObserver, "input_activation"),
@@ -104,26 +113,50 @@ def _insert_for_layer(gm: fx.GraphModule, node: fx.Node, eq_qconfig: Equalizatio
             raise TypeError(f"EqualizationQConfig.{field} for node '{node.name}' built a {type(built).__name__}; "
                             f"it must build a {wanted.__name__} (e.g. fxq.default_equalization_qconfig)")
     input_observer.ch_axis = eqg.channel_axis(node, modules)
+    requantize.configure_recording(input_observer, modules[node.args[0].target])
+    weight_observer.groups = eqg.groups_of(node, modules)
     name = _new_module(gm, modules, f"{node.name}_input_equalization_process", input_observer)
     _insert_after(gm, node.args[0], name, only_user=node)
     if node.op == "call_module":
         input_observer.weight_observer = weight_observer  # weights are constant: observe them now
         weight_observer(eqg.inner_module(modules[node.target]).weight)
-        return
+        return input_observer
     attr = eqg.weight_attr(node)
     name = _new_module(gm, modules, f"{node.name}_weight_equalization_process", weight_observer)
     _insert_after(gm, attr, name, only_user=next(iter(attr.users)))
+    return input_observer
 
 
-def _insert_trackers(gm: fx.GraphModule, chain: eqg.Chain, modules: dict, ctx: PassContext) -> None:
-    """A ChannelRangeObserver after each chain observer whose module is not the equalized input's own observer."""
+def _prepare_folding(gm: fx.GraphModule, node: fx.Node, input_observer: InputEqualizationObserver, modules: dict,
+                     calls: Counter, ctx: PassContext) -> None:
+    """When the input comes from a previous layer through a connected chain: record which of its channels each
+    input feature comes from, and put a range tracker behind every other observer on the chain."""
+    chain = eqg.previous_layer(node, modules, calls)
+    if chain is None:
+        return
+    mapping = channel_map(chain, node, modules, lambda n: value_of(n).shape)
+    if mapping is None:
+        ctx.count("chains left to a mul (a feature mixes channels)")
+        return
+    input_observer.channel_map = mapping
+    _insert_trackers(gm, chain, node, modules, ctx)
+
+
+def _insert_trackers(gm: fx.GraphModule, chain: eqg.Chain, layer: fx.Node, modules: dict, ctx: PassContext) -> None:
+    """A ChannelRangeObserver after each chain observer whose module is not the equalized input's own observer;
+    in the channel layout of the side of the shape op it is on."""
     nearest = chain.observers[0].target
-    for observer in chain.observers[1:]:
-        if observer.target != nearest and eqg.tracker_after(observer, modules) is None:
-            tracker = ChannelRangeObserver(ch_axis=eqg.channel_axis(chain.layer, modules))
-            name = _new_module(gm, modules, f"{observer.target}_channel_range", tracker)
-            _insert_after(gm, observer, name, only_user=next(iter(observer.users)))
-            ctx.count("chain range trackers")
+    for position, observer in enumerate(chain.observers[1:], 1):
+        if observer.target == nearest or eqg.tracker_after(observer, modules) is not None:
+            continue
+        if requantize.rebuild_kind(modules[observer.target]) is None:
+            continue  # no tracker: convert finds the chain unfoldable and inserts a mul instead
+        side = layer if position < chain.after_reshape else chain.layer
+        tracker = ChannelRangeObserver(ch_axis=eqg.channel_axis(side, modules))
+        requantize.configure_recording(tracker, modules[observer.target])
+        name = _new_module(gm, modules, f"{observer.target}_channel_range", tracker)
+        _insert_after(gm, observer, name, only_user=next(iter(observer.users)))
+        ctx.count("chain range trackers")
 
 
 def _new_module(gm: fx.GraphModule, modules: dict, name: str, module: nn.Module) -> str:

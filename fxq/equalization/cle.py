@@ -1,8 +1,10 @@
 """Cross-layer equalization (data-free, as in DFQ / AIMET): balance the ranges of consecutive weights.
 
-For ``layer1 -> relu -> layer2`` (Linear/Conv, groups 1), channel c of layer1's output is divided by
-``s[c] = sqrt(r1[c] / r2[c])`` (its weight row and bias) and layer2's input column c is multiplied by it, where
-``r1`` is the max |weight| per output row of layer1 and ``r2`` the max |weight| per input column of layer2.
+For ``layer1 -> relu -> layer2`` (Linear/Conv, grouped and depthwise convs too), channel c of layer1's output is
+divided by ``s[c] = sqrt(r1[c] / r2[c])`` (its weight row and bias) and layer2's input column c is multiplied by
+it, where
+``r1`` is the max |weight| per output row of layer1 and ``r2`` the max |weight| meeting input channel c in layer2
+(for a grouped conv, within the group that channel belongs to).
 Both become ``sqrt(r1 * r2)``; relu(x / s) = relu(x) / s for s > 0, so the float model computes the same thing.
 Per-tensor int8 weights then waste far fewer levels on the widest channel.
 """
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import copy
 
-from torch import fx, nn
+from torch import nn
 
 from fxq.equalization import graph as eqg
-from fxq.equalization.scales import safe_ratio_sqrt, scale_weight
+from fxq.equalization.scales import safe_ratio_sqrt, scale_weight, weight_columns
 from fxq.tracer import trace
 
 
@@ -49,20 +51,23 @@ def find_pairs(model: nn.Module) -> list:
         if eqg.layer_problem(node, modules, calls) is not None:
             continue
         chain = eqg.previous_layer(node, modules, calls) if node.args else None
-        if chain is not None and chain.layer.op == "call_module":
+        if chain is None or chain.layer.op != "call_module" or chain.reshape is not None:
+            continue  # no shapes recorded here: channels must reach layer2 where they left layer1
+        if eqg.channel_axis(chain.layer, modules) == eqg.channel_axis(node, modules):
             pairs.append((eqg.inner_module(modules[chain.layer.target]), eqg.inner_module(modules[node.target])))
     return pairs
 
 
 def _balance(first: nn.Module, second: nn.Module) -> None:
     """New weights for one pair (never written in place: the copy shares storage with the user's model)."""
+    groups = getattr(second, "groups", 1)
     row_range = first.weight.detach().abs().flatten(1).amax(dim=1)
-    column_range = second.weight.detach().abs().transpose(0, 1).flatten(1).amax(dim=1)
+    column_range = weight_columns(second.weight.detach().abs(), groups).amax(dim=1)
     scale = safe_ratio_sqrt(row_range, column_range)
     first.weight = nn.Parameter(scale_weight(first.weight, None, 1 / scale), first.weight.requires_grad)
     if first.bias is not None:
         first.bias = nn.Parameter(first.bias.detach() / scale, first.bias.requires_grad)
-    second.weight = nn.Parameter(scale_weight(second.weight, 1 / scale, None), second.weight.requires_grad)
+    second.weight = nn.Parameter(scale_weight(second.weight, 1 / scale, None, groups), second.weight.requires_grad)
 
 
 def _copy_sharing_nothing_mutable(model: nn.Module) -> nn.Module:
