@@ -23,6 +23,7 @@ from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, 
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
 from fxq.passes import cost_model, equalize, insert_equalization_observers
+from fxq.passes import tag_declared_quantizers
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -36,7 +37,8 @@ PREPARE = [
     insert_equalization_observers.run,  # after insert_observers: equalization observers sit behind input observers
     observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs
     prepare_standalone.run,
-    observe_io.run,        # last: the model's quantized inputs/outputs reuse any observer already there
+    observe_io.run,        # after the ops' observers: the model's quantized inputs/outputs reuse any already there
+    tag_declared_quantizers.run,  # last: tags a module declares (fxq_qtags) win over the default ones
 ]
 
 CONVERT = [

@@ -9,6 +9,7 @@ Node paths (graph order is the result order):
 * an observer node (it carries ``node.meta["fxq_qtag"]``): the path of the op it belongs to followed by the
   observer. Output observers belong to the node they observe; input and parameter observers to the node(s)
   that read them, so ``**/[cls:torch.nn.Linear]/[qtag:parameter/weight]`` finds a linear's weight observer.
+  A tag a module declares (``fxq_qtags``) comes with its role (``node.meta["fxq_qtag_role"]``), which decides.
 
 Module trees use ``named_modules()`` order (definition order, pre-order); a module's ``fxq_qtag`` attribute is
 its quantizer tag.
@@ -26,6 +27,7 @@ from fxq.tracer import SCOPE_KEY
 __all__ = ["QTAG_KEY", "GraphIndex", "ModuleIndex", "index_of"]
 
 QTAG_KEY = "fxq_qtag"  # written by passes/insert_observers.py (same key)
+QTAG_ROLE_KEY = "fxq_qtag_role"  # "input" / "output", written with a declared tag by passes/tag_declared_quantizers
 _ANCHORED_ON_USERS = ("parameter/",)
 _MISSING = object()
 _DEAD = ((), None, {})  # the entry of a scope no node of which can match
@@ -168,7 +170,9 @@ class GraphIndex:
         return scope.path if scope is not None else ""
 
     def _observer_matches(self, program: Program, node: fx.Node, tag: str, memo: dict) -> bool:
-        if _tag_anchors_on_users(tag):
+        role = node.meta.get(QTAG_ROLE_KEY)  # a declared tag (passes/tag_declared_quantizers.py) says its role
+        on_users = role == "input" if role is not None else _tag_anchors_on_users(tag)
+        if on_users:
             anchors = [user for user in node.users if QTAG_KEY not in user.meta]
         else:
             anchors = [arg for arg in node.args[:1] if isinstance(arg, fx.Node)]
