@@ -198,3 +198,108 @@ def _safety_cases() -> dict:
 
 
 CASES_FOR_SAFETY = _safety_cases()
+
+
+class ConvFlattenLinear(nn.Module):
+    """conv -> relu -> [pool] -> flatten -> linear: each conv channel becomes H*W features of the linear."""
+
+    def __init__(self, pool: nn.Module = None, features: int = 6 * 8 * 8):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(8, 6, 3, padding=1), pool, nn.Linear(features, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(torch.flatten(x if self.pool is None else self.pool(x), 1))
+
+
+def grouped_compensated(conv: nn.Conv2d, in_spread: torch.Tensor = None, out_spread: torch.Tensor = None):
+    """As ``compensated`` for a grouped conv: the weights meeting input channel c (in its group) divided by
+    ``in_spread[c]``; rows and bias multiplied by ``out_spread``."""
+    from fxq.equalization.scales import scale_weight
+    with torch.no_grad():
+        conv.weight.copy_(scale_weight(conv.weight, in_spread, out_spread, conv.groups))
+        if out_spread is not None:
+            conv.bias.mul_(out_spread)
+    return conv
+
+
+def _flatten_case(pool: nn.Module = None, features: int = 6 * 8 * 8) -> nn.Module:
+    model = ConvFlattenLinear(pool, features)
+    compensated(model.conv, spread(8), spread(6, 1e-1, 1e1))
+    per_feature = spread(6, 1e-1, 1e1).repeat_interleave(features // 6)
+    compensated(model.fc, per_feature)
+    return model
+
+
+def _grouped_pair(first: nn.Conv2d, second: nn.Conv2d) -> nn.Module:
+    grouped_compensated(first, spread(first.in_channels), spread(first.out_channels, 1e-1, 1e1))
+    grouped_compensated(second, spread(second.in_channels, 1e-1, 1e1))
+    return nn.Sequential(first, nn.ReLU(), second)
+
+
+def shape_case_models() -> dict:
+    """Grouped / depthwise convs and chains through flatten (same construction as case_models, own seed)."""
+    torch.manual_seed(2)
+    conv_input = lambda: skewed((16, 8, 8, 8))  # noqa: E731
+    cases = {
+        "depthwise conv": (Single(grouped_compensated(nn.Conv2d(8, 8, 3, groups=8), spread(8))), conv_input),
+        "grouped conv (groups=2)": (Single(grouped_compensated(nn.Conv2d(8, 8, 3, groups=2), spread(8))),
+                                    conv_input),
+        "conv->relu->depthwise conv": (_grouped_pair(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3, groups=16)),
+                                       conv_input),
+        "depthwise->relu->pointwise conv": (_grouped_pair(nn.Conv2d(8, 16, 3, groups=8), nn.Conv2d(16, 8, 1)),
+                                            conv_input),
+        "conv->relu->flatten->linear": (_flatten_case(), conv_input),
+        "conv->relu->avgpool->flatten->linear": (_flatten_case(nn.AdaptiveAvgPool2d(1), 6), conv_input),
+    }
+    return {name: (model.eval(), make(), make()) for name, (model, make) in cases.items()}
+
+
+def mild_case_models() -> dict:
+    """Moderately skewed inputs (channels span 0.5 .. 5) into plain random weights: little to gain, nothing to
+    lose."""
+    torch.manual_seed(3)
+    cases = {
+        "linear->linear, mild skew 0.5..5": (LinearLinear(), lambda: skewed((256, 16), 0.5, 5.0)),
+        "linear->relu->linear, mild skew 0.5..5": (LinearLinear(nn.ReLU()), lambda: skewed((256, 16), 0.5, 5.0)),
+        "conv->conv, mild skew 0.5..5": (ConvConv(), lambda: skewed((16, 8, 10, 10), 0.5, 5.0)),
+    }
+    return {name: (model.eval(), make(), make()) for name, (model, make) in cases.items()}
+
+
+def equalized(prepared: nn.Module) -> nn.Module:
+    """The calibrated observed model after the equalize pass only (observers still in; on a copy)."""
+    from fxq.passes import equalize
+    from fxq.passes.context import PassContext
+    from fxq.state import get_state
+    return equalize.run(copy.deepcopy(prepared), PassContext(state=get_state(prepared)))
+
+
+def float_after_equalize(prepared: nn.Module) -> nn.Module:
+    """The equalized graph with every observer removed: float math only."""
+    from fxq.observers import ObserverBase
+    gm = equalized(prepared)
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(modules[node.target], ObserverBase):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def reobserved(equalized_model: nn.Module, batches) -> nn.Module:
+    """The oracle for rebuilt observers: a copy of the equalized model whose activation observers are emptied and
+    calibrated again on ``batches``, so they see the scaled tensors themselves."""
+    from fxq.observers import HistogramObserver, MinMaxObserver
+    oracle = copy.deepcopy(equalized_model)
+    for module in oracle.modules():
+        if isinstance(module, HistogramObserver):
+            module.min_val.fill_(float("inf"))
+            module.max_val.fill_(float("-inf"))
+            module.histogram.zero_()
+        elif isinstance(module, MinMaxObserver):
+            module.reset_min_max_vals()
+    for batch in batches:
+        oracle(batch)
+    return oracle

@@ -1,13 +1,13 @@
 """Input-weight equalization: int8 accuracy gains, parity with torch.ao, graph shapes (see equalization_cases)."""
-import warnings
-
 import pytest
 import torch
 from conftest import torch_ao
 
-from equalization_cases import (case_models, cle_case, cle_quantized, fxq_quantized, sqnr, torch_ao_quantized)
+from equalization_cases import (case_models, cle_case, cle_quantized, fxq_quantized, mild_case_models, sqnr,
+                                torch_ao_quantized)
 
 CASES = case_models()
+MILD = mild_case_models()
 
 
 def _mul_count(gm) -> int:
@@ -42,6 +42,15 @@ def test_skewed_inputs_and_outlier_columns_gain_at_least_6db(name):
     expected = model(test)
     none = sqnr(expected, fxq_quantized(model, calibration, equalize=False)(test))
     assert sqnr(expected, fxq_quantized(model, calibration)(test)) >= none + 6.0
+
+
+@pytest.mark.parametrize("name", sorted(MILD))
+def test_mildly_skewed_inputs_lose_at_most_half_a_db(name):
+    # channels spanning 0.5 .. 5 into plain random weights: equalization must not cost accuracy
+    model, calibration, test = MILD[name]
+    expected = model(test)
+    none = sqnr(expected, fxq_quantized(model, calibration, equalize=False)(test))
+    assert sqnr(expected, fxq_quantized(model, calibration)(test)) >= none - 0.5
 
 
 @pytest.mark.parametrize("name", ["single linear", "single conv"])

@@ -1,5 +1,4 @@
 """Equalization safety: exact float math, dead channels, unsupported layers, the user's model untouched, errors."""
-import copy
 import warnings
 
 import pytest
@@ -7,12 +6,8 @@ import torch
 from torch import nn
 
 import fxq
-from equalization_cases import CASES_FOR_SAFETY, fxq_quantized
+from equalization_cases import CASES_FOR_SAFETY, float_after_equalize
 from fxq.equalization import InputEqualizationObserver
-from fxq.observers import ObserverBase
-from fxq.passes import equalize
-from fxq.passes.context import PassContext
-from fxq.state import get_state
 
 QMAP = fxq.QConfigMapping().set_global(fxq.default_qconfig)
 EQ = fxq.QConfigMapping().set_global(fxq.default_equalization_qconfig)
@@ -25,27 +20,15 @@ def _prepare(model, x, eq=EQ):
     return prepared, [str(w.message) for w in caught]
 
 
-def _float_after_equalize(prepared):
-    """The equalized graph with every observer removed: float math only."""
-    gm = equalize.run(copy.deepcopy(prepared), PassContext(state=get_state(prepared)))
-    modules = dict(gm.named_modules())
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(modules[node.target], ObserverBase):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
-
-
 @pytest.mark.parametrize("name", sorted(CASES_FOR_SAFETY))
 def test_equalized_float_graph_equals_the_float_model(name):
     model, calibration, test = CASES_FOR_SAFETY[name]
     prepared, _ = _prepare(model, calibration)
     prepared(calibration)
     expected = model(test)
-    got = _float_after_equalize(prepared)(test)
+    got = float_after_equalize(prepared)(test)
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
-    assert any(name.endswith("equalization_scale") for name, _ in _float_after_equalize(prepared).named_buffers())
+    assert any(name.endswith("equalization_scale") for name, _ in float_after_equalize(prepared).named_buffers())
 
 
 @pytest.mark.parametrize("name", sorted(CASES_FOR_SAFETY))
@@ -79,20 +62,34 @@ def test_unsupported_layer_is_skipped_with_a_warning_naming_the_node():
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
-            self.depthwise = nn.Conv2d(4, 4, 3, groups=4)
-            self.fc = nn.Linear(2, 2)
+            self.depthwise = nn.Conv2d(4, 4, 3, groups=4)  # supported: per-input-channel scale within its group
+            self.norm = nn.LayerNorm([4, 2, 2])  # has a weight, but is not a linear/conv
 
         def forward(self, x):
-            return self.fc(self.depthwise(x))
+            return self.norm(self.depthwise(x))
     model, x = Model().eval(), torch.randn(2, 4, 4, 4)
     prepared, messages = _prepare(model, x)
-    assert any("depthwise" in m and "grouped convolution" in m for m in messages)
+    assert any("'norm'" in m and "LayerNorm is not supported" in m for m in messages)
     modules = dict(prepared.named_modules())
     equalized = [n.target for n in prepared.graph.nodes if n.op == "call_module"
                  and isinstance(modules[n.target], InputEqualizationObserver)]
-    assert equalized == ["fc_input_equalization_process"]
+    assert equalized == ["depthwise_input_equalization_process"]
     prepared(x)
-    assert torch.isfinite(fxq.convert_fx(prepared)(x)).all()
+    quantized = fxq.convert_fx(prepared)
+    assert torch.isfinite(quantized(x)).all()
+    assert (quantized(x) - model(x)).abs().max() < 0.1 * model(x).abs().max()
+
+
+def test_a_module_called_twice_is_skipped_with_a_warning():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(4, 4)  # one weight cannot take two sets of column scales
+
+        def forward(self, x):
+            return self.shared(self.shared(x))
+    _, messages = _prepare(Model().eval(), torch.randn(2, 4))
+    assert any("'shared'" in m and "called 2 times" in m for m in messages)
 
 
 def test_equalization_qconfig_rejects_observer_instances_and_per_channel_inputs():
