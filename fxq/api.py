@@ -20,7 +20,7 @@ from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfi
 from fxq.equalization import apply_equalization_config
 from fxq.passes import pipeline
 from fxq.passes.context import PassContext
-from fxq.state import FxqState, get_state, set_state
+from fxq.state import FxqState, clear_state, get_state, set_state
 from fxq.leaves import trace_for_prepare
 from fxq.registry import check_configs
 
@@ -118,7 +118,7 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
     gm = copy_module(graph_module)
     ctx = PassContext(convert_config=config, state=state)
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
-    delattr(gm, "_fxq_state") if hasattr(gm, "_fxq_state") else None
+    clear_state(gm)
     _emit_warnings(ctx)
     return gm
 

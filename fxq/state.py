@@ -1,7 +1,9 @@
 """The fxq state of an observed model: everything convert_fx needs, kept in one place on the GraphModule.
 
-It is a plain attribute (``gm._fxq_state``), so it survives ``copy.deepcopy`` and ``torch.save`` of the
-observed model (torch.fx regenerates node metadata on load, so nothing convert needs lives there).
+It is a plain attribute (``gm._fxq_state``), so it survives ``torch.save`` of the observed model (torch.fx
+regenerates node metadata on load, so nothing convert needs lives there). GraphModule's ``__deepcopy__``
+rebuilds the module and keeps only the attributes listed in ``gm.meta["_user_preserved_attributes"]``, so
+the state is listed there too.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any, Optional
 from torch import fx
 
 STATE_ATTRIBUTE = "_fxq_state"
+_PRESERVED_ON_DEEPCOPY = "_user_preserved_attributes"  # torch.fx.graph_module's key in GraphModule.meta
 
 
 @dataclass
@@ -33,3 +36,13 @@ def get_state(gm: Any) -> Optional[FxqState]:
 
 def set_state(gm: fx.GraphModule, state: FxqState) -> None:
     setattr(gm, STATE_ATTRIBUTE, state)
+    meta = getattr(gm, "meta", None)
+    if isinstance(meta, dict):
+        meta.setdefault(_PRESERVED_ON_DEEPCOPY, {})[STATE_ATTRIBUTE] = state
+
+
+def clear_state(gm: fx.GraphModule) -> None:
+    """Drop the state (a converted model has none: it is not an observed model any more)."""
+    if hasattr(gm, STATE_ATTRIBUTE):
+        delattr(gm, STATE_ATTRIBUTE)
+    getattr(gm, "meta", {}).get(_PRESERVED_ON_DEEPCOPY, {}).pop(STATE_ATTRIBUTE, None)

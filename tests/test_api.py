@@ -1,6 +1,8 @@
 """prepare_fx / convert_fx behaviour beyond the zoo: errors that say how to fix them, configs that never fail
 silently, ops torch.ao leaves in float, and the per-pass dumps."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,12 +154,12 @@ def test_debug_dump_dir_has_the_graph_after_every_pass_and_timings(tmp_path):
     prepare_files = sorted(p.name for p in (tmp_path / "prepare").iterdir())
     def expected(passes):  # one numbered file per pass of the pipeline, in its order
         return [f"{i:02d}-{run.__module__.rsplit('.', 1)[-1]}.txt" for i, run in enumerate(passes, 1)] + ["timing.txt"]
-    assert prepare_files[:4] == ["01-record_values.txt", "02-fuse.txt", "03-assign_qconfig.txt",
-                                 "04-insert_observers.txt"]
+    assert prepare_files[:5] == ["01-record_values.txt", "02-fuse.txt", "03-assign_qconfig.txt",
+                                 "04-cost_model.txt", "05-insert_observers.txt"]
     assert prepare_files == expected(pipeline.PREPARE)
     convert_files = sorted(p.name for p in (tmp_path / "convert").iterdir())
     assert convert_files == expected(pipeline.CONVERT)
-    assert "activation_post_process_0" in (tmp_path / "prepare" / "04-insert_observers.txt").read_text()
+    assert "activation_post_process_0" in (tmp_path / "prepare" / "05-insert_observers.txt").read_text()
     timing = (tmp_path / "prepare" / "timing.txt").read_text()
     assert "fused Linear -> ReLU|relu|relu|relu|relu_: 1" in timing or "fused" in timing
     assert "output observers: 1" in timing
@@ -173,3 +175,14 @@ def test_reference_model_is_dequantize_float_op_quantize():
     assert ops == [("call_function", "quantize_per_tensor"), ("call_method", "dequantize"), ("call_module", "0"),
                    ("call_function", "quantize_per_tensor"), ("call_method", "dequantize")]
     assert type(reference.get_submodule("0")).__module__ == "fxq.nn.reference"
+
+
+def test_a_deep_copy_of_a_prepared_model_converts_like_the_original():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    x = torch.randn(8, 4)
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,))
+    prepared(x)
+    copied = copy.deepcopy(prepared)
+    converted = fxq.convert_fx(copied)
+    assert torch.equal(converted(x), fxq.convert_fx(prepared)(x))
+    assert not hasattr(copy.deepcopy(converted), "_fxq_state")  # a converted model is not an observed one
