@@ -32,6 +32,7 @@ _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     modules = modules_of(gm)
+    _one_module_per_call(gm, ctx, modules)
     observers = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], ObserverBase)]
     _swap_weighted_modules(gm, ctx, modules, observers)
     _quantize_functional_weights(gm, ctx)
@@ -52,6 +53,25 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         ctx.count("quantize/dequantize pairs")
     gm.delete_all_unused_submodules()
     return gm
+
+
+def _one_module_per_call(gm: fx.GraphModule, ctx: PassContext, modules: dict) -> None:
+    """A module called from several places gets its own name per quantized call: each call has its own
+    input/output qparams, so each becomes its own reference (then quantized) module; they share the float
+    weight. Without this, lowering the first call would swap the module under the second one too."""
+    seen: set = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        if node.target in seen and ctx.state.modes.get(node.name) is not None:
+            base, index = node.target.replace(".", "_") + "_call", 1
+            while f"{base}{index}" in modules:
+                index += 1
+            gm.add_submodule(f"{base}{index}", modules[node.target])
+            modules[f"{base}{index}"] = modules[node.target]
+            node.target = f"{base}{index}"
+            ctx.count("modules called from several places split per call")
+        seen.add(node.target)
 
 
 def _usable(observer: ObserverBase) -> bool:

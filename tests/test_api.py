@@ -186,3 +186,24 @@ def test_a_deep_copy_of_a_prepared_model_converts_like_the_original():
     converted = fxq.convert_fx(copied)
     assert torch.equal(converted(x), fxq.convert_fx(prepared)(x))
     assert not hasattr(copy.deepcopy(converted), "_fxq_state")  # a converted model is not an observed one
+
+
+def test_a_module_called_twice_becomes_one_quantized_module_per_call():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.shared(torch.relu(self.shared(x)))
+
+    model = Twice().eval()
+    x = torch.randn(16, 8)
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,))
+    prepared(x)
+    quantized = fxq.convert_fx(prepared)
+    calls = [n for n in quantized.graph.nodes if n.op == "call_module"]
+    assert len(calls) == 2 and calls[0].target != calls[1].target  # each call has its own output qparams
+    assert all("Quantized" in quantized.get_submodule(n.target)._get_name() for n in calls)
+    assert sqnr(model(x).detach(), quantized(x)) > 30
+    assert type(model.shared) is nn.Linear
