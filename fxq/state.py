@@ -28,13 +28,32 @@ class FxqState:
     # node name -> (float class swapped for an observed one, quantized input positions, quantized output paths)
     custom_modules: dict = field(default_factory=dict)
     standalone: dict = field(default_factory=dict)  # node name -> (input idxs, output idxs, child FxqState)
+    # the graph's node names in order when prepare finished: torch.load re-traces the code and may rename nodes
+    # (``relu_1`` -> ``relu``); the order stays, so get_state maps the names above back by position
+    node_names: list = field(default_factory=list)
+
+    def renamed(self, new_names: dict) -> "FxqState":
+        """A copy with every node-name key (and chain end) replaced through ``new_names``."""
+        def keys(table: dict) -> dict:
+            return {new_names.get(name, name): value for name, value in table.items()}
+        return FxqState(qconfigs=keys(self.qconfigs), modes=keys(self.modes),
+                        chain_ends={new_names.get(a, a): new_names.get(b, b) for a, b in self.chain_ends.items()},
+                        prepare_config=self.prepare_config, custom_modules=keys(self.custom_modules),
+                        standalone=keys(self.standalone), node_names=[new_names.get(n, n) for n in self.node_names])
 
 
 def get_state(gm: Any) -> Optional[FxqState]:
-    return getattr(gm, STATE_ATTRIBUTE, None)
+    state = getattr(gm, STATE_ATTRIBUTE, None)
+    if state is None or not getattr(state, "node_names", None) or not isinstance(gm, fx.GraphModule):
+        return state
+    names = [node.name for node in gm.graph.nodes]
+    if names == state.node_names or len(names) != len(state.node_names):
+        return state
+    return state.renamed(dict(zip(state.node_names, names)))
 
 
 def set_state(gm: fx.GraphModule, state: FxqState) -> None:
+    state.node_names = [node.name for node in gm.graph.nodes]
     setattr(gm, STATE_ATTRIBUTE, state)
     meta = getattr(gm, "meta", None)
     if isinstance(meta, dict):

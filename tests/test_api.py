@@ -2,6 +2,7 @@
 silently, ops torch.ao leaves in float, and the per-pass dumps."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -207,3 +208,21 @@ def test_a_module_called_twice_becomes_one_quantized_module_per_call():
     assert all("Quantized" in quantized.get_submodule(n.target)._get_name() for n in calls)
     assert sqnr(model(x).detach(), quantized(x)) > 30
     assert type(model.shared) is nn.Linear
+
+
+def test_state_follows_nodes_that_torch_load_renames():
+    from fxq.state import get_state
+    from zoo import ZOO
+    model, example, _ = ZOO["residual"]()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), example)
+    prepared(*example)
+    buffer = io.BytesIO()
+    torch.save(prepared, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    renamed = {n.name for n in loaded.graph.nodes} - {n.name for n in prepared.graph.nodes}
+    if not renamed:
+        pytest.skip("this torch.fx keeps node names on load: nothing to map back")
+    state = get_state(loaded)
+    assert renamed <= set(state.modes) and set(state.modes) <= {n.name for n in loaded.graph.nodes}
+    assert torch.equal(fxq.convert_fx(loaded)(*example), fxq.convert_fx(prepared)(*example))
