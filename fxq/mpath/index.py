@@ -31,6 +31,8 @@ QTAG_ROLE_KEY = "fxq_qtag_role"  # "input" / "output", written with a declared t
 _ANCHORED_ON_USERS = ("parameter/",)
 _MISSING = object()
 _DEAD = ((), None, {})  # the entry of a scope no node of which can match
+_NAME_ONLY = ((), ("node",), ("name",), ("name", "node"))  # field sets a scope's name alone decides
+_CLASS_FIELDS = ("module_class", "type_name")  # what [cls:...] reads (sorted, as Program.reads gives them)
 
 
 def _tag_anchors_on_users(tag: str) -> bool:
@@ -127,23 +129,25 @@ class GraphIndex:
         """
         fields = program.reads(states)
         if fields is None:
-            return program.step(states, self.scope_element(path))
+            return program.step(states, self.scope_element(path), inner=True)
         steps = memo.get(states)
         if steps is None:
             steps = memo[states] = {}
         key = self._signature(path, name, fields)
         result = steps.get(key)
         if result is None:
-            result = steps[key] = program.step(states, self.scope_element(path))
+            result = steps[key] = program.step(states, self.scope_element(path), inner=True)
         return result
 
     def _signature(self, path: str, name: str, fields: tuple):
         """The values of ``fields`` for the scope at ``path``, without building its Element."""
-        if fields == ("name",):
-            return name
+        if fields in _NAME_ONLY:  # a scope has no node
+            return name if fields and fields[0] == "name" else None
         module = self.module(path)
         if module is not None and type(module) is nn.Module:  # fx's placeholder for a traced-through module
             module = None
+        if fields == _CLASS_FIELDS:  # a class test: the class, or the recorded class name (a type never equals a str)
+            return type(module) if module is not None else self.scope_types().get(path, "")
         values = []
         for field in fields:
             if field == "name":
@@ -154,7 +158,7 @@ class GraphIndex:
                 values.append("" if module is not None else self.scope_types().get(path, ""))
             elif field != "node":  # a scope has no node
                 values.append(getattr(self.scope_element(path), field))
-        return values[0] if len(values) == 1 else tuple(values)
+        return tuple(values)
 
     def element(self, node: fx.Node) -> Element:
         if node.op == "call_module":
@@ -182,7 +186,7 @@ class GraphIndex:
                 states = self.prefix_states(program, self.prefix_of(node), memo)
             else:
                 states = self.prefix_states(program, self.prefix_of(anchor), memo)
-                states = program.step(states, self.element(anchor)) if states else states
+                states = program.step(states, self.element(anchor), inner=True) if states else states
             if states and program.accepts_last(states, element):
                 return True
         return False

@@ -51,6 +51,9 @@ class Program:
             self.kinds.append(_END)
             self.fragments.append(None)
         self._closure = [self._close(state) for state in range(len(self.kinds))]
+        # The closures without the accepting states: all an element that is not the path's last can lead to. A
+        # scope is never the last element of a node path, so a query's last fragment is never tested on one.
+        self._inner = [frozenset(s for s in closure if self.kinds[s] != _END) for closure in self._closure]
         starts = [0] + [i + 1 for i, kind in enumerate(self.kinds[:-1]) if kind == _END]
         self.start = frozenset().union(*(self._closure[s] for s in starts))
         self._final_tests: dict[frozenset, tuple] = {}
@@ -64,19 +67,24 @@ class Program:
             closure.add(state)
         return frozenset(closure)
 
-    def step(self, states: frozenset, element: Element) -> frozenset:
-        """The live states after consuming one element."""
+    def step(self, states: frozenset, element: Element, inner: bool = False) -> frozenset:
+        """The live states after consuming one element; ``inner``: more elements follow it (a scope, an observer's
+        anchor), so only states that can still lead somewhere are kept and tests that can only accept are skipped."""
+        closure = self._inner if inner else self._closure
         live: set = set()
         for state in states:
             kind = self.kinds[state]
             if kind == _MANY:
-                live |= self._closure[state]  # ** consumes the element and may consume more (its closure is already in states)
-            elif kind == _ONE or (kind == _TEST and self.fragments[state].matches(element)):
-                live |= self._closure[state + 1]
+                live |= closure[state]  # ** consumes the element and may go on (its closure is already in states)
+            elif kind == _ONE:
+                live |= closure[state + 1]
+            elif kind == _TEST and closure[state + 1] and self.fragments[state].matches(element):
+                live |= closure[state + 1]
         return frozenset(live)
 
     def reads(self, states: frozenset) -> Optional[tuple]:
-        """The Element fields the next step from ``states`` depends on (sorted), or None if a fragment does not say.
+        """The Element fields the next inner step from ``states`` depends on (sorted), or None if a fragment does not
+        say.
 
         Two elements equal in these fields step to the same states, so callers share one step between module
         scopes that look alike (every ``attn`` under ``layers.N`` for ``**/attn/...``). Memoised per state set.
@@ -84,7 +92,7 @@ class Program:
         if states not in self._reads:
             fields: Optional[set] = set()
             for state in states:
-                if self.kinds[state] == _TEST:
+                if self.kinds[state] == _TEST and self._inner[state + 1]:
                     declared = fragment_reads(self.fragments[state])
                     if declared is None:
                         fields = None
