@@ -226,3 +226,19 @@ def test_a_shared_input_observer_keeps_its_tag_and_bad_declarations_raise():
 
     with pytest.raises(TypeError, match=r"module 'custom' \(BadlyTagged\) declares fxq_qtags"):
         _prepare_with_doubler(BadlyTagged)
+
+
+def test_set_mpath_picks_the_mode_of_a_custom_module():
+    # the custom-module pass looks the qconfig up again for modes no kernel runs: with the node, so set_mpath counts
+    from custom_models import DynamicQuantRecurrent, FloatRecurrent, WithRecurrent
+
+    torch.manual_seed(0)
+    model, x = WithRecurrent().eval(), torch.randn(5, 4, 8)  # (time, batch, features)
+    mapping = QConfigMapping().set_global(default_qconfig).set_mpath("recurrent", fxq.default_dynamic_qconfig)
+    prepared = fxq.prepare_fx(model, mapping, (x,), {"non_traceable_module_class": [FloatRecurrent]})
+    prepared(x)
+    converted = fxq.convert_fx(prepared, {"observed_to_quantized_custom_module_class": {
+        "dynamic": {FloatRecurrent: DynamicQuantRecurrent}}})
+    assert type(converted.recurrent) is DynamicQuantRecurrent
+    assert type(converted.fc_in).__module__.startswith("fxq.nn.quantized")  # the rest stays static int8
+    assert sqnr(model(x), converted(x)) > 20
