@@ -1,8 +1,9 @@
 """Bench-size models built by hand (no torchvision), for tools/bench.py.
 
 Each factory returns ``(model.eval(), example_inputs)`` with batch size 1, built under a fixed
-seed. ``MODELS`` maps the names bench.py accepts to factories; ``narrow_chain(n)`` builds the
-deep-and-narrow models that measure how prepare time grows with graph size.
+seed. ``MODELS`` maps the names bench.py accepts to factories (``narrow_chain`` is 100 blocks);
+``narrow_chain(n)`` builds the deep-and-narrow models that measure how prepare time grows with graph size;
+``BATCH_LIMITS`` caps a model's larger latency batch.
 
 Example:
     >>> model, example_inputs = MODELS["resnet18"]()
@@ -224,4 +225,8 @@ MODELS: Dict[str, Callable[[], BenchEntry]] = {
     "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
     "bert": bert,
+    "narrow_chain": lambda: narrow_chain(100),  # int8 loses to float here in torch.ao (issue 8)
 }
+
+# The largest latency batch per model: BERT at seq 128 is already 128 rows a sample.
+BATCH_LIMITS: Dict[str, int] = {"bert": 4}
