@@ -1,0 +1,243 @@
+"""The measurements behind tools/bench.py: one implementation (fxq, fxq + cost model or torch.ao) on one model.
+
+measure() returns a flat dict of positive numbers, one key per metric (METRICS, plus one latency pair per
+engine / batch / thread count, see latency_key), so bench_report.py can print any subset side by side.
+
+    >>> from tools.zoo import narrow_chain
+    >>> implementation, error = load_implementation("fxq")
+    >>> settings = Settings(engines=["x86"], batches=[1], thread_counts=[1], runs=2, warmup=1)
+    >>> result = measure(implementation, lambda: narrow_chain(3), settings)
+    >>> result["prepare_s"] > 0 and result[latency_key("int8_s", "x86", 1, 1)] > 0
+    True
+"""
+import contextlib
+import copy
+import functools
+import io
+import math
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+# Every key measure() fills besides the per-engine latencies.
+METRICS = ("trace_s", "prepare_s", "calibration_observed_over_float", "convert_s", "convert_observers_s",
+           "convert_observers_share", "sqnr_db", "size_ratio")
+
+
+@dataclass
+class Settings:
+    """What to measure: the quantized engines, batch sizes and thread counts of the latency matrix."""
+    engines: List[str] = field(default_factory=lambda: ["x86"])
+    batches: List[int] = field(default_factory=lambda: [1])
+    thread_counts: List[int] = field(default_factory=lambda: [1])
+    runs: int = 10
+    warmup: int = 3
+    calibration_batches: int = 2
+    batch_limit: Optional[int] = None  # a model may cap the larger batch (BERT at seq 128)
+
+    def batch_sizes(self) -> List[int]:
+        limit = self.batch_limit or max(self.batches)
+        return sorted({min(batch, limit) for batch in self.batches})
+
+
+@dataclass
+class Implementation:
+    """One column of the comparison: how it traces, prepares, converts, and its observer base classes."""
+    name: str
+    trace: Callable[[torch.nn.Module], torch.nn.Module]
+    prepare: Callable
+    convert: Callable
+    mapping: Callable
+    observer_bases: Tuple[type, ...]
+
+
+def load_implementation(name: str) -> Tuple[Optional[Implementation], Optional[str]]:
+    """(implementation, None), or (None, why it is unavailable) — the tool then prints n/a for it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return (_torch_ao() if name == "torch.ao" else _fxq(cost_model=name == "fxq+cost_model")), None
+    except Exception as failure:  # torch.ao may be gone from this torch; fxq may be mid-edit: report, do not crash
+        print(f"[{name}] unavailable: {type(failure).__name__}: {failure}", file=sys.stderr)
+        return None, f"{type(failure).__name__}: {failure}"
+
+
+def _torch_ao() -> Implementation:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+    from torch.ao.quantization.observer import ObserverBase
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    def trace(model):  # what prepare_fx does first, with no skipped modules
+        return torch.fx.GraphModule(model, QuantizationTracer([], []).trace(model))
+
+    return Implementation("torch.ao", trace, prepare_fx, convert_fx, lambda: get_default_qconfig_mapping("x86"),
+                          (ObserverBase, FakeQuantizeBase))
+
+
+def _fxq(cost_model: bool) -> Implementation:
+    import fxq
+    from fxq.leaves import trace_for_prepare
+    from fxq.observers import ObserverBase
+
+    config = {"cost_model": True} if cost_model else None
+    prepare = functools.partial(fxq.prepare_fx, prepare_custom_config=config)
+    trace = functools.partial(trace_for_prepare, config=fxq.PrepareCustomConfig.coerce(config))
+    name = "fxq+cost_model" if cost_model else "fxq"
+    return Implementation(name, trace, prepare, fxq.convert_fx, lambda: fxq.get_default_qconfig_mapping("x86"),
+                          (ObserverBase,))
+
+
+def timed(function: Callable, *args):
+    """(result, seconds) of one call."""
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def median_latency(model: torch.nn.Module, inputs: tuple, runs: int, warmup: int) -> float:
+    """Median wall time of model(*inputs) in seconds, after `warmup` untimed calls."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(*inputs)
+        return statistics.median(timed(model, *inputs)[1] for _ in range(runs))
+
+
+def batched(example: tuple, batch: int) -> tuple:
+    """Inputs shaped like `example` with dim 0 = batch (seeded, the same for every implementation)."""
+    if batch == 1:
+        return example
+    generator = torch.Generator().manual_seed(batch)
+    return tuple(torch.randn((batch, *t.shape[1:]), generator=generator) for t in example)
+
+
+def calibration_batches(example: tuple, count: int) -> List[tuple]:
+    """The example plus random batches of the same shapes (seeded, identical for every implementation)."""
+    generator = torch.Generator().manual_seed(1)
+    extra = [tuple(torch.randn(t.shape, generator=generator) for t in example) for _ in range(count - 1)]
+    return [example] + extra
+
+
+def sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of `other` against `reference`, in dB."""
+    other = other.dequantize() if other.is_quantized else other
+    noise = (reference - other).pow(2).mean()
+    return math.inf if noise == 0 else float(10 * torch.log10(reference.pow(2).mean() / noise))
+
+
+def serialized_bytes(model: torch.nn.Module) -> int:
+    """Bytes of torch.save(model.state_dict()): what a user ships (torch.ao's converted modules do not pickle whole)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def forward_all(model: torch.nn.Module, batches: List[tuple]) -> float:
+    """Seconds for one forward over every batch."""
+    with torch.no_grad():
+        return timed(lambda: [model(*batch) for batch in batches])[1]
+
+
+def latency_key(kind: str, engine: Optional[str], batch: int, threads: int) -> str:
+    """The result key of one latency figure: 'int8_s/x86/b1/t1', 'int8_over_fp32/x86/b8/t2', 'fp32_s/b1/t1'."""
+    return "/".join([kind] + ([engine] if engine else []) + [f"b{batch}", f"t{threads}"])
+
+
+class ObserverClock:
+    """While entered, adds the wall time of every calculate_qparams call on subclasses of `bases` to `seconds`.
+
+    The methods are wrapped on the classes (convert builds some observers itself, e.g. torch.ao's weight
+    observers), and only the outermost call counts, so a subclass calling super().calculate_qparams counts once.
+    """
+
+    def __init__(self, bases: Tuple[type, ...]):
+        self.bases, self.seconds, self._depth, self._originals = bases, 0.0, 0, {}
+
+    def __enter__(self) -> "ObserverClock":
+        for cls in _subclasses(self.bases):
+            if "calculate_qparams" in vars(cls):
+                self._originals[cls] = vars(cls)["calculate_qparams"]
+                cls.calculate_qparams = self._wrap(self._originals[cls])
+        return self
+
+    def __exit__(self, *failure) -> None:
+        for cls, original in self._originals.items():
+            cls.calculate_qparams = original
+
+    def _wrap(self, method: Callable) -> Callable:
+        @functools.wraps(method)
+        def timed_method(observer, *args, **kwargs):
+            if self._depth:
+                return method(observer, *args, **kwargs)
+            self._depth, start = 1, time.perf_counter()
+            try:
+                return method(observer, *args, **kwargs)
+            finally:
+                self._depth, self.seconds = 0, self.seconds + time.perf_counter() - start
+        return timed_method
+
+
+def _subclasses(bases: Tuple[type, ...]) -> List[type]:
+    found, stack = [], list(bases)
+    while stack:
+        cls = stack.pop()
+        if cls not in found:
+            found.append(cls)
+            stack.extend(cls.__subclasses__())
+    return found
+
+
+def measure(implementation: Implementation, factory: Callable, settings: Settings) -> Dict[str, float]:
+    """Trace, prepare, calibrate and convert one fresh model (once per engine), and time every step."""
+    model, example = factory()
+    result = {"trace_s": timed(implementation.trace, model)[1]}
+    batches = calibration_batches(example, settings.calibration_batches)
+    forward_all(model, batches)  # warm the kernels' caches, so both timed forwards start equal
+    float_forward = forward_all(model, batches)
+    prepared, result["prepare_s"] = timed(implementation.prepare, model, implementation.mapping(), example)
+    result["calibration_observed_over_float"] = forward_all(prepared, batches) / float_forward
+    for index, engine in enumerate(settings.engines):
+        last = index == len(settings.engines) - 1
+        with quantized_engine(engine), ObserverClock(implementation.observer_bases) as clock:
+            # torch.ao's convert consumes the observed model: hand it a copy while another engine follows
+            converted, convert_s = timed(implementation.convert, prepared if last else copy.deepcopy(prepared))
+        if index == 0:
+            result.update(convert_s=convert_s, convert_observers_s=clock.seconds,
+                          convert_observers_share=clock.seconds / convert_s)
+            with torch.no_grad():
+                result["sqnr_db"] = sqnr(model(*example), converted(*example))
+            result["size_ratio"] = serialized_bytes(converted) / serialized_bytes(model)
+        with quantized_engine(engine):
+            result.update(latencies(converted, example, engine, settings))
+    return result
+
+
+def latencies(model: torch.nn.Module, example: tuple, engine: Optional[str], settings: Settings) -> Dict[str, float]:
+    """Median latency at every batch size and thread count: keys from latency_key('int8_s' or 'fp32_s', ...)."""
+    kind, result, previous = ("int8_s" if engine else "fp32_s"), {}, torch.get_num_threads()
+    try:
+        for batch in settings.batch_sizes():
+            inputs = batched(example, batch)
+            for threads in settings.thread_counts:
+                torch.set_num_threads(threads)
+                seconds = median_latency(model, inputs, settings.runs, settings.warmup)
+                result[latency_key(kind, engine, batch, threads)] = seconds
+    finally:
+        torch.set_num_threads(previous)
+    return result
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """torch.backends.quantized.engine = engine inside the block, the previous engine after it."""
+    previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
