@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from fxq.passes.context import PassContext
+from fxq.passes.context import PassContext, delete_unused_submodules
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -19,7 +19,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     before = len(gm.graph.nodes)
     gm.graph.eliminate_dead_code()
     ctx.count("dead nodes removed", before - len(gm.graph.nodes))
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)
     return gm
 
 

@@ -32,3 +32,26 @@ class PassContext:
 def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
     """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree)."""
     return dict(gm.named_modules())
+
+
+def delete_unused_submodules(gm: fx.GraphModule) -> None:
+    """Drop submodules no node calls or reads (nor any of their parents or children).
+
+    torch.fx's ``GraphModule.delete_all_unused_submodules`` tests membership in a list, which is quadratic in
+    the number of modules (1.2 s of a 2,000-block prepare); this keeps the used paths in a set.
+    """
+    used: set = set()
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "get_attr"):
+            continue
+        parts = str(node.target).split(".")
+        used.update(".".join(parts[:end]) for end in range(1, len(parts) + 1))
+        if node.op == "call_module":
+            try:
+                called = gm.get_submodule(str(node.target))
+            except AttributeError:
+                continue
+            used.update(f"{node.target}.{name}" for name, _ in called.named_modules() if name)
+    unused = [name for name, _ in gm.named_modules() if name and name not in used]
+    for name in unused:
+        gm.delete_submodule(name)

@@ -35,7 +35,7 @@ from fxq.equalization import graph as eqg
 from fxq.equalization.observers import ChannelRangeObserver, WeightEqualizationObserver
 from fxq.equalization import requantize
 from fxq.equalization.scales import along, equalization_scale, scale_weight, tied_scale
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -199,4 +199,4 @@ def _remove_equalization_nodes(gm: fx.GraphModule, modules: dict) -> None:
         if node.op == "call_module" and isinstance(modules.get(node.target), ChannelRangeObserver):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)

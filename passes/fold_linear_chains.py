@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
 
 _TRANSPARENT = (nn.Dropout, nn.Identity)  # identity maps in eval mode
 
@@ -41,7 +41,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             current = _fold_pair(gm, modules, chain, ctx)
             erased.update(chain)
     gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)
     return gm
 
 

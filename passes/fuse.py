@@ -16,7 +16,7 @@ from collections import Counter
 
 from torch import fx
 
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSION
 from fxq.patterns.matcher import op_of
 
@@ -45,7 +45,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             gm.graph.erase_node(extra)
             erased.add(extra)
         ctx.count(f"fused {match.rule.name}")
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)
     return gm
 
 

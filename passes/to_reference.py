@@ -21,7 +21,7 @@ from torch import fx, nn
 from fxq.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
 from fxq.nn import reference, reference_recurrent
 from fxq.observers import ObserverBase
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
@@ -51,7 +51,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         node.replace_all_uses_with(dequantized)
         gm.graph.erase_node(node)
         ctx.count("quantize/dequantize pairs")
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)
     return gm
 
 
