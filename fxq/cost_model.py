@@ -21,9 +21,10 @@ from typing import Callable, Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Cost", "layer_cost", "clear_cache"]
+__all__ = ["Cost", "layer_cost", "fastest_int8", "clear_cache", "ENGINES"]
 
 _RUNS, _WARMUP = 7, 2
+ENGINES = ("x86", "fbgemm", "onednn")  # packings with the same int8 numerics (qnnpack rounds differently)
 # int8 must lose by this factor before a layer stays float: the timings are noisy, and a float layer between
 # int8 ones adds a dequantize and a quantize that the per-layer timing does not see
 SLOWER_MARGIN = 1.25
@@ -54,6 +55,20 @@ def layer_cost(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[int,
         _cache[key] = _MEASURE[kind](tuple(weight_shape), tuple(input_shape), tuple(geometry), engine)
         _save_disk_cache()
     return _cache[key]
+
+
+def fastest_int8(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[int, ...], geometry: Tuple = (),
+                 engines: Tuple[str, ...] = ()) -> Tuple[str, "Cost"]:
+    """(engine, cost) of the engine whose int8 kernel runs this layer fastest, among ``engines`` (default: every
+    engine of ENGINES this torch has). x86, fbgemm and onednn give identical int8 results for the same weights,
+    so the choice changes speed only."""
+    candidates = [e for e in (engines or ENGINES) if e in torch.backends.quantized.supported_engines]
+    if not candidates:
+        raise ValueError(f"none of the engines {list(engines or ENGINES)} is in this torch build "
+                         f"({torch.backends.quantized.supported_engines})")
+    costs = {engine: layer_cost(kind, weight_shape, input_shape, geometry, engine) for engine in candidates}
+    engine = min(costs, key=lambda e: costs[e].int8_ms)
+    return engine, costs[engine]
 
 
 def clear_cache() -> None:

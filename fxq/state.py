@@ -31,6 +31,7 @@ class FxqState:
     # the graph's node names in order when prepare finished: torch.load re-traces the code and may rename nodes
     # (``relu_1`` -> ``relu``); the order stays, so get_state maps the names above back by position
     node_names: list = field(default_factory=list)
+    engines: dict = field(default_factory=dict)  # node name -> quantized engine its weights are packed for
 
     def renamed(self, new_names: dict) -> "FxqState":
         """A copy with every node-name key (and chain end) replaced through ``new_names``."""
@@ -39,7 +40,8 @@ class FxqState:
         return FxqState(qconfigs=keys(self.qconfigs), modes=keys(self.modes),
                         chain_ends={new_names.get(a, a): new_names.get(b, b) for a, b in self.chain_ends.items()},
                         prepare_config=self.prepare_config, custom_modules=keys(self.custom_modules),
-                        standalone=keys(self.standalone), node_names=[new_names.get(n, n) for n in self.node_names])
+                        standalone=keys(self.standalone), node_names=[new_names.get(n, n) for n in self.node_names],
+                        engines=keys(self.engines))
 
 
 def get_state(gm: Any) -> Optional[FxqState]:

@@ -1,10 +1,12 @@
-"""Leave in float the layers that are slower as int8 than as float here (opt-in: ``cost_model`` in the
-PrepareCustomConfig).
+"""Keep in float the layers that are slower as int8 than as float here, and pack the others for the engine
+that runs them fastest (opt-in: ``cost_model`` in the PrepareCustomConfig; an engine name pins that engine).
 
 Requires: qconfigs assigned (assign_qconfig) and the example inputs' shapes recorded (record_values).
-Guarantees: a static Linear / LinearReLU / Conv2d / ConvReLU2d whose measured int8 kernel time exceeds its
-float time gets no qconfig, so no observers are placed around it; ``node.meta["fxq_float_reason"]`` says
-why, and the dumps show it. Layers whose input shape is unknown are left as they are.
+Guarantees: a static Linear / LinearReLU / Conv2d / ConvReLU2d whose fastest measured int8 kernel is slower
+than its float op (by fxq.cost_model.SLOWER_MARGIN) gets no qconfig, so no observers are placed around it,
+and a fused one is split back into the layer and ``torch.relu``; ``node.meta["fxq_float_reason"]`` says why
+(the dumps show it). The others get ``ctx.state.engines[name]``, the engine lowering packs them for.
+Layers whose input shape is unknown are left as they are.
 Position: after assign_qconfig, before insert_observers.
 
 Before / after (a 32x32 linear that the int8 kernel cannot speed up)::
@@ -28,14 +30,20 @@ REASON_KEY = "fxq_float_reason"
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    if ctx.prepare_config is None or not getattr(ctx.prepare_config, "cost_model", False):
+    setting = getattr(ctx.prepare_config, "cost_model", False)
+    if not setting:
         return gm
+    engines = (setting,) if isinstance(setting, str) else ()
     modules = modules_of(gm)
     for node in gm.graph.nodes:
         if node.op != "call_module" or ctx.state.modes.get(node.name) != STATIC or not node.args:
             continue
-        cost = _cost(modules[node.target], value_of(node.args[0]).shape if isinstance(node.args[0], fx.Node) else None)
-        if cost is not None and cost.int8_is_slower:
+        shape = value_of(node.args[0]).shape if isinstance(node.args[0], fx.Node) else None
+        engine, cost = _fastest(modules[node.target], shape, engines)
+        if cost is not None and not cost.int8_is_slower:
+            ctx.state.engines[node.name] = engine
+            ctx.count(f"layers packed for {engine}")
+        elif cost is not None:
             for kept in _unfused(gm, modules, node):
                 ctx.state.qconfigs[kept.name], ctx.state.modes[kept.name] = None, None
                 kept.meta[REASON_KEY] = f"cost model: {cost.describe()}"
@@ -60,15 +68,16 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     return [node, relu]
 
 
-def _cost(module: nn.Module, input_shape) -> "cost_model.Cost | None":
+def _fastest(module: nn.Module, input_shape, engines: tuple) -> tuple:
+    """(engine, cost) of the fastest int8 kernel for this layer; (None, None) when it cannot be measured."""
     layer = module[0] if isinstance(module, (fused.LinearReLU, fused.ConvReLU2d)) else module
     if input_shape is None:
-        return None
+        return None, None
     if type(layer) is nn.Linear and len(input_shape) >= 1:
         rows = math.prod(input_shape[:-1]) if len(input_shape) > 1 else 1
-        return cost_model.layer_cost("linear", tuple(layer.weight.shape), (rows, input_shape[-1]))
+        return cost_model.fastest_int8("linear", tuple(layer.weight.shape), (rows, input_shape[-1]), (), engines)
     if type(layer) is nn.Conv2d and len(input_shape) == 4 and layer.padding_mode == "zeros" \
             and not isinstance(layer.padding, str):
         geometry = (tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation), layer.groups)
-        return cost_model.layer_cost("conv2d", tuple(layer.weight.shape), tuple(input_shape), geometry)
-    return None
+        return cost_model.fastest_int8("conv2d", tuple(layer.weight.shape), tuple(input_shape), geometry, engines)
+    return None, None

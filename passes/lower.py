@@ -13,8 +13,11 @@ Before / after::
 """
 from __future__ import annotations
 
+import contextlib
+
 from torch import fx
 
+from fxq.nn.quantized._packing import packing_for
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.lowering import LOWERING
 from fxq.patterns.rewrites import Lowering
@@ -25,8 +28,10 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function", "call_method") or not node.users:
             continue
-        for match in LOWERING.matches(node, lowering.modules):
-            if match.rule.action(lowering, match):
-                ctx.count(f"lowered {match.rule.name}")
-                break
+        engine = ctx.state.engines.get(node.name) if ctx.state is not None else None
+        with packing_for(engine) if engine else contextlib.nullcontext():  # the cost model's per-layer choice
+            for match in LOWERING.matches(node, lowering.modules):
+                if match.rule.action(lowering, match):
+                    ctx.count(f"lowered {match.rule.name}")
+                    break
     return gm

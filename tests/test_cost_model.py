@@ -81,3 +81,37 @@ def test_real_measurements_are_positive_for_linear_and_conv():
     assert cost_model.layer_cost("linear", (16, 16), (2, 16)).float_ms > 0
     conv = cost_model.layer_cost("conv2d", (4, 3, 3, 3), (1, 3, 8, 8), ((1, 1), (1, 1), (1, 1), 1))
     assert conv.int8_ms > 0 and conv.float_ms > 0
+
+
+def test_each_layer_is_packed_for_its_fastest_engine_with_the_single_engine_numerics(monkeypatch):
+    fastest = {(8, 8): "onednn", (64, 8): "fbgemm"}
+
+    def fake(kind, weight_shape, input_shape, geometry=(), engine=""):
+        return cost_model.Cost(int8_ms=0.1 if engine == fastest[weight_shape] else 0.5, float_ms=1.0)
+
+    monkeypatch.setattr(cost_model, "layer_cost", fake)
+    model, x = TwoLayers().eval(), torch.randn(16, 8)
+    converted = {}
+    for setting in (True, False):
+        prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,),
+                                  prepare_custom_config={"cost_model": setting})
+        prepared(x)
+        converted[setting] = fxq.convert_fx(prepared)
+    assert (converted[True].small.engine, converted[True].big.engine) == ("onednn", "fbgemm")
+    assert converted[False].small.engine == converted[False].big.engine == "x86"
+    assert torch.equal(converted[True](x), converted[False](x))
+
+
+def test_an_engine_name_pins_the_engine(monkeypatch):
+    measured_engines = set()
+
+    def fake(kind, weight_shape, input_shape, geometry=(), engine=""):
+        measured_engines.add(engine)
+        return cost_model.Cost(0.1, 1.0)
+
+    monkeypatch.setattr(cost_model, "layer_cost", fake)
+    x = torch.randn(4, 8)
+    prepared = fxq.prepare_fx(TwoLayers().eval(), fxq.get_default_qconfig_mapping(), (x,),
+                              prepare_custom_config=fxq.PrepareCustomConfig().set_cost_model("onednn"))
+    prepared(x)
+    assert measured_engines == {"onednn"} and fxq.convert_fx(prepared).big.engine == "onednn"

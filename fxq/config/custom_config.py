@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 from fxq.config import legacy
 from fxq.config.qconfig_mapping import QConfigMapping
@@ -96,7 +96,7 @@ class PrepareCustomConfig(_CustomConfig):
         self.auto_leaf: bool = False
         self.tracer_class: Optional[type] = None  # a torch.fx.Tracer subclass; fxq mixes its scope recording in
         self.tracer_options: dict[str, Any] = {}  # the tracer's constructor arguments, plus "concrete_args"
-        self.cost_model: bool = False
+        self.cost_model: Union[bool, str] = False
 
     def _standalone_entry(self, qconfig_mapping: Any, example_inputs: Any, prepare_custom_config: Any,
                           backend_config: Any) -> StandaloneModuleConfigEntry:
@@ -177,10 +177,17 @@ class PrepareCustomConfig(_CustomConfig):
         self.auto_leaf = bool(auto_leaf)
         return self
 
-    def set_cost_model(self, enabled: bool = True) -> "PrepareCustomConfig":
-        """Leave in float the Linear / Conv2d layers that run slower as int8 than as float on this machine
-        (timed once per shape and engine by fxq.cost_model); the dumps say which and why."""
-        self.cost_model = bool(enabled)
+    def set_cost_model(self, enabled: Union[bool, str] = True) -> "PrepareCustomConfig":
+        """Time each Linear / Conv2d once per shape (fxq.cost_model): layers slower as int8 than as float stay
+        float (the dumps say why), the others are packed for the engine that runs them fastest. An engine name
+        ("x86", "fbgemm", "onednn") instead of True pins that engine.
+
+        >>> PrepareCustomConfig().set_cost_model("onednn").to_dict()
+        {'cost_model': 'onednn'}
+        """
+        if not isinstance(enabled, (bool, str)):
+            raise TypeError(f"set_cost_model: expected True/False or an engine name, got {enabled!r}")
+        self.cost_model = enabled
         return self
 
     def set_tracer(self, tracer_class: Optional[type] = None, **options: Any) -> "PrepareCustomConfig":

@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 
-__all__ = ["current_engine", "pack_linear", "unpack_linear", "pack_conv", "unpack_conv"]
+__all__ = ["current_engine", "packing_for", "pack_linear", "unpack_linear", "pack_conv", "unpack_conv"]
 
 
 def current_engine() -> str:
@@ -25,7 +25,8 @@ def current_engine() -> str:
 
 
 @contextlib.contextmanager
-def _engine(engine: str) -> Iterator[None]:
+def packing_for(engine: str) -> Iterator[None]:
+    """Within this block, new quantized modules pack their weights for ``engine``."""
     supported = torch.backends.quantized.supported_engines
     if engine not in supported:
         raise ValueError(f"quantized engine {engine!r} is not available in this torch build; "
@@ -42,7 +43,7 @@ def _engine(engine: str) -> Iterator[None]:
 
 def pack_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], engine: str):
     """Pack a qint8 `[out, in]` weight and float bias for `quantized::linear` on `engine`."""
-    with _engine(engine):
+    with packing_for(engine):
         return torch.ops.quantized.linear_prepack(weight, bias)
 
 
@@ -60,7 +61,7 @@ def pack_conv(weight: torch.Tensor, bias: Optional[torch.Tensor], geometry: Tupl
     """Pack a qint8 conv weight for `quantized::conv{1,2,3}d`; geometry is (stride, padding, dilation, groups)."""
     stride, padding, dilation, groups = geometry
     prepack = getattr(torch.ops.quantized, _CONV_PREPACK[weight.dim() - 2])
-    with _engine(engine):
+    with packing_for(engine):
         return prepack(weight, bias, list(stride), list(padding), list(dilation), groups)
 
 
