@@ -116,9 +116,12 @@ class GraphIndex:
                 states = program.start
             else:
                 parent, _, name = path.rpartition(".")
-                states = self.prefix_states(program, parent, memo)
+                states = memo.get(parent)
+                if states is None:
+                    states = self.prefix_states(program, parent, memo)
                 if states:
-                    states = self._step(program, states, path, name, memo)
+                    following = program.following(states)  # the same for every scope when no live test reads it
+                    states = following if following is not None else self._step(program, states, path, name, memo)
             memo[path] = states
         return states
 
@@ -206,13 +209,16 @@ class GraphIndex:
         found: list = []
         entries: dict = {}  # scope prefix -> (final tests, op kinds they can match or None, the prefix's children)
         last_scope = last_entry = None
+        final_ops = program.final_ops  # a node of another op kind cannot be a match, whatever its path
         for node in self.nodes:
+            op = node.op
+            if final_ops is not None and op not in final_ops:
+                continue
             meta = node.meta
             if QTAG_KEY in meta:  # an observer: its path goes through the op it belongs to
                 if self._observer_matches(program, node, meta[QTAG_KEY], memo):
                     found.append(node)
                 continue
-            op = node.op
             if op == "call_module":
                 prefix, _, name = node.target.rpartition(".")
                 entry = entries.get(prefix) or self._entry(program, prefix, memo, entries)

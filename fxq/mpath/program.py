@@ -3,7 +3,10 @@
 Groups are expanded into alternatives, each alternative is a list of segments, and a state is a position in one
 alternative. ``**`` is a state that loops on any element and may also be skipped. Matching a path is stepping
 the set of live states element by element; callers memoise the state set of every module scope prefix, so a
-search costs one step per distinct scope plus one per node: linear in (nodes x segments).
+search costs one step per distinct scope plus one per node: linear in (nodes x segments). Three facts keep the
+constant small: a scope is never a path's last element (inner steps skip the query's last fragment), scopes equal
+in what the live fragments read step alike (``reads``, ``following``), and a node whose op kind no last fragment
+can match is skipped unread (``final_ops``).
 
 >>> program = compile_query("a/**/[re:f.*]")
 >>> program.matches_path(["a", "b", "fc"]), program.matches_path(["b", "fc"])
@@ -21,6 +24,7 @@ from fxq.mpath.parser import MANY, ONE, Group, Query, parse
 __all__ = ["Program", "compile_query"]
 
 _TEST, _ONE, _MANY, _END = 0, 1, 2, 3
+_UNKNOWN = object()
 
 
 def _expand(segments: Sequence) -> list[list]:
@@ -59,6 +63,21 @@ class Program:
         self._final_tests: dict[frozenset, tuple] = {}
         self._reads: dict[frozenset, Optional[tuple]] = {}
         self._final_entries: dict[frozenset, tuple] = {}
+        self._following: dict[frozenset, Optional[frozenset]] = {}
+        self.final_ops = self._final_ops()
+
+    def _final_ops(self) -> Optional[frozenset]:
+        """The node op kinds a path's last element can have for this query to accept it (fragments declare
+        ``node_ops``); None when any op can (a trailing ``*`` or ``**``, or a fragment that does not say)."""
+        ops: set = set()
+        for state, kind in enumerate(self.kinds):
+            if kind == _END or not any(self.kinds[s] == _END for s in self._closure[state + (kind != _MANY)]):
+                continue  # this state cannot be the last one before accepting
+            declared = getattr(self.fragments[state], "node_ops", None) if kind == _TEST else None
+            if declared is None:
+                return None
+            ops.update(declared)
+        return frozenset(ops)
 
     def _close(self, state: int) -> frozenset:
         closure = {state}
@@ -100,6 +119,16 @@ class Program:
                     fields.update(declared)
             self._reads[states] = None if fields is None else tuple(sorted(fields))
         return self._reads[states]
+
+    def following(self, states: frozenset) -> Optional[frozenset]:
+        """The states after any scope (an inner element without a node) when no live test reads the element's name,
+        module, recorded type or tag; None when one does. Memoised per state set."""
+        following = self._following.get(states, _UNKNOWN)
+        if following is _UNKNOWN:
+            fields = self.reads(states)
+            constant = fields is not None and set(fields) <= {"node"}  # scopes have no node: all alike
+            following = self._following[states] = self.step(states, Element(""), inner=True) if constant else None
+        return following
 
     def accepts(self, states: frozenset) -> bool:
         return any(self.kinds[state] == _END for state in states)
