@@ -3,12 +3,13 @@ transformer, collections (order, set operations, data flow, repr) and parse erro
 from __future__ import annotations
 
 import operator
+import random
 
 import pytest
 import torch
 
 import fxq
-from fxq.mpath import MPathError, search
+from fxq.mpath import Element, MPathError, search
 from mpath_models import doc_tree, transformer
 
 LINEARS = ["layer1.sublayer1", "layer2.sublayer1", "layer3.sublayer1", "layer4.sublayer1", "layer4.sublayer2.first",
@@ -159,6 +160,39 @@ def test_fragments_declaring_what_they_read_share_scope_steps_and_give_the_same_
     # a class test on traced-through scopes (the graph holds them as plain Modules) reads the recorded class
     assert len(search("**/[cls:mpath_models.Block]/*/[cls:torch.nn.Linear]", block)) == 12
     assert len(search("**/[cls:torch.nn.Linear]/*", block)) == 0
+
+
+def _brute_force(query: str, gm) -> list:
+    """The names of the nodes whose whole path, stepped from the root with no memo and no shortcut, the query
+    accepts: the reference the index's one-pass matching must equal."""
+    program, types = fxq.mpath.compile(query), {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            types.setdefault(fxq.tracer.scope_of(node).path, fxq.tracer.scope_of(node).type_name)
+    found = []
+    for node in gm.graph.nodes:
+        scope = fxq.tracer.scope_of(node).path
+        names = node.target.split(".") if node.op == "call_module" else scope.split(".") * bool(scope) + [node.name]
+        elements = []
+        for depth, name in enumerate(names[:-1], 1):
+            module = gm.get_submodule(".".join(names[:depth]))
+            placeholder = type(module) is torch.nn.Module  # fx keeps traced-through modules as plain Modules
+            elements.append(Element(name, None if placeholder else module,
+                                    types.get(".".join(names[:depth]), "") if placeholder else ""))
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if program.matches_path(elements + [Element(names[-1], module, "", node)]):
+            found.append(node.name)
+    return found
+
+
+def test_one_pass_matching_equals_stepping_every_path_from_the_root(block):
+    pieces = ["layers", "1", "attn", "mlp", "q", "*", "**", "[cls:torch.nn.Linear]", "[cls:mpath_models.Block]",
+              "[re:l.*]", "~attn", "[op:call_function]", "~[op:call_module]", "[target:torch.matmul]",
+              "[target:softmax]", "{attn, mlp/*}", "head", "~[cls:torch.nn.Linear]"]
+    rng = random.Random(0)
+    queries = {"/".join(rng.choice(pieces) for _ in range(rng.randint(1, 4))) for _ in range(300)}
+    for query in sorted(queries):
+        assert search(query, block).names == _brute_force(query, block), query
 
 
 @pytest.mark.parametrize("query, position, words", [
