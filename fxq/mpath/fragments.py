@@ -118,6 +118,8 @@ class NotFragment:
     def __init__(self, inner: Fragment):
         self.inner = inner
         self.reads = fragment_reads(inner)
+        if isinstance(inner, OpFragment):  # [op:X] decides by op kind alone, so its negation is every other kind
+            self.node_ops = tuple(kind for kind in OP_KINDS if kind != inner.op)
 
     def matches(self, element: Element) -> bool:
         return not self.inner.matches(element)
