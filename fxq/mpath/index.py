@@ -30,7 +30,7 @@ QTAG_KEY = "fxq_qtag"  # written by passes/insert_observers.py (same key)
 QTAG_ROLE_KEY = "fxq_qtag_role"  # "input" / "output", written with a declared tag by passes/tag_declared_quantizers
 _ANCHORED_ON_USERS = ("parameter/",)
 _MISSING = object()
-_DEAD = ((), None, {})  # the entry of a scope no node of which can match
+_DEAD = ((), None, {}, False, {})  # the entry of a scope no node of which can match
 _NAME_ONLY = ((), ("node",), ("name",), ("name", "node"))  # field sets a scope's name alone decides
 _CLASS_FIELDS = ("module_class", "type_name")  # what [cls:...] reads (sorted, as Program.reads gives them)
 
@@ -207,7 +207,7 @@ class GraphIndex:
             return [node for node in sorted(only, key=positions.__getitem__)
                     if self._node_matches(program, node, memo)]
         found: list = []
-        entries: dict = {}  # scope prefix -> (final tests, op kinds they can match or None, the prefix's children)
+        entries: dict = {}  # scope prefix -> (final tests, their op kinds, the prefix's children, by class, answers)
         last_scope = last_entry = None
         final_ops = program.final_ops  # a node of another op kind cannot be a match, whatever its path
         for node in self.nodes:
@@ -228,14 +228,25 @@ class GraphIndex:
                     prefix = scope.path if scope is not None else ""
                     last_scope, last_entry = scope, entries.get(prefix) or self._entry(program, prefix, memo, entries)
                 entry = last_entry
-            tests, ops, children = entry
+            tests, ops, children, by_class, verdicts = entry
             if not tests or (ops is not None and op not in ops):
                 continue
             if tests[0] is True:
                 found.append(node)
                 continue
-            element = Element(name, children.get(name), "", node) if op == "call_module" else \
-                Element(node.name, None, "", node)
+            if op != "call_module":
+                element = Element(node.name, None, "", node)
+            elif by_class:  # only the module's class decides ([cls:...]): answer once per class
+                module = children.get(name)
+                verdict = verdicts.get(type(module))
+                if verdict is None:
+                    element = Element(name, module, "", node)
+                    verdict = verdicts[type(module)] = any(test.matches(element) for test in tests)
+                if verdict:
+                    found.append(node)
+                continue
+            else:
+                element = Element(name, children.get(name), "", node)
             for test in tests:
                 if test.matches(element):
                     found.append(node)
@@ -245,12 +256,12 @@ class GraphIndex:
     def _entry(self, program: Program, prefix: str, memo: dict, entries: dict) -> tuple:
         """What a node in scope ``prefix`` must pass; a scope the query cannot reach shares one empty entry."""
         states = self.prefix_states(program, prefix, memo)
-        tests, ops = program.final_entry(states) if states else ((), None)
+        tests, ops, by_class, verdicts = program.final_entry(states) if states else (None, None, False, None)
         if not tests:
             entry = _DEAD
         else:  # module calls resolve through their parent's children: no walk from the root per node
             parent = self.module(prefix)
-            entry = (tests, ops, parent._modules if parent is not None else {})
+            entry = (tests, ops, parent._modules if parent is not None else {}, by_class, verdicts)
         entries[prefix] = entry
         return entry
 

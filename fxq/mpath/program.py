@@ -64,6 +64,7 @@ class Program:
         self._reads: dict[frozenset, Optional[tuple]] = {}
         self._final_entries: dict[frozenset, tuple] = {}
         self._following: dict[frozenset, Optional[frozenset]] = {}
+        self._verdicts: dict[tuple, dict] = {}  # final tests -> {module class: does a module call of it match}
         self.final_ops = self._final_ops()
 
     def _final_ops(self) -> Optional[frozenset]:
@@ -152,19 +153,23 @@ class Program:
         return tests
 
     def final_entry(self, states: frozenset) -> tuple:
-        """(final tests, the node op kinds they can match or None for any): what a node whose scope ends in
-        ``states`` must pass. Fragments may declare ``node_ops``; memoised per state set."""
+        """What a node whose scope ends in ``states`` must pass: (final tests, the node op kinds they can match or
+        None for any, whether a module call's answer depends only on its module's class, the answers so far by
+        class). Fragments may declare ``node_ops`` and ``reads``; memoised per state set."""
         entry = self._final_entries.get(states)
         if entry is None:
             tests = self.final_tests(states)
             kinds: Optional[set] = set()
+            fields: set = set()
             for test in tests:
                 declared = None if test is True else getattr(test, "node_ops", None)
                 if declared is None:
                     kinds = None
                     break
                 kinds.update(declared)
-            entry = self._final_entries[states] = (tests, kinds)
+                fields.update(fragment_reads(test) or ("node",))
+            by_class = kinds is not None and bool(tests) and fields <= {"module_class", "type_name"}
+            entry = self._final_entries[states] = (tests, kinds, by_class, self._verdicts.setdefault(tests, {}))
         return entry
 
     def accepts_last(self, states: frozenset, element: Element) -> bool:
