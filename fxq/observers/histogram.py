@@ -2,7 +2,8 @@
 
 Updates follow torch.ao exactly: the first batch fixes the histogram's range to its min and max;
 a later batch that widens the range re-bins the old histogram into the new range (spreading each
-old bin over 16 sub-bins, placed by their centres) before adding the new counts.
+old bin over 16 sub-bins, placed by their centres) before adding the new counts. The counting and
+re-binning (histogram_bins.py) give torch.ao's numbers bit for bit at a fraction of its cost.
 
     >>> import torch
     >>> observer = HistogramObserver(bins=64)
@@ -12,6 +13,7 @@ old bin over 16 sub-bins, placed by their centres) before adding the new counts.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -19,6 +21,7 @@ import torch
 
 from fxq.observers import qparams as qp
 from fxq.observers.base import UniformQuantizationObserverBase, _factory
+from fxq.observers.histogram_bins import histc, rebin
 from fxq.observers.histogram_search import search_range
 
 _UPSAMPLE_RATE = 16  # sub-bins per old bin when re-binning; reduces the error of moving bin edges
@@ -60,56 +63,50 @@ class HistogramObserver(UniformQuantizationObserverBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x
-        values, x_min, x_max = self._finite_values(x.detach())
+        values, low, high = self._finite_values(x.detach())
         if values.numel() == 0:
             return x
-        if not self.has_data():
-            self._reset(values, x_min, x_max)
+        # The range decisions are made on Python floats: one read of each scalar, not a tensor op per test.
+        old_min, old_max = self.min_val.item(), self.max_val.item()
+        if old_min == float("inf") and old_max == float("-inf"):  # no data yet
+            self._reset(values, low, high)
             return x
-        new_min, new_max = torch.min(self.min_val, x_min), torch.max(self.max_val, x_max)
-        counts = torch.histc(values, self.bins, min=new_min, max=new_max).to(self.histogram.device)
-        if new_min == self.min_val and new_max == self.max_val:
+        new_min, new_max = min(old_min, low), max(old_max, high)
+        counts = histc(values, self.bins, new_min, new_max).to(self.histogram.device)
+        if new_min == old_min and new_max == old_max:
             self.histogram.copy_(self.histogram + counts)
         else:
             self.histogram.copy_(counts + self._rebinned(new_min, new_max))
-            self.min_val.copy_(new_min)
-            self.max_val.copy_(new_max)
+            self.min_val.fill_(new_min)
+            self.max_val.fill_(new_max)
         return x
 
-    def _finite_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _finite_values(self, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """x without infinities (they would make the range infinite; torch.ao drops them too), and its min, max."""
         x_min, x_max = torch.aminmax(x)
-        if bool(torch.isnan(x_min) | torch.isnan(x_max)):
+        low, high = x_min.item(), x_max.item()
+        if math.isnan(low) or math.isnan(high):
             raise ValueError(
                 "HistogramObserver got NaN values; a histogram of NaN has no range. Check the model's inputs "
                 "and the layers before this observer."
             )
-        if x_min == float("-inf") or x_max == float("inf"):
+        if low == float("-inf") or high == float("inf"):
             warnings.warn("HistogramObserver: ignoring infinite values in the observed tensor", stacklevel=3)
             x = x[x.abs() != float("inf")]
             if x.numel():
-                x_min, x_max = torch.aminmax(x)
-        return x, x_min, x_max
+                low, high = (value.item() for value in torch.aminmax(x))
+        return x, low, high
 
-    def _reset(self, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor) -> None:
-        self.min_val.copy_(x_min)
-        self.max_val.copy_(x_max)
-        self.histogram.copy_(torch.histc(x, self.bins, min=x_min, max=x_max))
+    def _reset(self, x: torch.Tensor, low: float, high: float) -> None:
+        self.min_val.fill_(low)
+        self.max_val.fill_(high)
+        self.histogram.copy_(histc(x, self.bins, low, high))
 
-    def _rebinned(self, new_min: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
+    def _rebinned(self, new_min: float, new_max: float) -> torch.Tensor:
         """The recorded histogram moved onto `bins` equal bins over the wider range [new_min, new_max]."""
-        old_min, old_max, histogram = self.min_val, self.max_val, self.histogram
-        if old_min == old_max:  # everything so far was one value: it lands in a single new bin
-            return torch.histc(old_min, self.bins, min=new_min, max=new_max) * torch.sum(histogram)
-        rate = self.upsample_rate
-        fine = histogram.repeat_interleave(rate) / rate
-        fine_width = (old_max - old_min) / (self.bins * rate)
-        centres = torch.linspace(old_min, old_max, self.bins * rate + 1, device=old_min.device)[:-1]
-        centres = centres.to(histogram.device) + 0.5 * fine_width
-        edges = torch.linspace(new_min, new_max, self.bins + 1, device=new_min.device).to(histogram.device)
-        target = torch.bucketize(centres, edges, right=True) - 1
-        target.clamp_(0, self.bins - 1)  # centres may land a hair outside [new_min, new_max]
-        return torch.bincount(target, weights=fine, minlength=self.bins)
+        if bool(self.min_val == self.max_val):  # everything so far was one value: it lands in a single new bin
+            return torch.histc(self.min_val, self.bins, min=new_min, max=new_max) * torch.sum(self.histogram)
+        return rebin(self.histogram, self.min_val, self.max_val, new_min, new_max, self.upsample_rate)
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.has_data():
