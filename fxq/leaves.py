@@ -8,7 +8,7 @@
   metadata torch.fx tracers leave, or from the module path of ``call_module`` nodes.
 
     >>> report = fxq.find_untraceable(model, (x,))                    # doctest: +SKIP
-    >>> report.leaves
+    >>> report.leaves                                                  # doctest: +SKIP
     ['blocks.1.gate']
 """
 from __future__ import annotations
@@ -61,6 +61,7 @@ def find_untraceable(model: nn.Module, example_inputs: Optional[tuple] = None, l
     >>> class Gate(torch.nn.Module):
     ...     def forward(self, x):
     ...         return x if x.sum() > 0 else -x          # data-dependent: not traceable
+    >>> Gate.__module__ = "my_models"  # as if written in the user's file (fxq's own modules are leaves)
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Gate())
     >>> fxq.find_untraceable(model).leaves
     ['1']

@@ -16,8 +16,11 @@ anchored at that op: a pass that matches every node is linear in graph size. Lon
 
 Example::
 
+    >>> import torch
     >>> table = Table("fusion", [row(chain(torch.nn.Linear, torch.nn.ReLU), "fuse")])
-    >>> table.match(node, modules)   # -> Match(rule, nodes=[linear_node, relu_node]) or None
+    >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+    >>> [n.name for n in table.match(list(gm.graph.nodes)[1], dict(gm.named_modules())).nodes]
+    ['_0', '_1']
 """
 from __future__ import annotations
 

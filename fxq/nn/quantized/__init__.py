@@ -3,9 +3,11 @@
 Weighted modules are built from `fxq.nn.reference` modules with `from_reference`; the others from
 float modules with `from_float` or directly. None of them knows observers.
 
+    >>> import torch
     >>> from fxq.nn import quantized as nnq
-    >>> qconv = nnq.Conv2d.from_reference(ref_conv, output_scale=0.05, output_zero_point=70)
-    >>> qadd = nnq.functional.add(qa, qb, 0.1, 128)
+    >>> qa = torch.quantize_per_tensor(torch.randn(4), 0.05, 128, torch.quint8)
+    >>> nnq.functional.add(qa, qa, 0.1, 128).dtype
+    torch.quint8
 """
 from fxq.nn.quantized import functional
 from fxq.nn.quantized._packing import current_engine, pack_conv, pack_linear, unpack_conv, unpack_linear

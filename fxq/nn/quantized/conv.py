@@ -1,8 +1,13 @@
 """Quantized Conv1d/2d/3d and Conv+ReLU on `quantized::conv{1,2,3}d[_relu]`.
 
-    >>> ref = fxq.nn.reference.Conv2d.from_float(torch.nn.Conv2d(3, 8, 3, padding=1), weight_qparams)
+    >>> import torch
+    >>> from fxq.nn import reference
+    >>> weight_qparams = {"qscheme": torch.per_tensor_affine, "dtype": torch.qint8,
+    ...                   "scale": torch.tensor(0.01), "zero_point": torch.tensor(0)}
+    >>> ref = reference.Conv2d.from_float(torch.nn.Conv2d(3, 8, 3, padding=1), weight_qparams)
     >>> qconv = Conv2d.from_reference(ref, output_scale=0.05, output_zero_point=70)
-    >>> y = qconv(torch.quantize_per_tensor(x, 0.02, 128, torch.quint8))
+    >>> qconv(torch.quantize_per_tensor(torch.randn(1, 3, 6, 6), 0.02, 128, torch.quint8)).shape
+    torch.Size([1, 8, 6, 6])
 """
 from typing import List, Optional, Tuple, Union
 

@@ -1,11 +1,13 @@
 """Quantized Linear and Linear+ReLU on `quantized::linear` / `quantized::linear_relu`.
 
-    >>> ref = fxq.nn.reference.Linear.from_float(torch.nn.Linear(64, 32), weight_qparams)
+    >>> import torch
+    >>> from fxq.nn import reference
+    >>> weight_qparams = {"qscheme": torch.per_channel_symmetric, "dtype": torch.qint8, "axis": 0,
+    ...                   "scale": torch.full((32,), 0.01), "zero_point": torch.zeros(32, dtype=torch.long)}
+    >>> ref = reference.Linear.from_float(torch.nn.Linear(64, 32), weight_qparams)
     >>> qlinear = Linear.from_reference(ref, output_scale=0.0123, output_zero_point=64)
-    >>> qlinear
-    QuantizedLinear(in_features=64, out_features=32, scale=0.0123, zero_point=64,
-                    qscheme=torch.per_channel_affine, engine=x86)
-    >>> y = qlinear(torch.quantize_per_tensor(x, 0.02, 128, torch.quint8))
+    >>> qlinear(torch.quantize_per_tensor(torch.randn(2, 64), 0.02, 64, torch.quint8)).q_scale()
+    0.0123
 """
 from typing import Optional, Tuple
 
