@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from fxq.timing import median_ms
 
 __all__ = ["Cost", "layer_cost", "fastest_int8", "clear_cache", "ENGINES"]
 
@@ -76,15 +77,7 @@ def clear_cache() -> None:
 
 
 def _median_ms(function: Callable[[], object]) -> float:
-    with torch.no_grad():
-        for _ in range(_WARMUP):
-            function()
-        times = []
-        for _ in range(_RUNS):
-            start = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[_RUNS // 2] * 1e3
+    return median_ms(function, _RUNS, _WARMUP)
 
 
 def _quantized_input(shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,11 @@ import io
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
+
+from fxq.timing import median_ms
 
 DATA_FILE = Path(__file__).parent / "data" / "digits_cnn.pt"
 
@@ -46,17 +47,6 @@ def load_demo() -> tuple[DigitsNet, dict]:
     model = DigitsNet()
     model.load_state_dict(data["state_dict"])
     return model.eval(), data
-
-
-def median_ms(run: Callable[[], object], repeats: int = 20) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def serialized_kb(model: nn.Module) -> float:

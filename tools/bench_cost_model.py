@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 import warnings
 
 import torch
 from tabulate import tabulate
 
 import fxq
+from fxq.timing import median_ms
 import zoo
 
 MODELS = {"narrow_chain": lambda: zoo.narrow_chain(100), "resnet18": zoo.resnet18,
           "mobilenet_v2": zoo.mobilenet_v2, "bert": zoo.bert}
 
 
-def _latency_ms(model, example, runs: int = 20) -> float:
-    with torch.no_grad():
-        for _ in range(3):
-            model(*example)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(*example)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[runs // 2] * 1e3
+def _latency_ms(model, example) -> float:
+    return median_ms(lambda: model(*example))
 
 
 def _fxq(model, example, cost_model: bool):

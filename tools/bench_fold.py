@@ -8,25 +8,17 @@ the parameter count: a chain with a narrow middle (a bottleneck) gets more weigh
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from tabulate import tabulate
 from torch import nn
 
 import fxq
+from fxq.timing import median_ms
 
 
-def _latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 50) -> float:
-    with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+def _latency_ms(model: nn.Module, x: torch.Tensor) -> float:
+    return median_ms(lambda: model(x), runs=50, warmup=5)
 
 
 def _sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:

@@ -4,9 +4,7 @@
     python tools/bench_weight_only.py --size 1024 --runs 20
 """
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -16,17 +14,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fxq  # noqa: E402
-
-
-def median_ms(run, runs: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+from fxq.timing import median_ms  # noqa: E402
 
 
 def quantized_layer(linear: torch.nn.Linear, mapping, example):
