@@ -158,8 +158,13 @@ def _bins_of_sorted(centres: torch.Tensor, edges: torch.Tensor):
     or before m; counting them is a cumulative sum over one searchsorted of the few edges. Unsorted
     input (linspace can step back by an ulp) gets None: bucketize's answer then depends on its search path.
     """
-    if not (bool((centres[1:] >= centres[:-1]).all()) and bool((edges[1:] >= edges[:-1]).all())):
+    if not (_is_sorted(centres) and _is_sorted(edges)):
         return None
     first_at_or_above = torch.searchsorted(centres, edges, side="left")
     edges_passed = torch.bincount(first_at_or_above, minlength=centres.numel() + 1)[: centres.numel()]
     return torch.cumsum(edges_passed, dim=0) - 1
+
+
+def _is_sorted(values: torch.Tensor) -> bool:
+    """Non-decreasing and free of NaN (a NaN step makes the minimum NaN, which is not >= 0)."""
+    return values.numel() < 2 or float(torch.diff(values).min()) >= 0.0
