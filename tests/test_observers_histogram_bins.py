@@ -7,6 +7,7 @@ re-binning, ties of sub-bin centres with new edges included. The observer-level 
 batches with growing ranges lives in tests/test_observers.py.
 """
 import random
+import threading
 
 import pytest
 import torch
@@ -93,6 +94,15 @@ def test_histc_counts_chunk_by_chunk(monkeypatch):
     values = torch.randn(57_123)
     low, high = (value.item() for value in torch.aminmax(values))
     _assert_same_as_torch(values, 2048, low, high)
+
+
+def test_histc_scratch_made_under_inference_mode_serves_outside_it(monkeypatch):
+    # Users calibrate under torch.inference_mode(); the reused scratch must stay writable after it.
+    monkeypatch.setattr(hb, "_scratch", threading.local())
+    with torch.inference_mode():
+        inside = torch.randn(10_000)
+        _assert_same_as_torch(inside, 2048, -6.0, 6.0)
+    _assert_same_as_torch(torch.randn(20_000), 2048, -6.0, 6.0)
 
 
 def test_histc_leaves_what_it_cannot_reproduce_to_torch():

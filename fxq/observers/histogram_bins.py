@@ -5,7 +5,7 @@ Both give bit for bit what torch.ao computes, only cheaper:
 * `histc` equals `torch.histc(values, bins, min=low, max=high)`. On CPU, torch.histc is a scalar loop
   (about 12 ns per value here). Its bin choice is a formula, not a search over bin edges:
   `trunc(((v - low) * bins) / (high - low))` in float32, the last bin also taking `high`. The same
-  float32 operations as whole-tensor kernels, then `torch.bincount`, cost about a quarter of that.
+  float32 operations as whole-tensor kernels, then `torch.bincount`, cost 1.5 to 2 ns per value.
   torch.histc also counts in float32, which is exact up to 2**24 per bin; past that it saturates,
   so a batch that puts more values in one bin falls back to torch.histc.
 * `rebin` equals torch.ao's re-binning of an old histogram into a wider range: every old bin split
@@ -90,8 +90,9 @@ def _buffers(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Reused per-thread float32 and int32 scratch of `size` elements (fresh large tensors page-fault)."""
     scaled = getattr(_scratch, "scaled", None)
     if scaled is None or scaled.numel() < size:
-        _scratch.scaled = torch.empty(size, dtype=torch.float32)
-        _scratch.index = torch.empty(size, dtype=torch.int32)
+        with torch.inference_mode(False):  # an inference tensor could not be written outside inference mode later
+            _scratch.scaled = torch.empty(size, dtype=torch.float32)
+            _scratch.index = torch.empty(size, dtype=torch.int32)
     return _scratch.scaled[:size], _scratch.index[:size]
 
 
