@@ -22,6 +22,7 @@ from fxq.passes import pipeline
 from fxq.passes.context import PassContext
 from fxq.state import FxqState, clear_state, get_state, set_state
 from fxq.leaves import trace_for_prepare
+from fxq.tracer import module_classes, record_module_classes
 from fxq.registry import check_configs
 
 ConfigLike = Union[dict, None, Any]
@@ -131,7 +132,11 @@ def copy_module(model: nn.Module) -> nn.Module:
     (an optimizer step) would show in the original: clone them first for that.
     """
     memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
-    return copy.deepcopy(model, memo)
+    copied = copy.deepcopy(model, memo)
+    classes = module_classes(model)  # a torch.load-ed GraphModule lost the meta that lets deepcopy keep it
+    if classes is not None and module_classes(copied) is None:
+        record_module_classes(copied, classes)
+    return copied
 
 
 def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:

@@ -5,6 +5,14 @@ whose forward produced it. For a ``call_module`` node that is the called module 
 attribute nodes it is the innermost module being traced when the node was created (``""`` and the root class at
 the top level). Passes and mpath queries select nodes by that scope.
 
+The GraphModule keeps only the modules its graph calls; every module traced through (a Sequential, a user block)
+and every container on the way to a called module (a ModuleList) is left as a plain ``nn.Module``. Their classes
+are recorded as a :class:`ModuleClasses` on the GraphModule (:func:`module_classes`), so mpath's ``[cls:...]`` can
+still test those scopes. The record survives ``copy.deepcopy`` and ``torch.save`` (see :func:`record_module_classes`).
+Node scopes do not survive ``torch.save``: torch.load re-traces the saved code and drops node meta, so function
+nodes of a loaded model fall to the root scope; module calls keep their paths (their targets) and, through the
+record, the classes of the scopes around them.
+
 Example::
 
     >>> import torch, fxq
@@ -15,14 +23,17 @@ Example::
 from __future__ import annotations
 
 import linecache
+import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import fx, nn
 
 SCOPE_KEY = "fxq_scope"
+MODULE_CLASSES_ATTRIBUTE = "_fxq_module_classes"
+_PRESERVED_ON_DEEPCOPY = "_user_preserved_attributes"  # torch.fx.graph_module's key in GraphModule.meta
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,55 @@ def qualified_name(obj: Any) -> str:
     if module.startswith("torch.nn.modules") and getattr(nn, name, None) is obj:
         return f"torch.nn.{name}"
     return f"{module}.{name}" if module else name
+
+
+class ModuleClasses(dict):
+    """Module path -> class of the modules a GraphModule holds only as plain ``nn.Module`` placeholders.
+
+    A value is the class itself, or its qualified name (``str``) after ``torch.save`` when the class cannot be
+    pickled by reference (defined inside a function): pickling the record must never make saving a model fail.
+
+    >>> import torch
+    >>> gm = trace(torch.nn.Sequential(torch.nn.Sequential(torch.nn.ReLU())))
+    >>> module_classes(gm)
+    {'0': <class 'torch.nn.modules.container.Sequential'>}
+    """
+
+    def __reduce__(self) -> tuple:
+        return ModuleClasses, ({path: _picklable(cls) for path, cls in self.items()},)
+
+    def __deepcopy__(self, memo: dict) -> "ModuleClasses":
+        return ModuleClasses(self)  # classes are shared, as deepcopy shares them anywhere else
+
+
+def _picklable(cls: Union[type, str]) -> Union[type, str]:
+    """``cls`` when pickle can store it by reference (importable under its own name), else its qualified name."""
+    if isinstance(cls, str):
+        return cls
+    found: Any = sys.modules.get(getattr(cls, "__module__", "") or "")
+    for attribute in getattr(cls, "__qualname__", "<locals>").split("."):
+        found = getattr(found, attribute, None)
+    return cls if found is cls else qualified_name(cls)
+
+
+def record_module_classes(gm: fx.GraphModule, classes: dict) -> None:
+    """Keep ``classes`` (path -> class) on ``gm``: as a plain attribute, which ``torch.save`` pickles with the
+    module, and listed in ``gm.meta``'s preserved attributes, which GraphModule's ``__deepcopy__`` restores."""
+    record = classes if isinstance(classes, ModuleClasses) else ModuleClasses(classes)
+    setattr(gm, MODULE_CLASSES_ATTRIBUTE, record)
+    meta = getattr(gm, "meta", None)
+    if isinstance(meta, dict):
+        meta.setdefault(_PRESERVED_ON_DEEPCOPY, {})[MODULE_CLASSES_ATTRIBUTE] = record
+
+
+def module_classes(gm: nn.Module) -> Optional[ModuleClasses]:
+    """The recorded classes of ``gm``'s traced-through modules, or None for a module without a record.
+
+    ``torch.load`` restores the attribute but not ``gm.meta`` (torch.fx rebuilds the module), so a plain
+    ``copy.deepcopy`` of a loaded model drops the record; ``fxq.api.copy_module`` (prepare and convert) keeps it.
+    """
+    record = getattr(gm, MODULE_CLASSES_ATTRIBUTE, None)
+    return record if isinstance(record, ModuleClasses) else None
 
 
 class TraceError(RuntimeError):
@@ -88,6 +148,8 @@ class Tracer(fx.Tracer):
     """torch.fx tracer that keeps leaves as leaves and stamps every node with its module scope.
 
     ``leaf_names``: module paths never traced through; ``leaf_classes``: classes never traced through.
+    ``module_classes``: after ``trace``, path -> class of every module traced through and of every container
+    on the path to a called module (the modules the GraphModule will hold only as placeholders).
     """
 
     def __init__(self, leaf_names: Iterable[str] = (), leaf_classes: Iterable[type] = (), **options: Any):
@@ -96,6 +158,7 @@ class Tracer(fx.Tracer):
         self.leaf_classes = tuple(leaf_classes)
         self._scopes: list[Scope] = []
         self._failed_scope: Optional[Scope] = None
+        self.module_classes: dict[str, type] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_classes):
@@ -106,14 +169,34 @@ class Tracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         path = self.path_of_module(m)
         self._scopes.append(Scope(path, qualified_name(type(m))))
+        self._record_containers(path)
+
+        def entered(*inner_args: Any, **inner_kwargs: Any) -> Any:  # called only when m is traced through
+            self.module_classes.setdefault(path, type(m))
+            return forward(*inner_args, **inner_kwargs)
+
         try:
-            return super().call_module(m, forward, args, kwargs)
+            return super().call_module(m, entered, args, kwargs)
         except Exception:
             # remember the innermost module that failed: the stack unwinds before trace() sees the error
             self._failed_scope = self._failed_scope or self._scopes[-1]
             raise
         finally:
             self._scopes.pop()
+
+    def _record_containers(self, path: str) -> None:
+        """The modules above ``path`` are scopes of its nodes, even those never called (a ModuleList iterated by
+        its parent's forward)."""
+        parent = path.rpartition(".")[0]
+        if not parent or parent in self.module_classes:
+            return  # recorded with all of its own parents
+        module, prefix = self.root, ""
+        for name in parent.split("."):
+            module = getattr(module, name, None)
+            if module is None:  # a path a mixed-in tracer made up: nothing to record
+                return
+            prefix = f"{prefix}.{name}" if prefix else name
+            self.module_classes.setdefault(prefix, type(module))
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
@@ -123,6 +206,8 @@ class Tracer(fx.Tracer):
     def trace(self, root: nn.Module, concrete_args: Optional[dict] = None) -> fx.Graph:
         self._root_scope = Scope("", qualified_name(type(root)))
         self._scopes, self._failed_scope = [], None
+        # tracing a GraphModule again: its placeholders say nothing, the classes recorded by the first trace do
+        self.module_classes = dict(module_classes(root) or {})
         try:
             return super().trace(root, concrete_args)
         except TraceError:
@@ -147,7 +232,9 @@ def trace(model: nn.Module, leaf_names: Iterable[str] = (), leaf_classes: Iterab
         cls = type(f"Fxq{tracer_class.__name__}", (Tracer, tracer_class), {})
     tracer = cls(leaf_names, leaf_classes, **options)
     graph = tracer.trace(model, concrete_args=concrete_args)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    record_module_classes(gm, tracer.module_classes)
+    return gm
 
 
 def _reason(error: BaseException) -> str:
@@ -167,4 +254,5 @@ def _user_source_line(error: BaseException) -> str:
     return f"{frame.filename}:{frame.lineno}: {code}"
 
 
-__all__ = ["Scope", "SCOPE_KEY", "Tracer", "TraceError", "is_user_leaf", "qualified_name", "scope_of", "trace"]
+__all__ = ["ModuleClasses", "Scope", "SCOPE_KEY", "Tracer", "TraceError", "is_user_leaf", "module_classes",
+           "qualified_name", "record_module_classes", "scope_of", "trace"]
