@@ -39,16 +39,19 @@ class Element:
     """One step of a path, as fragments see it.
 
     ``name``: the attribute name of a module, or the node's name for a node that is not a module call;
-    ``module``: the module object when known; ``type_name``: the recorded qualified class name of a module the
-    graph no longer holds (scopes of traced-through modules); ``node``: the fx node when the element is one;
-    ``qtag``: the quantizer tag of an observer node (``node.meta["fxq_qtag"]``) or of a module with ``fxq_qtag``.
+    ``module``: the module object when known; ``module_class``: its class, or for a module the graph no longer
+    holds (a traced-through module, a container) the class the tracer recorded (``fxq.tracer.module_classes``);
+    ``type_name``: the qualified class name of such a module when only the name is known (graphs without a
+    record, classes that could not be pickled); ``node``: the fx node when the element is one; ``qtag``: the
+    quantizer tag of an observer node (``node.meta["fxq_qtag"]``) or of a module with ``fxq_qtag``.
     """
 
-    __slots__ = ("name", "module", "type_name", "node", "qtag")
+    __slots__ = ("name", "module", "type_name", "node", "qtag", "module_class")
 
     def __init__(self, name: str, module: Optional[nn.Module] = None, type_name: str = "",
-                 node: Optional[fx.Node] = None, qtag: Optional[str] = None):
+                 node: Optional[fx.Node] = None, qtag: Optional[str] = None, module_class: Optional[type] = None):
         self.name, self.module, self.type_name, self.node, self.qtag = name, module, type_name, node, qtag
+        self.module_class = type(module) if module is not None else module_class
 
 
 def register_fragment(kind: str, factory: Callable[[str], Fragment]) -> None:
@@ -130,7 +133,8 @@ class ClassFragment:
 
     A fused module (fxq.nn.fused, e.g. LinearReLU) also matches the class of its first part, so queries written
     for the float model keep selecting the same layers after fusion. Scopes of traced-through modules that the
-    GraphModule no longer holds are matched by their recorded class name.
+    GraphModule no longer holds are matched by the class the tracer recorded (a subclass matches), or by the
+    recorded class name where only that is known.
     """
 
     reads = ("module_class", "type_name")  # the Element fields it looks at: see fragment_reads
@@ -141,7 +145,7 @@ class ClassFragment:
         self.cls = resolve_name(argument)
         if not isinstance(self.cls, type):
             raise ValueError(f"'{argument}' is {type(self.cls).__name__}, not a class")
-        self.recorded: dict[str, bool] = {}
+        self.recorded: dict = {}  # recorded class or class name -> answer
         self.by_class: dict[type, bool] = {}
 
     def matches(self, element: Element) -> bool:
@@ -150,6 +154,12 @@ class ClassFragment:
             found = self.by_class.get(type(module))  # the answer depends only on the class: asked once per class
             if found is None:
                 found = self.by_class[type(module)] = self._module_matches(module)
+            return found
+        recorded = element.module_class
+        if recorded is not None:  # a module the graph holds only as a placeholder: the tracer kept its class
+            found = self.recorded.get(recorded)
+            if found is None:
+                found = self.recorded[recorded] = issubclass(recorded, self.cls)
             return found
         if element.type_name:
             if element.type_name not in self.recorded:

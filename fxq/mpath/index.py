@@ -6,6 +6,9 @@ Node paths (graph order is the result order):
   being the module itself;
 * any other node: its scope from the tracer (``node.meta["fxq_scope"]``, the module whose forward made it)
   followed by the node itself, named by ``node.name`` and selected with ``[op:...]`` / ``[target:...]``;
+* a scope the GraphModule holds only as a plain ``nn.Module`` (a traced-through Sequential or user block, a
+  ModuleList) has the class the tracer recorded (``fxq.tracer.module_classes``), so ``[cls:...]`` tests it as it
+  would the module; a graph without that record falls back to the class names in its nodes' scopes;
 * an observer node (it carries ``node.meta["fxq_qtag"]``): the path of the op it belongs to followed by the
   observer. Output observers belong to the node they observe; input and parameter observers to the node(s)
   that read them, so ``**/[cls:torch.nn.Linear]/[qtag:parameter/weight]`` finds a linear's weight observer.
@@ -22,7 +25,7 @@ from torch import fx, nn
 
 from fxq.mpath.fragments import Element
 from fxq.mpath.program import Program
-from fxq.tracer import SCOPE_KEY
+from fxq.tracer import SCOPE_KEY, module_classes
 
 __all__ = ["QTAG_KEY", "GraphIndex", "ModuleIndex", "index_of"]
 
@@ -41,13 +44,13 @@ def _tag_anchors_on_users(tag: str) -> bool:
 
 
 class _ScopeElement(Element):
-    """A traced-through module the GraphModule holds only as a plain Module: its class name is looked up from the
-    recorded scopes when a fragment first asks (one pass over the graph, only for queries that need it)."""
+    """A traced-through module of a graph without a class record (adopted without nn_module_stack): its class name
+    is looked up from the nodes' scopes when a fragment first asks (one pass over the graph, only when needed)."""
 
     __slots__ = ("index", "path", "resolved")
 
     def __init__(self, name: str, index: "GraphIndex", path: str):
-        self.name, self.module, self.node, self.qtag = name, None, None, None
+        self.name, self.module, self.node, self.qtag, self.module_class = name, None, None, None, None
         self.index, self.path, self.resolved = index, path, None
 
     @property
@@ -64,6 +67,7 @@ class GraphIndex:
         self.root = gm
         self.nodes = list(gm.graph.nodes)
         self.modules: dict[str, Optional[nn.Module]] = {"": gm}
+        self.classes = module_classes(gm) or {}  # path -> class of modules the graph holds as placeholders
         self._positions: Optional[dict] = None
         self._scope_types: Optional[dict] = None
         self._scope_elements: dict[str, Element] = {}
@@ -97,14 +101,37 @@ class GraphIndex:
             self._scope_types = types
         return self._scope_types
 
+    def scope_module(self, path: str):
+        """What a scope's class is known by: the tracer's record first (a class, or a class name when the class
+        could not be pickled), then the module the graph holds; None for a placeholder nothing recorded."""
+        recorded = self.classes.get(path)
+        if recorded is not None:
+            return recorded
+        module = self.module(path)
+        return None if module is None or type(module) is nn.Module else module  # fx's placeholder: no class
+
+    def _scope_class(self, path: str) -> tuple:
+        """(class, "") when the scope's class is known, else (None, its class name as far as known): the values its
+        Element gives ``module_class`` and ``type_name``."""
+        known = self.scope_module(path)
+        if isinstance(known, str):
+            return None, known
+        if known is None:
+            return None, self.scope_types().get(path, "")
+        return (known if isinstance(known, type) else type(known)), ""
+
     def scope_element(self, path: str) -> Element:
         element = self._scope_elements.get(path)
         if element is None:
-            module, name = self.module(path), path.rpartition(".")[2]
-            if module is None or type(module) is nn.Module:  # fx's placeholder for a traced-through module
+            known, name = self.scope_module(path), path.rpartition(".")[2]
+            if isinstance(known, type):
+                element = Element(name, module_class=known)
+            elif isinstance(known, str):
+                element = Element(name, type_name=known)
+            elif known is None:
                 element = _ScopeElement(name, self, path)
             else:
-                element = Element(name, module, qtag=getattr(module, QTAG_KEY, None))
+                element = Element(name, known, qtag=getattr(known, QTAG_KEY, None))
             self._scope_elements[path] = element
         return element
 
@@ -146,19 +173,17 @@ class GraphIndex:
         """The values of ``fields`` for the scope at ``path``, without building its Element."""
         if fields in _NAME_ONLY:  # a scope has no node
             return name if fields and fields[0] == "name" else None
-        module = self.module(path)
-        if module is not None and type(module) is nn.Module:  # fx's placeholder for a traced-through module
-            module = None
+        cls, type_name = self._scope_class(path)
         if fields == _CLASS_FIELDS:  # a class test: the class, or the recorded class name (a type never equals a str)
-            return type(module) if module is not None else self.scope_types().get(path, "")
+            return cls if cls is not None else type_name
         values = []
         for field in fields:
             if field == "name":
                 values.append(name)
             elif field == "module_class":
-                values.append(None if module is None else type(module))
+                values.append(cls)
             elif field == "type_name":
-                values.append("" if module is not None else self.scope_types().get(path, ""))
+                values.append(type_name)
             elif field != "node":  # a scope has no node
                 values.append(getattr(self.scope_element(path), field))
         return tuple(values)
