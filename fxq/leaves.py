@@ -5,7 +5,8 @@
   fails to trace.
 * A model that already is a ``GraphModule`` (from HF's tracer, ``symbolic_trace`` with ``concrete_args``, or
   edited by hand) is taken as it is: its graph is not traced again. Node scopes come from the ``nn_module_stack``
-  metadata torch.fx tracers leave, or from the module path of ``call_module`` nodes.
+  metadata torch.fx tracers leave, or from the module path of ``call_module`` nodes; the classes of the modules the
+  graph holds only as placeholders (the traced-through ones) come from the same metadata, for mpath's ``[cls:]``.
 
     >>> report = fxq.find_untraceable(model, (x,))                    # doctest: +SKIP
     >>> report.leaves                                                  # doctest: +SKIP
@@ -21,7 +22,7 @@ from typing import Any, Optional
 from torch import fx, nn
 
 from fxq.registry import registry
-from fxq.tracer import SCOPE_KEY, Scope, TraceError, qualified_name, trace
+from fxq.tracer import SCOPE_KEY, Scope, TraceError, module_classes, qualified_name, record_module_classes, trace
 
 __all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "leaves_by_query",
            "adopt_graph_module"]
@@ -121,8 +122,17 @@ def leaves_by_query(model: nn.Module, queries: Any) -> list[str]:
 
 
 def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """Give every node of a GraphModule fxq did not trace a scope, without tracing it again."""
+    """Give every node of a GraphModule fxq did not trace a scope, without tracing it again, and record the
+    classes of its traced-through modules (see ``fxq.tracer.module_classes``) where ``nn_module_stack`` names them.
+
+    >>> import torch, fxq
+    >>> model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    >>> gm = adopt_graph_module(torch.fx.symbolic_trace(model))
+    >>> fxq.mpath.search("[cls:torch.nn.Sequential]/*", gm).names
+    ['_0_0']
+    """
     modules = dict(gm.named_modules())
+    _record_stack_classes(gm, modules)
     root = Scope("", qualified_name(type(gm)))
     for node in gm.graph.nodes:
         if SCOPE_KEY in node.meta:
@@ -139,6 +149,19 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
         else:
             node.meta[SCOPE_KEY] = root
     return gm
+
+
+def _record_stack_classes(gm: fx.GraphModule, modules: dict) -> None:
+    """Fill the class record from the (path, class) entries of the nodes' ``nn_module_stack``: only for paths the
+    graph holds as plain placeholders (what the record is for), keeping whatever was recorded before."""
+    classes = dict(module_classes(gm) or {})
+    for node in gm.graph.nodes:
+        for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
+            path = path if path in modules else _strip_prefix(path, modules)
+            if path and path not in classes and type(modules[path]) is nn.Module:
+                classes[path] = module_type if isinstance(module_type, (type, str)) else str(module_type)
+    if classes:
+        record_module_classes(gm, classes)
 
 
 def _strip_prefix(path: str, modules: dict) -> str:
