@@ -92,7 +92,8 @@ class Lowering:
     @staticmethod
     def replace_output(out: OutputQParams, new: fx.Node) -> None:
         """Everything that read the quantize node now reads ``new`` (which already yields the quantized value)."""
-        new.meta.update({k: v for k, v in out.node.meta.items() if k not in new.meta})
+        # the quantize node's scope and value, not its quantizer tags: ``new`` is an op, not a quantizer
+        new.meta.update({k: v for k, v in out.node.meta.items() if k not in new.meta and not k.startswith("fxq_qtag")})
         out.node.replace_all_uses_with(new)
 
     def call_before(self, out: OutputQParams, op: str, target: Any, args: tuple, kwargs: dict = None) -> fx.Node:

@@ -203,3 +203,11 @@ def test_graph_without_record_falls_back_to_node_scopes(net):
     # Mixer makes nodes in its own scope, so its class name is known from them; Stage's is not
     assert len(search("**/[cls:test_mpath_scopes.Mixer]/[target:torch.matmul]", gm)) == 4
     assert len(search(STAGE_MATMULS, gm)) == 0
+
+
+def test_ops_of_a_converted_model_are_found_as_ops_not_as_quantizers(prepared):
+    converted = fxq.convert_fx(prepared)
+    calls = {n.name for n in converted.graph.nodes if n.op == "call_module"}
+    assert calls and {m.node.name for m in search("**/[op:call_module]", converted)} == calls
+    quantizers = fxq.find_quantizers(converted, "**/[qtag:activation]")
+    assert not {m.node.name for m in quantizers} & calls  # lowered ops do not inherit the quantize node's tags
