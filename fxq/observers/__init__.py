@@ -1,7 +1,8 @@
 """Observers: record statistics of tensors during calibration and compute quantization parameters.
 
 Same classes, constructor keywords, defaults and numbers as torch.ao.quantization.observer, with no
-dependency on torch.ao. The HistogramObserver's range search is vectorised (same result, far faster).
+dependency on torch.ao. The HistogramObserver's range search and per-batch counting are vectorised (same
+results, far faster).
 
     >>> import torch
     >>> from fxq.observers import default_weight_observer, observer_qparams_as_python
