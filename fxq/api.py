@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 
 from torch import fx, nn
 
+from fxq import node_meta
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
 from fxq.equalization import apply_equalization_config
 from fxq.passes import pipeline
@@ -60,6 +61,7 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
                       state=state, equalization_mapping=equalization_mapping)
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
     set_state(gm, state)
+    node_meta.keep(gm)
     _emit_warnings(ctx)
     return gm
 
@@ -116,10 +118,12 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
             f"example_inputs) first")
     config = ConvertCustomConfig.coerce(convert_custom_config)
     check_configs(convert_config=config)
+    node_meta.restore(graph_module)  # a prepared model loaded with torch.load lost its node scopes
     gm = copy_module(graph_module)
     ctx = PassContext(convert_config=config, state=state)
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
     clear_state(gm)
+    node_meta.keep(gm)
     _emit_warnings(ctx)
     return gm
 

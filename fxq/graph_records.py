@@ -26,6 +26,7 @@ from torch.fx.node import _get_qualified_name
 
 from fxq.nn.quantized._base import QuantizedModule
 from fxq.observers import ObserverBase
+from fxq import node_meta
 from fxq.state import get_state
 from fxq.tracer import scope_of
 
@@ -48,6 +49,7 @@ def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None,
     >>> [r["name"] for r in node_records(gm)]
     ['input_1', 'activation_post_process_0', '_0', 'activation_post_process_1', 'output']
     """
+    node_meta.restore(gm)  # a model loaded with torch.load: scopes back from what prepare / convert stored
     values = _run(gm, example_inputs) if example_inputs is not None else {}
     modules = dict(gm.named_modules())
     texts = _qconfig_texts(gm, qconfigs)

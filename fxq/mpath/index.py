@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 
 from torch import fx, nn
 
+from fxq import node_meta
 from fxq.mpath.fragments import Element
 from fxq.mpath.program import Program
 from fxq.tracer import SCOPE_KEY, module_classes
@@ -323,4 +324,5 @@ class ModuleIndex:
 
 
 def index_of(root: nn.Module):
+    node_meta.restore(root)  # a loaded GraphModule lost its scopes and quantizer tags
     return GraphIndex(root) if isinstance(root, fx.GraphModule) else ModuleIndex(root)
