@@ -12,8 +12,9 @@ from custom_models import (DynamicQuantRecurrent, FloatLSTMLike, FloatRecurrent,
                            StaticQuantLSTMLike, StaticQuantRecurrent, TraceOnlySubmodule, WeightOnlyQuantRecurrent,
                            WithLSTMLike, WithLSTMLikeState, WithLSTMLikeWhole, WithRecurrent)
 
-X = torch.randn(5, 4, 8)
-CALIBRATION = [torch.randn(5, 4, 8) for _ in range(4)]
+_DATA = torch.Generator().manual_seed(0)  # module-level data must not depend on what was imported before
+X = torch.randn(5, 4, 8, generator=_DATA)
+CALIBRATION = [torch.randn(5, 4, 8, generator=_DATA) for _ in range(4)]
 
 
 def _calibrate(model):
@@ -176,7 +177,7 @@ def test_float16_dynamic_qconfig_picks_the_dynamic_classes():
 
 
 # (c) with nn.LSTM's signature: lstm(x, (h0, c0)) -> (output, (h, c)); inputs and outputs are counted flat
-H0, C0 = torch.randn(4, 8), torch.randn(4, 8)
+H0, C0 = torch.randn(4, 8, generator=_DATA), torch.randn(4, 8, generator=_DATA)
 
 
 def _tuple_flow(model, observed_class, inputs=(X,)):
