@@ -63,8 +63,7 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     with gm.graph.inserting_after(node):
         relu = gm.graph.call_function(torch.relu, (node,))
     node.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
-    relu.meta.update({k: v for k, v in node.meta.items() if k != "fxq_value"})
-    relu.meta["fxq_value"] = node.meta.get("fxq_value")
+    relu.meta.update(node.meta)  # same scope, same output shape
     return [node, relu]
 
 
