@@ -1,6 +1,6 @@
 """fxq: int8 quantization of PyTorch models by rewriting their torch.fx graphs.
 
-A drop-in for ``torch.ao.quantization.quantize_fx``::
+A drop-in for PyTorch AO's ``quantize_fx``::
 
     import fxq
     prepared = fxq.prepare_fx(model.eval(), fxq.get_default_qconfig_mapping("x86"), example_inputs)

@@ -1,6 +1,6 @@
 """prepare_fx, convert_fx, convert_to_reference_fx and fuse_fx: normalise configs, copy, trace, run the passes.
 
-The signatures are torch.ao.quantization.quantize_fx's, so switching is one import line::
+The signatures are PyTorch AO's quantize_fx's, so switching is one import line::
 
     import fxq
     prepared = fxq.prepare_fx(model.eval(), fxq.get_default_qconfig_mapping("x86"), (torch.randn(1, 3, 32, 32),))
@@ -155,7 +155,7 @@ def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.Gra
 
 def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
     if backend_config is not None:
-        raise NotImplementedError("backend_config: fxq does not take torch.ao BackendConfig objects; register ops "
+        raise NotImplementedError("backend_config: fxq does not take PyTorch AO BackendConfig objects; register ops "
                                   "with fxq.patterns instead, or leave backend_config=None")
 
 

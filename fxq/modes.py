@@ -27,8 +27,8 @@ import torch
 STATIC, DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY = "static", "dynamic", "dynamic_fp16", "weight_only"
 _INT8 = (torch.quint8, torch.qint8)
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-# The custom-module tables (registry, custom configs) are keyed by torch.ao's three modes: a float16 dynamic
-# qconfig uses the "dynamic" classes, as torch.ao's get_quant_type files it.
+# The custom-module tables (registry, custom configs) are keyed by PyTorch AO's three modes: a float16 dynamic
+# qconfig uses the "dynamic" classes, as PyTorch AO's get_quant_type files it.
 CUSTOM_MODULE_MODE = {STATIC: "static", DYNAMIC: "dynamic", DYNAMIC_FP16: "dynamic", WEIGHT_ONLY: "weight_only"}
 _cache: dict = {}
 

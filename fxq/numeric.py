@@ -1,5 +1,5 @@
 """Where does the quantization error come from? Per-layer SQNR between a float and a quantized model, and a
-layer sensitivity ranking: the job of torch.ao's numeric suite, each as one call.
+layer sensitivity ranking: the job of PyTorch AO's numeric suite, each as one call.
 """
 from __future__ import annotations
 

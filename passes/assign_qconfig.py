@@ -1,10 +1,10 @@
-"""Give every op node the qconfig the QConfigMapping selects for it (torch.ao's precedence, see fxq.config).
+"""Give every op node the qconfig the QConfigMapping selects for it (PyTorch AO's precedence, see fxq.config).
 
 Requires: fused modules in place (a fused module is looked up by its fused type, then by its first part's type,
 so ``set_object_type(nn.Linear, None)`` keeps a fused Linear+ReLU float too).
 Guarantees: ``ctx.state.qconfigs[node.name]`` and ``ctx.state.modes[node.name]`` (fxq.modes) are set for every
 call node (None: keep float). A dynamic or weight-only qconfig on a weighted op those modes cannot run (a conv)
-leaves it float with a warning naming it; on other ops (relu, add) it is ignored, as torch.ao does.
+leaves it float with a warning naming it; on other ops (relu, add) it is ignored, as PyTorch AO does.
 Position: after fuse, before insert_observers.
 """
 from __future__ import annotations

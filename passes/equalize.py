@@ -6,7 +6,7 @@ multiplied by ``s``:
 
 - from a previous layer through a connected chain (fxq.equalization.graph): that layer's weight rows and bias
   are multiplied by ``s`` and every quantization observer on the chain is rebuilt for the values it would have
-  seen (torch.ao forgets this and loses accuracy). After a shape op the features of one channel share a scale
+  seen (PyTorch AO forgets this and loses accuracy). After a shape op the features of one channel share a scale
   (the channel map prepare recorded), so a flatten after a conv gets each channel's scale H*W times;
 - otherwise a ``mul`` by the scale buffer goes in front of the input quantization observer, which is rebuilt
   for the scaled input.

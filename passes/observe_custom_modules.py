@@ -2,7 +2,7 @@
 
 A custom module is a leaf whose class has an observed class in the prepare config or in ``fxq.registry``. In
 static mode it becomes ``Observed.from_float(module)`` (the module gets its ``qconfig`` attribute first, as
-torch.ao's custom modules expect), and the tensors it takes and returns go through observers, so convert can
+PyTorch AO's custom modules expect), and the tensors it takes and returns go through observers, so convert can
 hand it quantized tensors and take quantized tensors back. Inputs and outputs are counted flat through nested
 tuples (passes/leaf_values.py: nn.LSTM's ``(output, (h, c))`` is outputs 0, 1, 2); the observed module's
 ``input_quantized_idxs`` / ``output_quantized_idxs`` attributes (class or instance; absent or None: every float

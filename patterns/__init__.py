@@ -1,6 +1,6 @@
 """Pattern tables (fusion, observation, lowering) and the matcher they share.
 
-Teaching fxq a new op from outside the package (the job torch.ao's BackendConfig does) is one call::
+Teaching fxq a new op from outside the package (the job PyTorch AO's BackendConfig does) is one call::
 
     import fxq.patterns as patterns
     patterns.register_op(MySwish, observe=patterns.Observe("own"), lower=MyQuantizedSwish)

@@ -23,7 +23,7 @@ from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, ELU, HAR
 from fxq.patterns.rewrites import Lowering
 
 Rewrite = Callable[[Lowering, Match], bool]
-kernels = torch.ops.quantized  # called directly, so lowered graphs print, script and pickle like torch.ao's
+kernels = torch.ops.quantized  # called directly, so lowered graphs print, script and pickle like PyTorch AO's
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:

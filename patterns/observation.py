@@ -76,7 +76,7 @@ def _rows():
     yield row(LAYER_NORM[1:] + HARDSWISH[1:] + ELU[1:] + LEAKY_RELU[1:], own)
     yield row(CAT + STACK, Observe(SHARED))                               # every cat input shares one observer
     yield row(SHARES_INPUT_QPARAMS, Observe(SHARED))
-    # torch.ao gives nn.Softmax fixed qparams but observes functional softmax like any op: so does fxq.
+    # PyTorch AO gives nn.Softmax fixed qparams but observes functional softmax like any op: so does fxq.
     yield row(SIGMOID + HARDSIGMOID + SOFTMAX[:1], Observe(FIXED, fixed=RANGE_0TO1, quantize_float_inputs=False))
     yield row(SOFTMAX[1:], Observe(OWN, quantize_float_inputs=False))
     yield row(TANH, Observe(FIXED, fixed=RANGE_NEG1TO1, quantize_float_inputs=False))

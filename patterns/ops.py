@@ -43,5 +43,5 @@ SHARES_INPUT_QPARAMS = (
 ) + RELU + SHAPE_METHODS + ("narrow", "index_select", "expand_as", "repeat_interleave", "flip", "roll")
 
 # Bounded activations. After a conv / linear they are observed as one op with it: the conv's int8 output gets the
-# clamp's range (torch.ao gives it the conv's own, wider range and loses resolution there).
+# clamp's range (PyTorch AO gives it the conv's own, wider range and loses resolution there).
 BOUNDED = (nn.ReLU6, F.relu6, nn.Hardtanh, F.hardtanh, torch.clamp, torch.clip, "clamp", "clip")

@@ -1,4 +1,4 @@
-"""Quantization configuration: QConfig, QConfigMapping and the custom configs, with torch.ao's API and legacy dicts.
+"""Quantization configuration: QConfig, QConfigMapping and the custom configs, with PyTorch AO's API and legacy dicts.
 
     >>> import torch
     >>> from fxq.config import get_default_qconfig_mapping

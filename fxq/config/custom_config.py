@@ -1,4 +1,4 @@
-"""PrepareCustomConfig, ConvertCustomConfig, FuseCustomConfig: torch.ao's class API and legacy dicts.
+"""PrepareCustomConfig, ConvertCustomConfig, FuseCustomConfig: PyTorch AO's class API and legacy dicts.
 
     >>> from fxq.config import PrepareCustomConfig
     >>> config = PrepareCustomConfig.from_dict({"non_traceable_module_name": "sub", "input_quantized_idxs": [0]})
@@ -30,7 +30,7 @@ class _CustomConfig:
 
     @classmethod
     def coerce(cls, obj: Any) -> Any:
-        """An instance from None (empty), a legacy dict, an instance (returned as is) or torch.ao's equivalent."""
+        """An instance from None (empty), a legacy dict, an instance (returned as is) or PyTorch AO's equivalent."""
         if obj is None:
             return cls()
         if isinstance(obj, cls):
@@ -206,7 +206,7 @@ class PrepareCustomConfig(_CustomConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> "PrepareCustomConfig":
-        """Build from torch.ao's prepare_custom_config_dict (plus "auto_leaf"); unknown keys raise ValueError."""
+        """Build from PyTorch AO's prepare_custom_config_dict (plus "auto_leaf"); unknown keys raise ValueError."""
         legacy.check_keys(config_dict, cls.DICT_KEYS, "prepare_custom_config_dict")
         config = cls()
         for key, setter in (("standalone_module_name", config.set_standalone_module_name),
@@ -236,7 +236,7 @@ class PrepareCustomConfig(_CustomConfig):
         return config.set_tracer(config_dict.get("tracer_class"), **options)
 
     def to_dict(self) -> dict[str, Any]:
-        """The legacy dict; empty settings are left out, as torch.ao does."""
+        """The legacy dict; empty settings are left out, as PyTorch AO does."""
         items = {
             "standalone_module_name": [e.legacy(name) for name, e in self.standalone_module_names.items()],
             "standalone_module_class": [e.legacy(cls) for cls, e in self.standalone_module_classes.items()],
@@ -282,7 +282,7 @@ class ConvertCustomConfig(_CustomConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> "ConvertCustomConfig":
-        """Build from torch.ao's convert_custom_config_dict; unknown keys or modes raise ValueError."""
+        """Build from PyTorch AO's convert_custom_config_dict; unknown keys or modes raise ValueError."""
         legacy.check_keys(config_dict, cls.DICT_KEYS, "convert_custom_config_dict")
         config = cls()
         by_mode = legacy.class_mapping(config_dict.get("observed_to_quantized_custom_module_class", {}),
@@ -327,7 +327,7 @@ class FuseCustomConfig(_CustomConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> "FuseCustomConfig":
-        """Build from torch.ao's fuse_custom_config_dict (plus "fold_linear_chains")."""
+        """Build from PyTorch AO's fuse_custom_config_dict (plus "fold_linear_chains")."""
         legacy.check_keys(config_dict, cls.DICT_KEYS, "fuse_custom_config_dict")
         config = cls().set_preserved_attributes(config_dict.get("preserved_attributes", []))
         return config.set_fold_linear_chains(config_dict.get("fold_linear_chains", False))

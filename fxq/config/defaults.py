@@ -1,4 +1,4 @@
-"""The default QConfigMappings: torch.ao's post-training defaults per backend, and dynamic ones.
+"""The default QConfigMappings: PyTorch AO's post-training defaults per backend, and dynamic ones.
 
     >>> import torch
     >>> mapping = get_default_qconfig_mapping("x86")
@@ -36,7 +36,7 @@ def fixed_qparams_observers() -> dict:
 
 
 def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
-    """torch.ao's default post-training mapping for `backend` ("x86", "fbgemm", "qnnpack", "onednn").
+    """PyTorch AO's default post-training mapping for `backend` ("x86", "fbgemm", "qnnpack", "onednn").
 
     Global: get_default_qconfig(backend), plus per-op exceptions:
     reshape reuses its input's observer (when fxq.observers has ReuseInputObserver); conv-transpose has per-tensor weights on x86/fbgemm (no
@@ -70,7 +70,7 @@ _DYNAMIC_QCONFIGS = {
 
 
 def get_default_dynamic_qconfig_mapping(dtype: torch.dtype = torch.qint8) -> QConfigMapping:
-    """The modules torch.ao's quantize_dynamic converts by default for `dtype`, as a mapping (global None).
+    """The modules PyTorch AO's quantize_dynamic converts by default for `dtype`, as a mapping (global None).
 
     qint8 and float16: Linear and the recurrent modules; quint8: Embedding and EmbeddingBag weights only.
 

@@ -5,12 +5,12 @@ from typing import Any, Iterable, Mapping
 
 __all__ = ["QUANT_MODES", "check_keys", "quant_mode", "str_list", "class_list", "int_list", "class_mapping"]
 
-# torch.ao's QuantType names, as the legacy dicts spell them.
+# PyTorch AO's QuantType names, as the legacy dicts spell them.
 QUANT_MODES = ("static", "dynamic", "weight_only", "qat")
 
 
 def check_keys(config: Mapping[str, Any], valid: Iterable[str], dict_name: str) -> None:
-    """Raise a ValueError naming every unknown key of `config` and the valid ones (torch.ao ignores them)."""
+    """Raise a ValueError naming every unknown key of `config` and the valid ones (PyTorch AO ignores them)."""
     valid = tuple(valid)
     unknown = [key for key in config if key not in valid]
     if unknown:
@@ -20,7 +20,7 @@ def check_keys(config: Mapping[str, Any], valid: Iterable[str], dict_name: str) 
 
 
 def quant_mode(mode: Any, where: str) -> str:
-    """"static" / "dynamic" / "weight_only" / "qat"; also accepts torch.ao's QuantType enum members."""
+    """"static" / "dynamic" / "weight_only" / "qat"; also accepts PyTorch AO's QuantType enum members."""
     name = mode.name.lower() if hasattr(mode, "name") and not isinstance(mode, str) else mode
     if name not in QUANT_MODES:
         raise ValueError(f"{where}: unknown quantization mode {mode!r}; valid modes: {', '.join(QUANT_MODES)}")
@@ -28,7 +28,7 @@ def quant_mode(mode: Any, where: str) -> str:
 
 
 def str_list(value: Any, where: str) -> list[str]:
-    """A list of names; a bare string is one name (the torch.ao user guide writes it that way)."""
+    """A list of names; a bare string is one name (the PyTorch AO user guide writes it that way)."""
     names = [value] if isinstance(value, str) else list(value)
     for name in names:
         if not isinstance(name, str):

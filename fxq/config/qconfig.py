@@ -39,7 +39,7 @@ def constructor_parts(constructor: Any) -> tuple[Any, dict[str, Any]]:
     """
     if hasattr(constructor, "observer_class"):
         return constructor.observer_class, dict(constructor.kwargs)
-    # functools.partial, and torch.ao's _PartialWrapper around one (users migrating pass those in)
+    # functools.partial, and PyTorch AO's _PartialWrapper around one (users migrating pass those in)
     partial = getattr(constructor, "p", constructor)
     if isinstance(partial, functools.partial):
         return partial.func, dict(partial.keywords)
@@ -57,7 +57,7 @@ def _values_equal(a: Any, b: Any) -> bool:
 def constructors_equal(a: Any, b: Any) -> bool:
     """True when two constructors build the same observer: same class, equal kwargs.
 
-    Callable kwargs (e.g. a device picker added at prepare time) are ignored, as torch.ao's
+    Callable kwargs (e.g. a device picker added at prepare time) are ignored, as PyTorch AO's
     qconfig_equals ignores them, so a prepared model's qconfigs still equal the user's.
 
     >>> from fxq.observers import MinMaxObserver
@@ -173,7 +173,7 @@ def check_backend(backend: str) -> str:
 
 
 def get_default_qconfig(backend: str = "x86") -> QConfig:
-    """The post-training qconfig torch.ao picks for `backend` ("x86", "fbgemm", "qnnpack" or "onednn").
+    """The post-training qconfig PyTorch AO picks for `backend` ("x86", "fbgemm", "qnnpack" or "onednn").
 
     x86 and fbgemm reduce the activation range to 7 bits (their int8 kernels can overflow otherwise);
     qnnpack has no per-channel weights.

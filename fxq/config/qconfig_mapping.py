@@ -20,14 +20,14 @@ from fxq.config.rules import PRECEDENCE, UNSET, NodeQuery
 
 __all__ = ["QConfigMapping", "QCONFIG_DICT_KEYS"]
 
-# The legacy qconfig_dict keys, in torch.ao's to_dict order.
+# The legacy qconfig_dict keys, in PyTorch AO's to_dict order.
 QCONFIG_DICT_KEYS = ("", "object_type", "module_name_regex", "module_name", "module_name_object_type_order")
 _ENTRY_LENGTH = {"mpath": 2, "object_type": 2, "module_name_regex": 2, "module_name": 2,
                  "module_name_object_type_order": 4}
 
 
 def as_qconfig(value: Any, where: str) -> QConfigAny:
-    """Accept a QConfig, None, or any (activation, weight) namedtuple such as torch.ao's QConfig."""
+    """Accept a QConfig, None, or any (activation, weight) namedtuple such as PyTorch AO's QConfig."""
     if value is None or isinstance(value, QConfig):
         return value
     if isinstance(value, tuple) and hasattr(value, "activation") and hasattr(value, "weight"):
@@ -59,7 +59,7 @@ class QConfigMapping:
         self._order = tuple(self._rules[kind.key] for kind in PRECEDENCE)
         self._cache: dict[NodeQuery, QConfigAny] = {}
 
-    # ---- setters (torch.ao's API) ----
+    # ---- setters (PyTorch AO's API) ----
 
     def _set(self, kind: str, rule_key: Any, qconfig: Any, where: str) -> "QConfigMapping":
         self._rules[kind].set(rule_key, as_qconfig(qconfig, where))
@@ -100,7 +100,7 @@ class QConfigMapping:
         where = f"set_module_name_object_type_order({module_name!r}, {object_type!r}, {index!r})"
         return self._set("module_name_object_type_order", (module_name, object_type, index), qconfig, where)
 
-    # ---- torch.ao's attribute names, read-only so the resolution cache stays valid ----
+    # ---- PyTorch AO's attribute names, read-only so the resolution cache stays valid ----
 
     @property
     def global_qconfig(self) -> QConfigAny:
@@ -136,14 +136,14 @@ class QConfigMapping:
 
         module_path:  for a call_module node, the module's qualified name; for any other node, the
                       module whose forward made it ("" at the root); for get_attr, the attribute's owner.
-        object_types: candidate object types, the preferred first. torch.ao's choices, for parity:
+        object_types: candidate object types, the preferred first. PyTorch AO's choices, for parity:
                       call_module (type(module),), or (FusedType, FirstChildType) for a fused module,
                       or (QatType, FloatType) under QAT; call_function (node.target,);
                       call_method (type of the enclosing module, node.target); get_attr (type(owner),).
         call_index:   how many calls of this object type the same module made before this one; only
                       module_name_object_type_order rules use it (None: they do not apply).
         counted_in:   the module whose calls call_index counts; defaults to module_path. For a
-                      call_module node pass the parent's path: torch.ao counts a submodule call in its parent.
+                      call_module node pass the parent's path: PyTorch AO counts a submodule call in its parent.
         node:         the fx node itself (of a GraphModule); set_mpath rules need it and do not apply without it.
 
         Results are cached per arguments until the next set_* call.
@@ -172,7 +172,7 @@ class QConfigMapping:
     def to_dict(self) -> dict[str, Any]:
         """The legacy qconfig_dict: {"": global, "object_type": [(type, qconfig)], ...} (every key present)."""
         legacy = {key: self._rules[key].legacy() for key in QCONFIG_DICT_KEYS}
-        if self._rules["mpath"].entries:  # fxq's own key, only when used, so torch.ao-shaped dicts stay equal
+        if self._rules["mpath"].entries:  # fxq's own key, only when used, so PyTorch AO-shaped dicts stay equal
             legacy["mpath"] = self._rules["mpath"].legacy()
         return legacy
 
@@ -204,7 +204,7 @@ class QConfigMapping:
     def coerce(cls, obj: Any) -> "QConfigMapping":
         """A QConfigMapping from None (empty: everything float), a legacy dict, or a mapping (returned as is).
 
-        A foreign mapping with torch.ao's API (to_dict) is converted through its legacy dict.
+        A foreign mapping with PyTorch AO's API (to_dict) is converted through its legacy dict.
         """
         if obj is None:
             return cls()

@@ -68,7 +68,7 @@ class _TableRules:
         self.entries: dict[Any, Any] = {}
 
     def set(self, rule_key: Any, qconfig: Any) -> None:
-        self.entries[rule_key] = qconfig  # re-setting keeps the first registration's position, like torch.ao
+        self.entries[rule_key] = qconfig  # re-setting keeps the first registration's position, like PyTorch AO
 
     def legacy(self) -> list:
         return list(self.entries.items())

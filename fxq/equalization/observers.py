@@ -117,7 +117,7 @@ class ChannelRangeObserver(nn.Module):
 class InputEqualizationObserver(ChannelRangeObserver):
     """Per-input-column min/max of an equalized layer's input; sits after the input quantization observer.
 
-    ``dtype`` / ``qscheme`` / ``quant_min`` / ``quant_max`` are accepted for torch.ao compatibility; the input is
+    ``dtype`` / ``qscheme`` / ``quant_min`` / ``quant_max`` are accepted for PyTorch AO compatibility; the input is
     still quantized per tensor by its quantization observer, so only per-tensor schemes are allowed.
     """
 

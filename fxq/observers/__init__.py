@@ -1,7 +1,7 @@
 """Observers: record statistics of tensors during calibration and compute quantization parameters.
 
-Same classes, constructor keywords, defaults and numbers as torch.ao.quantization.observer, with no
-dependency on torch.ao. The HistogramObserver's range search and per-batch counting are vectorised (same
+Same classes, constructor keywords, defaults and numbers as PyTorch AO's observer module, with no
+dependency on PyTorch AO. The HistogramObserver's range search and per-batch counting are vectorised (same
 results, far faster).
 
     >>> import torch
@@ -58,7 +58,7 @@ __all__ = [
     "default_affine_fixed_qparams_observer",
 ]
 
-# The defaults below carry torch.ao's names and settings, so configs written for torch.ao read the same.
+# The defaults below carry PyTorch AO's names and settings, so configs written for PyTorch AO read the same.
 
 # Activations: 7-bit unsigned, so x86 int8 kernels cannot overflow.
 default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)

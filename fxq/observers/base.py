@@ -79,7 +79,7 @@ class UniformQuantizationObserverBase(ObserverBase):
     """Base of the observers that compute affine/symmetric qparams from a recorded range.
 
     Validates dtype, qscheme and the quantization range at construction, with errors that name the
-    argument and list the valid values. `eps` (the smallest scale) lives in a buffer, as in torch.ao.
+    argument and list the valid values. `eps` (the smallest scale) lives in a buffer, as in PyTorch AO.
     """
 
     _allowed_qschemes: tuple = qp.PER_TENSOR_QSCHEMES + qp.PER_CHANNEL_QSCHEMES
@@ -121,5 +121,5 @@ class UniformQuantizationObserverBase(ObserverBase):
 
 
 def _factory(factory_kwargs: Optional[dict]) -> dict:
-    """Keyword arguments for creating buffers: device and dtype from torch.ao's `factory_kwargs`."""
+    """Keyword arguments for creating buffers: device and dtype from PyTorch AO's `factory_kwargs`."""
     return torch.nn.factory_kwargs(factory_kwargs)

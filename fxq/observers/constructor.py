@@ -24,7 +24,7 @@ import torch
 class ObserverConstructor:
     """A picklable recipe for an observer: `observer_class(**kwargs)`, with overrides at call time.
 
-    `callable_kwargs` are zero-argument functions evaluated at each construction (torch.ao's
+    `callable_kwargs` are zero-argument functions evaluated at each construction (PyTorch AO's
     `with_callable_args`, used e.g. to pick a device when the observer is built).
     """
 
@@ -54,7 +54,7 @@ class ObserverConstructor:
 
     @property
     def p(self) -> functools.partial:
-        """The constructor as a functools.partial, for code written against torch.ao's `_PartialWrapper.p`."""
+        """The constructor as a functools.partial, for code written against PyTorch AO's `_PartialWrapper.p`."""
         return functools.partial(self.observer_class, **self.kwargs)
 
     def __repr__(self) -> str:
@@ -111,7 +111,7 @@ def _check_kwarg_names(observer_class: type, kwargs: dict[str, Any]) -> None:
 
 def constructor_parts(constructor: Any) -> tuple[Any, dict[str, Any]]:
     """Split a constructor into (observer class, kwargs): an ObserverConstructor, a bare class, or
-    torch.ao's `_PartialWrapper` (duck-typed through its `.p` partial, without importing torch.ao).
+    PyTorch AO's `_PartialWrapper` (duck-typed through its `.p` partial, without importing PyTorch AO).
 
     >>> from fxq.observers import MinMaxObserver
     >>> constructor_parts(MinMaxObserver.with_args(quant_min=0, quant_max=127))

@@ -1,9 +1,9 @@
 """HistogramObserver: a running histogram, and qparams for the range that minimises the L2 error.
 
-Updates follow torch.ao exactly: the first batch fixes the histogram's range to its min and max;
+Updates follow PyTorch AO exactly: the first batch fixes the histogram's range to its min and max;
 a later batch that widens the range re-bins the old histogram into the new range (spreading each
 old bin over 16 sub-bins, placed by their centres) before adding the new counts. The counting and
-re-binning (histogram_bins.py) give torch.ao's numbers bit for bit at a fraction of its cost.
+re-binning (histogram_bins.py) give PyTorch AO's numbers bit for bit at a fraction of its cost.
 
     >>> import torch
     >>> observer = HistogramObserver(bins=64)
@@ -53,7 +53,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self.register_buffer("histogram", torch.zeros(bins, **_factory(factory_kwargs)))
         self.register_buffer("min_val", torch.tensor(float("inf"), **_factory(factory_kwargs)))
         self.register_buffer("max_val", torch.tensor(float("-inf"), **_factory(factory_kwargs)))
-        # The error is measured against all 2**bits levels of the dtype, whatever quant_min/max say (as torch.ao).
+        # The error is measured against all 2**bits levels of the dtype, whatever quant_min/max say (as PyTorch AO).
         self.dst_nbins = 2 ** torch.iinfo(dtype).bits
         self.upsample_rate = _UPSAMPLE_RATE
 
@@ -82,7 +82,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         return x
 
     def _finite_values(self, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """x without infinities (they would make the range infinite; torch.ao drops them too), and its min, max."""
+        """x without infinities (they would make the range infinite; PyTorch AO drops them too), and its min, max."""
         x_min, x_max = torch.aminmax(x)
         low, high = x_min.item(), x_max.item()
         if math.isnan(low) or math.isnan(high):
@@ -129,7 +129,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
             return
         for name, empty in (("min_val", float("inf")), ("max_val", float("-inf"))):
             value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor) and value.numel() == 0:  # old torch.ao files stored [] for "unset"
+            if isinstance(value, torch.Tensor) and value.numel() == 0:  # old PyTorch AO files stored [] for "unset"
                 state_dict[prefix + name] = torch.tensor(empty)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 

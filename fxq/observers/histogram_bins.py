@@ -1,6 +1,6 @@
 """The HistogramObserver's per-batch work, fast: counting values into bins, and moving counts to wider bins.
 
-Both give bit for bit what torch.ao computes, only cheaper:
+Both give bit for bit what PyTorch AO computes, only cheaper:
 
 * `histc` equals `torch.histc(values, bins, min=low, max=high)`. On CPU, torch.histc is a scalar loop
   (about 12 ns per value here). Its bin choice is a formula, not a search over bin edges:
@@ -8,8 +8,8 @@ Both give bit for bit what torch.ao computes, only cheaper:
   float32 operations as whole-tensor kernels, then `torch.bincount`, cost 1.5 to 2 ns per value.
   torch.histc also counts in float32, which is exact up to 2**24 per bin; past that it saturates,
   so a batch that puts more values in one bin falls back to torch.histc.
-* `rebin` equals torch.ao's re-binning of an old histogram into a wider range: every old bin split
-  into `rate` sub-bins, each sub-bin's count sent to the new bin holding its centre. torch.ao finds
+* `rebin` equals PyTorch AO's re-binning of an old histogram into a wider range: every old bin split
+  into `rate` sub-bins, each sub-bin's count sent to the new bin holding its centre. PyTorch AO finds
   those bins with `bucketize` (a binary search per sub-bin, 32,768 of them); since the centres and
   the new edges are both sorted, one `searchsorted` per new edge gives the same assignment.
 
@@ -136,7 +136,7 @@ def rebin(
 ) -> torch.Tensor:
     """The histogram over [old_min, old_max] moved onto as many equal bins over [new_min, new_max] (wider).
 
-    As torch.ao: each old bin becomes `rate` sub-bins of 1/rate of its count, and each sub-bin goes
+    As PyTorch AO: each old bin becomes `rate` sub-bins of 1/rate of its count, and each sub-bin goes
     whole to the new bin that holds its centre (clamped into range against rounding).
     """
     bins = histogram.numel()

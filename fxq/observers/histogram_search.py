@@ -1,6 +1,6 @@
-"""The HistogramObserver's range search, vectorised: the same answer as torch.ao's, without its loops.
+"""The HistogramObserver's range search, vectorised: the same answer as PyTorch AO's, without its loops.
 
-torch.ao narrows the histogram's range [start_bin, end_bin] step by step: each step moves a lower
+PyTorch AO narrows the histogram's range [start_bin, end_bin] step by step: each step moves a lower
 quantile alpha up or an upper quantile beta down by 1e-5, whichever side gains more bins; every
 change of range is scored by the L2 error of quantizing the histogram to that range, and the
 search stops at the first range that scores worse than the one before it. That is up to 100,000
@@ -13,7 +13,7 @@ Here the walk is laid out a segment (thousands of steps) at a time, without a Py
     difference sequences by their heads, which equals a sorted merge of their running minima, so the
     walk's position after every step comes from one more `searchsorted`;
   * the walk ends when alpha >= beta, or when the two ends meet (after which nothing changes);
-  * the candidate ranges are scored in batches, each row with the very float32 operations torch.ao
+  * the candidate ranges are scored in batches, each row with the very float32 operations PyTorch AO
     performs for one candidate, so the first "worse" candidate is found at the same place.
 
     >>> import torch
@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-_STEP = 1e-5  # torch.ao's quantile granularity
+_STEP = 1e-5  # PyTorch AO's quantile granularity
 # Every tensor op here stays under ATen's parallel grain (32768 elements), so it runs on the calling
 # thread: the ops are small, and on a busy machine a parallel region can stall for a whole time slice.
 _OP_ELEMENTS = 16384
@@ -40,9 +40,9 @@ _SEGMENT = 16384
 
 @functools.lru_cache(maxsize=1)
 def _quantile_steps() -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_k and beta_k after k steps, accumulated in float64 one addition at a time as torch.ao does.
+    """alpha_k and beta_k after k steps, accumulated in float64 one addition at a time as PyTorch AO does.
 
-    (accumulate adds sequentially, like torch.ao's loop, so the rounding errors are the same.)
+    (accumulate adds sequentially, like PyTorch AO's loop, so the rounding errors are the same.)
     """
     count = int(1.0 / _STEP) + 16  # alpha meets beta within 1 / step steps in all, even if one side takes all
     alphas = itertools.accumulate(itertools.repeat(_STEP, count), operator.add, initial=0.0)
@@ -53,7 +53,7 @@ def _quantile_steps() -> tuple[torch.Tensor, torch.Tensor]:
 def search_range(
     histogram: torch.Tensor, min_val: torch.Tensor, max_val: torch.Tensor, dst_nbins: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clipped (min, max) torch.ao's HistogramObserver quantizes to, for a histogram over [min_val, max_val].
+    """The clipped (min, max) PyTorch AO's HistogramObserver quantizes to, for a histogram over [min_val, max_val].
 
     `dst_nbins` is the number of quantized levels the error is measured against (2**bits of the dtype).
     """
@@ -64,7 +64,7 @@ def search_range(
 
 
 def _best_range(histogram, min_val, max_val, dst_nbins) -> tuple[int, int]:
-    """torch.ao's answer: the last candidate range before the first that scores worse than its predecessor."""
+    """PyTorch AO's answer: the last candidate range before the first that scores worse than its predecessor."""
     bins = histogram.numel()
     best = (0, bins - 1)  # the full range, where the walk starts
     previous_error = torch.tensor([float("inf")], dtype=torch.float64)
@@ -81,7 +81,7 @@ def _best_range(histogram, min_val, max_val, dst_nbins) -> tuple[int, int]:
 
 
 def _candidate_segments(histogram: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The (start_bin, end_bin) ranges torch.ao's walk scores, in order, a segment of the walk at a time.
+    """The (start_bin, end_bin) ranges PyTorch AO's walk scores, in order, a segment of the walk at a time.
 
     The walk is laid out in segments (short at first: the search usually stops early); a walk from
     any state depends only on what lies ahead, so each segment is merged on its own.
@@ -97,7 +97,7 @@ def _candidate_segments(histogram: torch.Tensor) -> Iterator[tuple[torch.Tensor,
         steps = min(steps, alphas.numel() - 1 - max(i0, j0))
         if steps <= 0:
             raise AssertionError("histogram range search: the walk outran its precomputed quantile steps")
-        # torch.ao compares float32 cumulative counts with a Python float, which torch rounds to float32.
+        # PyTorch AO compares float32 cumulative counts with a Python float, which torch rounds to float32.
         lower = torch.searchsorted(cumulative, (alphas[i0 : i0 + steps + 1] * total).to(torch.float32), side="left")
         upper = torch.searchsorted(cumulative, (betas[j0 : j0 + steps + 1] * total).to(torch.float32), side="right")
         upper -= 1
@@ -119,7 +119,7 @@ def _segment_ranges(lower, upper, alpha_steps, beta_steps, running) -> tuple[tor
     """The ranges after each step of one segment (its start state first), and whether the walk ended in it.
 
     lower[i] / upper[j]: the start / end bin after i alpha / j beta steps of the segment; running[t]:
-    whether torch.ao's loop condition (alpha < beta) holds before step t + 1.
+    whether PyTorch AO's loop condition (alpha < beta) holds before step t + 1.
     """
     steps = running.numel()
     prev_i, prev_j = alpha_steps[:steps], beta_steps[:steps]  # state before step t = 1 .. steps
@@ -172,12 +172,12 @@ def _first_true(mask: torch.Tensor) -> int:
 def quantization_errors(histogram, min_val, max_val, dst_nbins, starts, ends) -> torch.Tensor:
     """L2 error of quantizing the histogram to each range [starts[k], ends[k]] (float64, one per range).
 
-    Each row repeats, element for element, the float32 operations torch.ao uses for one range, so the
+    Each row repeats, element for element, the float32 operations PyTorch AO uses for one range, so the
     values are bit-identical to its; only the batching is new.
     """
     bins = histogram.numel()
     device = histogram.device
-    bin_width = (max_val.item() - min_val.item()) / bins  # a Python float in torch.ao too
+    bin_width = (max_val.item() - min_val.item()) / bins  # a Python float in PyTorch AO too
     starts, ends = starts.to(device)[:, None], ends.to(device)[:, None]
     dst_width64 = bin_width * (ends - starts + 1).to(torch.float64) / dst_nbins
     dst_width = dst_width64.to(torch.float32)

@@ -1,7 +1,7 @@
 """Quantization ranges and the min/max -> (scale, zero_point) rule shared by every observer.
 
-The numbers follow torch.ao's observers exactly (same float32 operations in the same order), so a
-model calibrated with fxq gets the same scale and zero point as one calibrated with torch.ao.
+The numbers follow PyTorch AO's observers exactly (same float32 operations in the same order), so a
+model calibrated with fxq gets the same scale and zero point as one calibrated with PyTorch AO.
 
     >>> import torch
     >>> quant_range(torch.qint8, reduce_range=True)
@@ -57,10 +57,10 @@ def quant_range(
     quant_max: Optional[int] = None,
     owner: str = "observer",
 ) -> tuple[int, int]:
-    """The (quant_min, quant_max) an observer quantizes to, as torch.ao computes it.
+    """The (quant_min, quant_max) an observer quantizes to, as PyTorch AO computes it.
 
     A custom range must contain 0 and fit the dtype; reduce_range then halves both ends (floor),
-    as torch.ao does. Without a custom range, reduce_range only affects the 8-bit dtypes.
+    as PyTorch AO does. Without a custom range, reduce_range only affects the 8-bit dtypes.
 
     >>> quant_range(torch.quint8, quant_min=0, quant_max=15)
     (0, 15)
@@ -81,7 +81,7 @@ def quant_range(
             f"{owner}(quant_min={quant_min}, quant_max={quant_max}): the range must contain 0 and have "
             f"quant_min < quant_max"
         )
-    # torch.ao only checks the width of the range; a range the dtype cannot hold would quantize to garbage.
+    # PyTorch AO only checks the width of the range; a range the dtype cannot hold would quantize to garbage.
     if quant_min < lowest or quant_max > highest:
         raise ValueError(
             f"{owner}(quant_min={quant_min}, quant_max={quant_max}) does not fit dtype {dtype}, whose range is "
@@ -93,7 +93,7 @@ def quant_range(
 
 
 def default_qparams(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (1.0, 0) torch.ao returns for an observer that has seen no data, with a warning."""
+    """The (1.0, 0) PyTorch AO returns for an observer that has seen no data, with a warning."""
     warnings.warn(
         "calculate_qparams was called on an observer that has seen no data; returning scale=1.0, zero_point=0. "
         "Run calibration data through the model first (observer.has_data() tells).",
@@ -116,7 +116,7 @@ def qparams_from_min_max(observer, min_val: torch.Tensor, max_val: torch.Tensor)
 
     `observer` supplies qscheme, dtype, quant_min, quant_max, has_customized_qrange and the eps buffer.
     Returns 1-D tensors; the zero point is int32 for affine, int64 for symmetric and float for
-    per_channel_affine_float_qparams, as in torch.ao.
+    per_channel_affine_float_qparams, as in PyTorch AO.
     """
     if min_val.numel() == 0 or (min_val.dim() == 0 and min_val == float("inf") and max_val == float("-inf")):
         return default_qparams(min_val.device)
@@ -146,5 +146,5 @@ def qparams_from_min_max(observer, min_val: torch.Tensor, max_val: torch.Tensor)
 
 
 def _as_1d(tensor: torch.Tensor) -> torch.Tensor:
-    # Per-tensor qparams are shape [1], matching what torch.ao and FakeQuantize hand around.
+    # Per-tensor qparams are shape [1], matching what PyTorch AO and FakeQuantize hand around.
     return tensor.reshape(1) if tensor.dim() == 0 else tensor

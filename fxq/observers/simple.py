@@ -34,7 +34,7 @@ class PlaceholderObserver(ObserverBase):
         eps: Optional[float] = None,
         is_dynamic: bool = False,
     ) -> None:
-        # compute_dtype is torch.ao's deprecated spelling of is_dynamic=True.
+        # compute_dtype is PyTorch AO's deprecated spelling of is_dynamic=True.
         super().__init__(dtype=dtype, is_dynamic=is_dynamic or compute_dtype is not None)
         self.qscheme = torch.per_tensor_affine if qscheme is None else qscheme
         self.quant_min = quant_min
