@@ -26,23 +26,26 @@ __all__ = ["Cost", "layer_cost", "fastest_int8", "clear_cache", "ENGINES"]
 
 _RUNS, _WARMUP = 7, 2
 ENGINES = ("x86", "fbgemm", "onednn")  # packings with the same int8 numerics (qnnpack rounds differently)
-# int8 must lose by this factor before a layer stays float: the timings are noisy, and a float layer between
-# int8 ones adds a dequantize and a quantize that the per-layer timing does not see
+# int8 must lose by this factor before a layer stays float: the timings are noisy
 SLOWER_MARGIN = 1.25
 _cache: Dict[str, "Cost"] = {}
 
 
 @dataclass(frozen=True)
 class Cost:
+    """Times of one call: the int8 kernel, the float op, and ``boundary_ms``, what a float layer between int8
+    neighbours adds — dequantizing its input and quantizing its output."""
+
     int8_ms: float
     float_ms: float
+    boundary_ms: float = 0.0
 
     @property
     def int8_is_slower(self) -> bool:
-        return self.int8_ms > SLOWER_MARGIN * self.float_ms
+        return self.int8_ms > SLOWER_MARGIN * (self.float_ms + self.boundary_ms)
 
     def describe(self) -> str:
-        return f"int8 {self.int8_ms:.3f} vs float {self.float_ms:.3f} ms"
+        return f"int8 {self.int8_ms:.3f} vs float {self.float_ms + self.boundary_ms:.3f} ms"
 
 
 def layer_cost(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[int, ...],
@@ -95,7 +98,8 @@ def _measure_linear(weight_shape, input_shape, geometry, engine) -> Cost:
         int8 = _median_ms(lambda: torch.ops.quantized.linear(xq, packed, 0.05, 64))
     finally:
         torch.backends.quantized.engine = previous
-    return Cost(int8, _median_ms(lambda: F.linear(x, weight, bias)))
+    output = F.linear(x, weight, bias)
+    return Cost(int8, _median_ms(lambda: F.linear(x, weight, bias)), _boundary_ms(xq, output))
 
 
 def _measure_conv2d(weight_shape, input_shape, geometry, engine) -> Cost:
@@ -110,7 +114,14 @@ def _measure_conv2d(weight_shape, input_shape, geometry, engine) -> Cost:
         int8 = _median_ms(lambda: torch.ops.quantized.conv2d(xq, packed, 0.05, 64))
     finally:
         torch.backends.quantized.engine = previous
-    return Cost(int8, _median_ms(lambda: F.conv2d(x, weight, bias, stride, padding, dilation, groups)))
+    output = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    float_ms = _median_ms(lambda: F.conv2d(x, weight, bias, stride, padding, dilation, groups))
+    return Cost(int8, float_ms, _boundary_ms(xq, output))
+
+
+def _boundary_ms(quantized_input: torch.Tensor, float_output: torch.Tensor) -> float:
+    return _median_ms(lambda: (quantized_input.dequantize(),
+                               torch.quantize_per_tensor(float_output, 0.05, 64, torch.quint8)))
 
 
 _MEASURE = {"linear": _measure_linear, "conv2d": _measure_conv2d}

@@ -3,7 +3,8 @@ that runs them fastest (opt-in: ``cost_model`` in the PrepareCustomConfig; an en
 
 Requires: qconfigs assigned (assign_qconfig) and the example inputs' shapes recorded (record_values).
 Guarantees: a static Linear / LinearReLU / Conv2d / ConvReLU2d whose fastest measured int8 kernel is slower
-than its float op (by fxq.cost_model.SLOWER_MARGIN) gets no qconfig, so no observers are placed around it,
+(by fxq.cost_model.SLOWER_MARGIN) than its float op plus the dequantize / quantize a float layer between int8
+neighbours needs gets no qconfig, so no observers are placed around it,
 and a fused one is split back into the layer and ``torch.relu``; ``node.meta["fxq_float_reason"]`` says why
 (the dumps show it). The others get ``ctx.state.engines[name]``, the engine lowering packs them for.
 Layers whose input shape is unknown are left as they are.
