@@ -28,6 +28,7 @@ _RUNS, _WARMUP = 7, 2
 ENGINES = ("x86", "fbgemm", "onednn")  # packings with the same int8 numerics (qnnpack rounds differently)
 # int8 must lose by this factor before a layer stays float: the timings are noisy
 SLOWER_MARGIN = 1.25
+SWITCH_MARGIN = 1.15  # another engine must beat the default engine by this factor to get a layer
 _cache: Dict[str, "Cost"] = {}
 
 
@@ -72,6 +73,9 @@ def fastest_int8(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[in
                          f"({torch.backends.quantized.supported_engines})")
     costs = {engine: layer_cost(kind, weight_shape, input_shape, geometry, engine) for engine in candidates}
     engine = min(costs, key=lambda e: costs[e].int8_ms)
+    default = torch.backends.quantized.engine
+    if default in costs and costs[default].int8_ms <= SWITCH_MARGIN * costs[engine].int8_ms:
+        return default, costs[default]  # not clearly faster: a noisy timing must not move a layer off the default
     return engine, costs[engine]
 
 

@@ -115,3 +115,10 @@ def test_an_engine_name_pins_the_engine(monkeypatch):
                               prepare_custom_config=fxq.PrepareCustomConfig().set_cost_model("onednn"))
     prepared(x)
     assert measured_engines == {"onednn"} and fxq.convert_fx(prepared).big.engine == "onednn"
+
+
+def test_a_near_tie_keeps_the_default_engine(monkeypatch):
+    monkeypatch.setattr(cost_model, "layer_cost", lambda kind, w, i, g=(), engine="": cost_model.Cost(
+        int8_ms=0.95 if engine == "onednn" else 1.0, float_ms=10.0))
+    engine, _ = cost_model.fastest_int8("linear", (8, 8), (4, 8))
+    assert engine == torch.backends.quantized.engine == "x86"  # 5% faster is within timing noise
