@@ -34,6 +34,14 @@ def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
     return dict(gm.named_modules())
 
 
+def attribute_value(gm: fx.GraphModule, target: str):
+    """The tensor or module a ``get_attr`` target such as ``"block.weight"`` names on ``gm``."""
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def delete_unused_submodules(gm: fx.GraphModule) -> None:
     """Drop submodules no node calls or reads (nor any of their parents or children).
 

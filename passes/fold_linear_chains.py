@@ -15,13 +15,14 @@ Before / after::
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
+from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
 
 _TRANSPARENT = (nn.Dropout, nn.Identity)  # identity maps in eval mode
 
@@ -31,6 +32,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         ctx.warnings.append("the model is in training mode: linear chains not folded; call model.eval()")
         return gm
     modules = modules_of(gm)
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")  # a shared module keeps its weights
     erased: set = set()
     for node in list(gm.graph.nodes):
         current = None if node in erased else node
@@ -38,7 +40,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             chain = _chain_to_next_linear(current, modules, gm)
             if chain is None:
                 break
-            current = _fold_pair(gm, modules, chain, ctx)
+            current = _fold_pair(gm, modules, chain, calls, ctx)
             erased.update(chain)
     gm.graph.eliminate_dead_code()
     delete_unused_submodules(gm)
@@ -61,12 +63,9 @@ def _linear_parameters(node: fx.Node, gm: fx.GraphModule, modules: dict) -> Opti
 
 
 def _attribute(gm: fx.GraphModule, node) -> Optional[torch.Tensor]:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    value = gm
-    for part in node.target.split("."):
-        value = getattr(value, part)
-    return value
+    """The tensor behind a ``get_attr`` argument; None for anything else (an activation, a constant)."""
+    is_attribute = isinstance(node, fx.Node) and node.op == "get_attr"
+    return attribute_value(gm, node.target) if is_attribute else None
 
 
 def _chain_to_next_linear(node: fx.Node, modules: dict, gm: fx.GraphModule) -> Optional[list]:
@@ -86,7 +85,7 @@ def _chain_to_next_linear(node: fx.Node, modules: dict, gm: fx.GraphModule) -> O
     return None
 
 
-def _fold_pair(gm: fx.GraphModule, modules: dict, chain: list, ctx: PassContext) -> fx.Node:
+def _fold_pair(gm: fx.GraphModule, modules: dict, chain: list, calls: Counter, ctx: PassContext) -> fx.Node:
     """Replace ``chain`` (linear, identities, linear) by one call to a folded Linear; return that call."""
     first, second = chain[0], chain[-1]
     w1, b1 = _linear_parameters(first, gm, modules)
@@ -101,7 +100,7 @@ def _fold_pair(gm: fx.GraphModule, modules: dict, chain: list, ctx: PassContext)
     folded.weight = nn.Parameter(weight, requires_grad=w1.requires_grad)
     if bias is not None:
         folded.bias = nn.Parameter(bias, requires_grad=w1.requires_grad)
-    name = _module_name(gm, first)
+    name = _module_name(gm, first, calls)
     gm.add_submodule(name, folded)
     modules[name] = folded
     with gm.graph.inserting_before(second):
@@ -114,11 +113,9 @@ def _fold_pair(gm: fx.GraphModule, modules: dict, chain: list, ctx: PassContext)
     return call
 
 
-def _module_name(gm: fx.GraphModule, first: fx.Node) -> str:
+def _module_name(gm: fx.GraphModule, first: fx.Node, calls: Counter) -> str:
     """The first layer's own path for a module (the folded layer takes its place), a fresh name otherwise."""
-    called_elsewhere = any(n is not first and n.op == "call_module" and n.target == first.target
-                           for n in gm.graph.nodes)
-    if first.op == "call_module" and not called_elsewhere:  # a shared module must keep its weights
+    if first.op == "call_module" and calls[first.target] == 1:  # a shared module must keep its weights
         return first.target
     base, index = f"{first.name.replace('.', '_')}_folded", 0
     while hasattr(gm, f"{base}_{index}"):

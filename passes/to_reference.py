@@ -21,7 +21,7 @@ from torch import fx, nn
 from fxq.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
 from fxq.nn import reference, reference_recurrent
 from fxq.observers import ObserverBase
-from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
+from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
@@ -161,19 +161,12 @@ def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
         if ctx.state.modes.get(node.name) not in (DYNAMIC, WEIGHT_ONLY) or weight.op != "get_attr":
             continue
         observer = ctx.state.qconfigs[node.name].weight()
-        observer(_attribute(gm, weight.target).detach())
+        observer(attribute_value(gm, weight.target).detach())
         with gm.graph.inserting_before(node):
             quantized = _quantize(gm, weight, observer, observer.calculate_qparams(), node)
             dequantized = gm.graph.call_method("dequantize", (quantized,))
         node.replace_input_with(weight, dequantized)
         ctx.count("functional weights quantized")
-
-
-def _attribute(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _is_observed_op(node: fx.Node, observed: set, modules: dict, chain_ends: dict) -> bool:
