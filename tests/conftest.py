@@ -1,5 +1,6 @@
 """Shared test helpers: the torch.ao reference (skipped cleanly where torch no longer ships it) and SQNR."""
 import importlib
+import io
 import warnings
 
 import pytest
@@ -21,6 +22,14 @@ def torch_ao():
 class _Namespace:
     def __init__(self, **items):
         self.__dict__.update(items)
+
+
+def saved_and_loaded(obj):
+    """``obj`` after a torch.save / torch.load round trip through memory."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
 
 
 def sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:

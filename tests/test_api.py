@@ -2,7 +2,6 @@
 silently, ops torch.ao leaves in float, and the per-pass dumps."""
 
 import copy
-import io
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxq
-from conftest import sqnr
+from conftest import saved_and_loaded, sqnr
 from fxq.passes import pipeline
 
 
@@ -216,10 +215,7 @@ def test_state_follows_nodes_that_torch_load_renames():
     model, example, _ = ZOO["residual"]()
     prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), example)
     prepared(*example)
-    buffer = io.BytesIO()
-    torch.save(prepared, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    loaded = saved_and_loaded(prepared)
     renamed = {n.name for n in loaded.graph.nodes} - {n.name for n in prepared.graph.nodes}
     if not renamed:
         pytest.skip("this torch.fx keeps node names on load: nothing to map back")

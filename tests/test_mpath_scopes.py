@@ -6,7 +6,6 @@ No ``from __future__ import annotations`` here: torch.fx cannot torch.save a gra
 annotations, and these models are saved.
 """
 import copy
-import io
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 import fxq
 from fxq.mpath import search
 from fxq.tracer import ModuleClasses, module_classes
+from conftest import saved_and_loaded
 from mpath_models import transformer
 
 
@@ -97,13 +97,6 @@ def prepared(net):
     return gm
 
 
-def _saved_and_loaded(gm):
-    buffer = io.BytesIO()
-    torch.save(gm, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
 def test_sequential_query_on_a_traced_transformer_equals_the_module_tree():
     model, _ = transformer()
     query = "**/[cls:torch.nn.Sequential]/*"
@@ -151,9 +144,9 @@ def test_same_results_after_prepare_deepcopy_and_reference_convert(net, prepared
 def test_record_carried_through_prepare_convert_and_save(net, prepared):
     record = module_classes(fxq.tracer.trace(net[0]))
     converted = fxq.convert_fx(prepared)
-    loaded = _saved_and_loaded(prepared)
+    loaded = saved_and_loaded(prepared)
     for gm in (prepared, copy.deepcopy(prepared), converted, fxq.fuse_fx(net[0]), loaded,
-               _saved_and_loaded(converted), fxq.convert_to_reference_fx(loaded)):
+               saved_and_loaded(converted), fxq.convert_to_reference_fx(loaded)):
         assert module_classes(gm) == record
     # torch.load drops gm.meta, so a plain deepcopy of a loaded model loses the record; fxq's own copies keep it
     assert module_classes(fxq.api.copy_module(loaded)) == record
@@ -162,7 +155,7 @@ def test_record_carried_through_prepare_convert_and_save(net, prepared):
 def test_module_call_queries_survive_torch_save(prepared):
     # torch.load re-traces the saved code, so node scopes are lost (function nodes fall to the root scope);
     # module calls keep their paths and the record keeps the classes of the scopes around them
-    loaded = _saved_and_loaded(prepared)
+    loaded = saved_and_loaded(prepared)
     for query in ("**/[cls:torch.nn.Sequential]/[cls:torch.nn.Linear]",
                   "[cls:torch.nn.ModuleList]/*/mixer/[cls:torch.nn.Linear]"):
         assert _paths(query, loaded) == _paths(query, prepared)
@@ -178,7 +171,7 @@ def test_classes_pickle_cannot_store_are_saved_by_name():
             return self.fc(x)
 
     gm = fxq.tracer.trace(nn.Sequential(Local(), nn.Sequential(nn.ReLU())))
-    loaded = _saved_and_loaded(gm)  # saving must not fail because of the record
+    loaded = saved_and_loaded(gm)  # saving must not fail because of the record
     assert module_classes(loaded) == {"0": f"{__name__}.{Local.__qualname__}", "1": nn.Sequential}
     assert search("[cls:torch.nn.Sequential]/*", loaded).names == ["_1_0"]
     assert search("*/[cls:torch.nn.Linear]", loaded).names == ["_0_fc"]

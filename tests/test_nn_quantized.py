@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fxq.nn import fused, quantized as nnq, reference
+from conftest import saved_and_loaded
 from nn_helpers import ao_nn, assert_same_quantized, quantized_input, weight_qparams
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:torch.quantize_per:UserWarning",
@@ -69,13 +70,6 @@ def test_weighted_module_is_close_to_reference_module(cls, ao_name, make_float, 
     assert (output - expected.clamp(-1.28, 1.27)).abs().max() <= 0.01
 
 
-def _pickle_round_trip(module):
-    buffer = io.BytesIO()
-    torch.save(module, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
 def _script_round_trip(module):
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(module), buffer)
@@ -90,7 +84,7 @@ def test_weighted_module_round_trips(cls, ao_name, make_float, shape):
     fresh = _fresh_like(module)
     assert not torch.equal(fresh(x).int_repr(), expected.int_repr())
     fresh.load_state_dict(module.state_dict())
-    copies = [fresh, copy.deepcopy(module), _pickle_round_trip(module), torch.jit.script(module),
+    copies = [fresh, copy.deepcopy(module), saved_and_loaded(module), torch.jit.script(module),
               _script_round_trip(module), torch.jit.trace(module, x)]
     for other in copies:
         assert_same_quantized(other(x), expected)

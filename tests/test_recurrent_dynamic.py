@@ -1,13 +1,12 @@
 """Dynamic LSTM / GRU (int8 and float16 weights) and the reference forms of the recurrent and embedding layers."""
 import copy
-import io
 
 import pytest
 import torch
 from torch import nn
 
 import fxq
-from conftest import sqnr, torch_ao
+from conftest import saved_and_loaded, sqnr, torch_ao
 
 
 class Tagger(nn.Module):
@@ -99,10 +98,7 @@ def test_dynamic_lstm_survives_save_load_and_deepcopy():
     example = (torch.randn(4, 2, 16),)
     quantized = _convert(model, fxq.QConfigMapping().set_global(fxq.default_dynamic_qconfig), example)
     expected = _flat(quantized(*example))
-    buffer = io.BytesIO()
-    torch.save(quantized, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    loaded = saved_and_loaded(quantized)
     assert torch.equal(_flat(loaded(*example)), expected)
     assert torch.equal(_flat(copy.deepcopy(quantized)(*example)), expected)
     fresh = _convert(Tagger("LSTM").eval(), fxq.QConfigMapping().set_global(fxq.default_dynamic_qconfig), example)
