@@ -35,9 +35,9 @@ def restore(model: nn.Module) -> None:
     stored = getattr(model, ATTRIBUTE, None)
     if not isinstance(model, fx.GraphModule) or not stored:
         return
-    nodes = list(model.graph.nodes)
-    if any(_KEPT_MARK in n.meta for n in nodes):
+    if any(_KEPT_MARK in n.meta for n in model.graph.nodes):  # stops at the first node of a graph in memory
         return  # never lost (in memory, perhaps retagged by the user since): leave it as it is
+    nodes = list(model.graph.nodes)
     if len(nodes) != len(stored) or any(_signature(n) != signature for n, (signature, _) in zip(nodes, stored)):
         return
     for node, (_, meta) in zip(nodes, stored):

@@ -28,6 +28,7 @@ from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import value_of
 
 REASON_KEY = "fxq_float_reason"
+_FUSED_WITH_RELU = (fused.LinearReLU, fused.ConvReLU2d)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -56,7 +57,7 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     """A float layer runs faster as its parts than as a fused Sequential (one module call less per layer):
     split a fused Linear/Conv + ReLU back into the layer and ``torch.relu``. Returns the nodes left float."""
     module = modules[node.target]
-    if not isinstance(module, (fused.LinearReLU, fused.ConvReLU2d)):
+    if not isinstance(module, _FUSED_WITH_RELU):
         return [node]
     parent, _, name = node.target.rpartition(".")
     setattr(modules[parent] if parent else gm, name, module[0])
@@ -70,7 +71,7 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
 
 def _fastest(module: nn.Module, input_shape, engines: tuple) -> tuple:
     """(engine, cost) of the fastest int8 kernel for this layer; (None, None) when it cannot be measured."""
-    layer = module[0] if isinstance(module, (fused.LinearReLU, fused.ConvReLU2d)) else module
+    layer = module[0] if isinstance(module, _FUSED_WITH_RELU) else module
     if input_shape is None:
         return None, None
     if type(layer) is nn.Linear and len(input_shape) >= 1:
