@@ -148,6 +148,11 @@ def sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(reference.pow(2).mean() / noise))
 
 
+def mul_count(gm) -> int:
+    """The ``torch.mul`` calls equalization put in a graph (input scales it could not fold into a layer)."""
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.mul)
+
+
 def fxq_quantized(model: nn.Module, calibration: torch.Tensor, equalize: bool = True) -> nn.Module:
     qmap = fxq.QConfigMapping().set_global(fxq.default_qconfig)
     eq = fxq.QConfigMapping().set_global(fxq.default_equalization_qconfig) if equalize else None

@@ -3,15 +3,11 @@ import pytest
 import torch
 from conftest import torch_ao
 
-from equalization_cases import (case_models, cle_case, cle_quantized, fxq_quantized, mild_case_models, sqnr,
-                                torch_ao_quantized)
+from equalization_cases import (case_models, cle_case, cle_quantized, fxq_quantized, mild_case_models, mul_count,
+                                sqnr, torch_ao_quantized)
 
 CASES = case_models()
 MILD = mild_case_models()
-
-
-def _mul_count(gm) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in (torch.mul, "mul"))
 
 
 def _muls_before_first_quantize(gm) -> int:
@@ -32,7 +28,7 @@ def test_connected_layers_gain_at_least_3db(name):
     none = sqnr(expected, fxq_quantized(model, calibration, equalize=False)(test))
     equalized = fxq_quantized(model, calibration)
     assert sqnr(expected, equalized(test)) >= none + 3.0
-    assert _mul_count(equalized) == 1 and _muls_before_first_quantize(equalized) == 1  # none between layers
+    assert mul_count(equalized) == 1 and _muls_before_first_quantize(equalized) == 1  # none between layers
 
 
 @pytest.mark.parametrize("name", ["single linear", "single conv", "linear, outlier weight columns",
@@ -59,7 +55,7 @@ def test_parity_with_torch_ao_on_a_single_layer(name):
     model, calibration, test = CASES[name]
     ours, theirs = fxq_quantized(model, calibration), torch_ao_quantized(tao, model, calibration)
     assert sqnr(theirs(test), ours(test)) >= 40.0
-    assert _mul_count(ours) == _mul_count(theirs) == 1
+    assert mul_count(ours) == mul_count(theirs) == 1
     assert _muls_before_first_quantize(ours) == _muls_before_first_quantize(theirs) == 1
 
 
@@ -67,7 +63,7 @@ def test_connected_linears_have_torch_ao_graph_shape_and_beat_it():
     tao = torch_ao()
     model, calibration, test = CASES["linear->linear"]
     ours, theirs = fxq_quantized(model, calibration), torch_ao_quantized(tao, model, calibration)
-    assert _mul_count(ours) == _mul_count(theirs) == 1
+    assert mul_count(ours) == mul_count(theirs) == 1
     assert _muls_before_first_quantize(ours) == _muls_before_first_quantize(theirs) == 1
     assert sqnr(model(test), ours(test)) >= sqnr(model(test), theirs(test)) + 3.0
 

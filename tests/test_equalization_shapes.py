@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxq
-from equalization_cases import (float_after_equalize, fxq_quantized, shape_case_models, skewed, spread, sqnr)
+from equalization_cases import (float_after_equalize, fxq_quantized, mul_count, shape_case_models, skewed, spread,
+                                sqnr)
 from fxq.equalization import WeightEqualizationObserver
 from fxq.equalization.scales import scale_weight
 
@@ -22,10 +23,6 @@ def _calibrated(model, x):
         prepared = fxq.prepare_fx(model, QMAP, (x,), _equalization_config=EQ)
     prepared(x)
     return prepared
-
-
-def _muls(gm) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.mul)
 
 
 def _input_record(prepared, layer: str):
@@ -55,7 +52,7 @@ def test_grouped_convs_and_flatten_chains_gain_at_least_6db_with_one_mul(name):
     none = sqnr(expected, fxq_quantized(model, calibration, equalize=False)(test))
     quantized = fxq_quantized(model, calibration)
     assert sqnr(expected, quantized(test)) >= none + 6.0
-    assert _muls(quantized) == 1
+    assert mul_count(quantized) == 1
 
 
 def test_flatten_after_a_conv_maps_each_channel_to_its_h_w_features():
@@ -80,7 +77,7 @@ def test_flatten_after_a_linear_on_a_sequence_tiles_the_channels():
     prepared = _calibrated(model, x)
     assert torch.equal(_input_record(prepared, "fc2").channel_map, torch.arange(4).repeat(3))
     _assert_float_exact(prepared, model, x)
-    assert _muls(fxq.convert_fx(prepared)) == 1
+    assert mul_count(fxq.convert_fx(prepared)) == 1
 
 
 class ConvThenLinearOverWidth(nn.Module):
@@ -125,7 +122,7 @@ def test_chains_that_mix_channels_keep_a_mul_and_exact_float_math(model, x):
     second = [n for n, _ in prepared.named_modules() if n.endswith("_input_equalization_process")][-1]
     assert prepared.get_submodule(second).channel_map.numel() == 0  # no fold: its input gets a mul
     _assert_float_exact(prepared, model, x)
-    assert _muls(fxq.convert_fx(prepared)) == 2
+    assert mul_count(fxq.convert_fx(prepared)) == 2
 
 
 def test_a_mul_behind_a_shared_observer_gets_its_own_observer():
