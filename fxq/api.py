@@ -159,6 +159,12 @@ def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
                                   "with fxq.patterns instead, or leave backend_config=None")
 
 
+_WARNINGS_SHOWN = 10  # a 4000-node model with no calibration would otherwise print one line per observer
+
+
 def _emit_warnings(ctx: PassContext) -> None:
     if ctx.warnings:
-        warnings.warn("fxq: " + "; ".join(ctx.warnings), stacklevel=3)
+        shown = ctx.warnings[:_WARNINGS_SHOWN]
+        rest = len(ctx.warnings) - len(shown)
+        more = f"; ... and {rest} more (debug_dump_dir=... writes them all to warnings.txt)" if rest else ""
+        warnings.warn("fxq: " + "; ".join(shown) + more, stacklevel=3)

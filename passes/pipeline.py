@@ -108,3 +108,5 @@ def _write_timings(directory: Path, timings: list, ctx: PassContext) -> None:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.stats.get(name, {}).items()))
         lines.append(f"{name:<20} {seconds * 1e3:>10.2f}  {counts}")
     (directory / "timing.txt").write_text("\n".join(lines) + "\n")
+    if ctx.warnings:
+        (directory / "warnings.txt").write_text("\n".join(ctx.warnings) + "\n")

@@ -134,6 +134,17 @@ def test_an_op_whose_observer_saw_no_data_stays_float_with_a_warning():
     assert torch.allclose(quantized(x), model(x))  # float, not garbage scales
 
 
+def test_warnings_about_many_uncalibrated_observers_are_capped_and_written_out_in_full(tmp_path):
+    model = nn.Sequential(*(nn.Linear(4, 4) for _ in range(30))).eval()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),))
+    with pytest.warns(UserWarning) as caught:
+        fxq.convert_fx(prepared, debug_dump_dir=str(tmp_path))
+    message = str(caught[0].message)
+    assert message.count("saw no data") == 10
+    assert "and 21 more" in message  # 31 observers: the input and each linear's output
+    assert len((tmp_path / "convert" / "warnings.txt").read_text().splitlines()) == 31
+
+
 def test_prepare_never_modifies_the_users_model():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
