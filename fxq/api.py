@@ -10,7 +10,6 @@ The signatures are PyTorch AO's quantize_fx's, so switching is one import line::
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any, Optional, Union
 
@@ -22,13 +21,15 @@ from fxq.equalization import apply_equalization_config
 from fxq.passes import pipeline
 from fxq.passes.context import PassContext
 from fxq.state import FxqState, clear_state, get_state, set_state
+from fxq.gc_pause import collector_paused
 from fxq.leaves import trace_for_prepare
-from fxq.tracer import module_classes, record_module_classes
+from fxq.module_copy import copy_module
 from fxq.registry import check_configs
 
 ConfigLike = Union[dict, None, Any]
 
 
+@collector_paused()
 def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tuple,
                prepare_custom_config: ConfigLike = None, _equalization_config: ConfigLike = None,
                backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
@@ -66,6 +67,7 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     return gm
 
 
+@collector_paused()
 def convert_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
                _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None, backend_config: Any = None,
                debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
@@ -76,6 +78,7 @@ def convert_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike =
     return _convert(graph_module, convert_custom_config, pipeline.CONVERT, debug_dump_dir, backend_config)
 
 
+@collector_paused()
 def convert_to_reference_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
                             _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None,
                             backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
@@ -84,6 +87,7 @@ def convert_to_reference_fx(graph_module: fx.GraphModule, convert_custom_config:
     return _convert(graph_module, convert_custom_config, pipeline.REFERENCE_CONVERT, debug_dump_dir, backend_config)
 
 
+@collector_paused()
 def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_config: Any = None) -> fx.GraphModule:
     """Trace a copy of ``model`` (eval mode) and fuse conv/linear with batch norm and relu into float modules.
 
@@ -126,21 +130,6 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
     node_meta.keep(gm)
     _emit_warnings(ctx)
     return gm
-
-
-def copy_module(model: nn.Module) -> nn.Module:
-    """A deep copy whose parameters are new Parameter objects over the same storage.
-
-    Copying hundreds of MB of weights dominated prepare and convert; no pass writes into a float weight (fusion
-    and lowering build new tensors), so the storage can be shared. Writing into the copy's parameters in place
-    (an optimizer step) would show in the original: clone them first for that.
-    """
-    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
-    copied = copy.deepcopy(model, memo)
-    classes = module_classes(model)  # a torch.load-ed GraphModule lost the meta that lets deepcopy keep it
-    if classes is not None and module_classes(copied) is None:
-        record_module_classes(copied, classes)
-    return copied
 
 
 def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:

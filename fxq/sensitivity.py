@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import fx, nn
 
+from fxq.module_copy import copy_module
 from fxq.observers import ObserverBase
 from fxq.state import STATE_ATTRIBUTE, get_state
 
@@ -80,7 +81,6 @@ def float_graph(prepared: fx.GraphModule) -> fx.GraphModule:
     >>> [n.name for n in float_graph(prepared).graph.nodes]
     ['input_1', '_0', 'output']
     """
-    from fxq.api import copy_module  # fxq.api imports the pipeline, which imports the dumps: import late
     from fxq.equalization.observers import ChannelRangeObserver
     state = get_state(prepared)
     special = sorted(state.custom_modules) + sorted(state.standalone)

@@ -101,7 +101,7 @@ def module_classes(gm: nn.Module) -> Optional[ModuleClasses]:
     """The recorded classes of ``gm``'s traced-through modules, or None for a module without a record.
 
     ``torch.load`` restores the attribute but not ``gm.meta`` (torch.fx rebuilds the module), so a plain
-    ``copy.deepcopy`` of a loaded model drops the record; ``fxq.api.copy_module`` (prepare and convert) keeps it.
+    ``copy.deepcopy`` of a loaded model drops the record; ``fxq.module_copy.copy_module`` (prepare and convert) keeps it.
     """
     record = getattr(gm, MODULE_CLASSES_ATTRIBUTE, None)
     return record if isinstance(record, ModuleClasses) else None
