@@ -2,7 +2,8 @@
 
 Set ``debug_dump_dir`` (or the environment variable ``FXQ_DUMP_DIR``) to get ``NN-<pass>.txt`` with the graph
 after every pass (fxq.dump's table, then the code), numbered in pipeline order, and ``timing.txt`` with the
-time and statistics of each pass.
+time and statistics of each pass. The graph is linted once after the last pass; ``FXQ_CHECK_PASSES=1`` (or a dump
+directory) lints after every pass, so a broken graph names the pass that broke it.
 
 Convert runs carry provenance (fxq.provenance): each op's name and qconfig ride in node meta through the
 passes and are kept on the converted model, for fxq.compare and the dumps' qconfig column.
@@ -63,6 +64,7 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
     dump_dir = dump_dir or os.environ.get("FXQ_DUMP_DIR")
     directory = _prepare_dump_dir(dump_dir, stage)
     timings, done = [], []
+    check_each_pass = directory is not None or os.environ.get("FXQ_CHECK_PASSES") == "1"
     converting = ctx.convert_config is not None
     if converting:
         provenance.stamp(gm, ctx.state.qconfigs)
@@ -72,7 +74,8 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
         start = time.perf_counter()
         try:
             gm = run(gm, ctx)
-            gm.graph.lint()
+            if check_each_pass:
+                gm.graph.lint()
         except (PassError, ValueError, TypeError, NotImplementedError):
             raise  # errors about the user's model or config already say what to fix
         except Exception as error:
@@ -86,12 +89,24 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
             gm.recompile()  # the Python code is only regenerated when someone reads it
             table = format_table(node_records(gm, qconfigs=ctx.state.qconfigs if ctx.state else None))
             (directory / f"{index:02d}-{name}.txt").write_text(table + "\n" + gm.code)
+    if not check_each_pass:
+        _check_graph(gm, stage)
     gm.recompile()
     if converting:
         provenance.keep(gm)
     if directory is not None:
         _write_timings(directory, timings, ctx)
     return gm
+
+
+def _check_graph(gm: fx.GraphModule, stage: str) -> None:
+    """One lint after all passes: linting after each of them was a tenth of prepare_fx on large graphs."""
+    try:
+        gm.graph.lint()
+    except Exception as error:
+        raise PassError(f"the graph after the {stage or 'fxq'} passes is broken: {type(error).__name__}: {error}. "
+                        "Set FXQ_CHECK_PASSES=1 (or pass debug_dump_dir) to check after every pass and name the "
+                        "pass that broke it") from error
 
 
 def _prepare_dump_dir(dump_dir: Optional[str], stage: str) -> Optional[Path]:

@@ -1,10 +1,14 @@
 """Shared test helpers: the torch.ao reference (skipped cleanly where torch no longer ships it) and SQNR."""
 import importlib
 import io
+import os
 import warnings
 
 import pytest
 import torch
+
+# Every pass must leave a graph that lints clean (DESIGN.md); in the suite check after each one, not only at the end.
+os.environ.setdefault("FXQ_CHECK_PASSES", "1")
 
 
 def torch_ao():
