@@ -33,12 +33,16 @@ class ObserverBase(nn.Module):
 
     def __init__(self, dtype: torch.dtype, is_dynamic: bool = False) -> None:
         super().__init__()
-        self.dtype = dtype
-        self.is_dynamic = is_dynamic
-        self.qscheme = None  # set by subclasses that quantize
-        self.quant_min = None
-        self.quant_max = None
-        self.reduce_range = False
+        # qscheme and the range are set by subclasses that quantize
+        self._set_plain(dtype=dtype, is_dynamic=is_dynamic, qscheme=None, quant_min=None, quant_max=None,
+                        reduce_range=False)
+
+    def _set_plain(self, **settings: Any) -> None:
+        """Set attributes that are not tensors or modules, skipping nn.Module.__setattr__'s checks.
+
+        Those checks cost ~3 us an attribute; prepare builds an observer per value, thousands on a large model.
+        """
+        self.__dict__.update(settings)
 
     @classmethod
     def with_args(cls, **kwargs: Any) -> ObserverConstructor:
@@ -98,16 +102,15 @@ class UniformQuantizationObserverBase(ObserverBase):
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
         owner = type(self).__name__
         qp.check_qscheme(owner, qscheme, self._allowed_qschemes)
-        self.qscheme = qscheme
-        self.reduce_range = reduce_range
-        self.has_customized_qrange = quant_min is not None and quant_max is not None
-        self.quant_min, self.quant_max = qp.quant_range(dtype, reduce_range, quant_min, quant_max, owner)
+        low, high = qp.quant_range(dtype, reduce_range, quant_min, quant_max, owner)
+        self._set_plain(qscheme=qscheme, reduce_range=reduce_range, quant_min=low, quant_max=high,
+                        has_customized_qrange=quant_min is not None and quant_max is not None)
         if qscheme in qp.SYMMETRIC_QSCHEMES and reduce_range and dtype == torch.quint8:
             raise ValueError(
                 f"{owner}(qscheme={qscheme}, reduce_range=True, dtype=torch.quint8) is not supported: symmetric "
                 "quint8 centres on 128, outside the reduced range [0, 127]. Use dtype=torch.qint8 or reduce_range=False."
             )
-        self.register_buffer("eps", torch.tensor([eps], **_factory(factory_kwargs)))
+        self.register_buffer("eps", torch.full((1,), eps, **_factory(factory_kwargs)))
 
     def _qparams_from_min_max(self, min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return qp.qparams_from_min_max(self, min_val, max_val)

@@ -49,13 +49,11 @@ class HistogramObserver(UniformQuantizationObserverBase):
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"HistogramObserver(bins={bins!r}): bins must be a positive int")
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
-        self.bins = bins
         self.register_buffer("histogram", torch.zeros(bins, **_factory(factory_kwargs)))
-        self.register_buffer("min_val", torch.tensor(float("inf"), **_factory(factory_kwargs)))
-        self.register_buffer("max_val", torch.tensor(float("-inf"), **_factory(factory_kwargs)))
+        self.register_buffer("min_val", torch.full((), float("inf"), **_factory(factory_kwargs)))
+        self.register_buffer("max_val", torch.full((), float("-inf"), **_factory(factory_kwargs)))
         # The error is measured against all 2**bits levels of the dtype, whatever quant_min/max say (as PyTorch AO).
-        self.dst_nbins = 2 ** torch.iinfo(dtype).bits
-        self.upsample_rate = _UPSAMPLE_RATE
+        self._set_plain(bins=bins, dst_nbins=2 ** torch.iinfo(dtype).bits, upsample_rate=_UPSAMPLE_RATE)
 
     def has_data(self) -> bool:
         return bool(self.min_val != float("inf") or self.max_val != float("-inf"))

@@ -42,8 +42,8 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         is_dynamic: bool = False,
     ) -> None:
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic)
-        self.register_buffer("min_val", torch.tensor(float("inf"), **_factory(factory_kwargs)))
-        self.register_buffer("max_val", torch.tensor(float("-inf"), **_factory(factory_kwargs)))
+        self.register_buffer("min_val", torch.full((), float("inf"), **_factory(factory_kwargs)))
+        self.register_buffer("max_val", torch.full((), float("-inf"), **_factory(factory_kwargs)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
