@@ -19,7 +19,7 @@ Usage:
 
 Larger batches are capped per model by tools/zoo.py BATCH_LIMITS (BERT at seq 128: 4). --scaling times prepare_fx
 on narrow_chain(n) = n x (Linear(32, 32) + ReLU) and fits the growth exponent k in time ~ n^k by least squares on
-log-log (k ~ 1 is linear).
+log-log (k ~ 1 is linear); each size is the median of --repeats runs, the implementations taking turns.
 """
 import argparse
 import dataclasses
@@ -99,21 +99,33 @@ def fit_exponent(sizes: List[int], seconds: List[float]) -> float:
     return covariance / sum((x - mean_x) ** 2 for x in xs)
 
 
-def scaling(implementations: dict, sizes: List[int]) -> dict:
-    """prepare_fx seconds on narrow_chain(n) for every size and implementation, plus the fitted exponent."""
-    result = {"sizes": sizes}
-    for impl_name, (implementation, error) in implementations.items():
-        times: List[Optional[float]] = []
-        for size in sizes:
-            print(f"narrow_chain({size}): {impl_name} ...", file=sys.stderr)
-            outcome = try_prepare(implementation, error, size)
-            times.append(outcome)
-            if outcome is None:
-                break  # it failed once; larger chains will not do better
-        times += [None] * (len(sizes) - len(times))
-        measured = [(n, t) for n, t in zip(sizes, times) if t is not None]
+def scaling(implementations: dict, sizes: List[int], repeats: int) -> dict:
+    """Median prepare_fx seconds on narrow_chain(n) per size and implementation, plus the fitted exponent.
+
+    The implementations take turns within each repeat, so a burst of load on a shared machine hits both.
+    """
+    times: Dict[str, List[Optional[float]]] = {name: [] for name in implementations}
+    failed: set = set()
+    for size in sizes:
+        samples: Dict[str, List[float]] = {name: [] for name in implementations}
+        for _ in range(repeats):
+            for impl_name, (implementation, error) in implementations.items():
+                if impl_name in failed:
+                    continue
+                print(f"narrow_chain({size}): {impl_name} ...", file=sys.stderr)
+                outcome = try_prepare(implementation, error, size)
+                if outcome is None:
+                    failed.add(impl_name)  # it failed once; larger chains will not do better
+                else:
+                    samples[impl_name].append(outcome)
+        for impl_name in implementations:
+            usable = impl_name not in failed and samples[impl_name]
+            times[impl_name].append(statistics.median(samples[impl_name]) if usable else None)
+    result: dict = {"sizes": sizes, "repeats": repeats}
+    for impl_name, (_, error) in implementations.items():
+        measured = [(n, t) for n, t in zip(sizes, times[impl_name]) if t is not None]
         exponent = fit_exponent(*zip(*measured)) if len(measured) >= 2 else None
-        result[impl_name] = {"prepare_s": times, "exponent": exponent, "error": error}
+        result[impl_name] = {"prepare_s": times[impl_name], "exponent": exponent, "error": error}
     return result
 
 
@@ -144,6 +156,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--calibration-batches", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="time prepare_fx on narrow chains instead")
     parser.add_argument("--sizes", default="100,200,500,1000,2000", help="chain lengths for --scaling")
+    parser.add_argument("--repeats", type=int, default=3, help="--scaling: prepare runs per size; the median is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     args.models = list(MODELS) if args.models == "all" else args.models.split(",")
@@ -178,7 +191,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
     implementations = {name: load_implementation(name) for name in args.impls}
     warm_up(implementations)
     if args.scaling:
-        result = scaling(implementations, [int(size) for size in args.sizes.split(",")])
+        result = scaling(implementations, [int(size) for size in args.sizes.split(",")], args.repeats)
         print_scaling(result, args.impls)
     else:
         result = {name: bench_model(name, implementations, settings) for name in args.models}
