@@ -30,13 +30,13 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 if __package__ in (None, ""):  # run as a script: make the `tools` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools.bench_measure import (Implementation, Settings, latencies, load_implementation, measure,  # noqa: E402
+from tools.bench_measure import (Implementation, Settings, interleaved_latencies, load_implementation, measure,  # noqa: E402
                                  quantized_engine, timed)
 from tools.bench_report import print_models, print_scaling, ratios  # noqa: E402
 from tools.zoo import BATCH_LIMITS, MODELS, narrow_chain  # noqa: E402
@@ -57,16 +57,17 @@ def warm_up(implementations: dict) -> None:
                 pass
 
 
-def try_measure(implementation: Optional[Implementation], error: Optional[str], factory, settings: Settings) -> dict:
-    """measure(), or {"error": ...} with the error printed, so one failing side never stops the run."""
+def try_measure(implementation: Optional[Implementation], error: Optional[str], factory,
+                settings: Settings) -> Tuple[dict, dict]:
+    """measure(), or ({"error": ...}, {}) with the error printed, so one failing side never stops the run."""
     if implementation is None:
-        return {"error": error}
+        return {"error": error}, {}
     try:
         return measure(implementation, factory, settings)
     except Exception as failure:  # a broken implementation is a result to report, not a crash
         print(f"[{implementation.name}] failed: {type(failure).__name__}: {failure}", file=sys.stderr)
         traceback.print_exc(limit=4, file=sys.stderr)
-        return {"error": f"{type(failure).__name__}: {failure}"}
+        return {"error": f"{type(failure).__name__}: {failure}"}, {}
 
 
 def add_int8_over_fp32(result: dict, fp32: Dict[str, float]) -> None:
@@ -81,10 +82,18 @@ def bench_model(name: str, implementations: dict, settings: Settings) -> dict:
     factory = MODELS[name]
     settings = dataclasses.replace(settings, batch_limit=BATCH_LIMITS.get(name))
     model, example = factory()
-    result = {"fp32": latencies(model, example, None, settings)}
+    result: dict = {}
+    contenders: dict = {"fp32": (model, None)}
     for impl_name, (implementation, error) in implementations.items():
         print(f"{name}: {impl_name} ...", file=sys.stderr)
-        result[impl_name] = try_measure(implementation, error, factory, settings)
+        result[impl_name], converted = try_measure(implementation, error, factory, settings)
+        contenders.update({(impl_name, engine): (quantized, engine) for engine, quantized in converted.items()})
+    print(f"{name}: latencies, {len(contenders)} models taking turns ...", file=sys.stderr)
+    timings = interleaved_latencies(contenders, example, settings)
+    result["fp32"] = timings.pop("fp32")
+    for (impl_name, _), latencies in timings.items():
+        result[impl_name].update(latencies)
+    for impl_name in implementations:
         if "error" not in result[impl_name]:
             add_int8_over_fp32(result[impl_name], result["fp32"])
     result["ratios"] = ratios({impl: result[impl] for impl in implementations})

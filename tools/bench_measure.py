@@ -1,13 +1,17 @@
 """The measurements behind tools/bench.py: one implementation (fxq, fxq + cost model or torch.ao) on one model.
 
-measure() returns a flat dict of positive numbers, one key per metric (METRICS, plus one latency pair per
-engine / batch / thread count, see latency_key), so bench_report.py can print any subset side by side.
+measure() returns a flat dict of positive numbers, one key per metric (METRICS), and the converted model per
+engine. interleaved_latencies() then times every converted model and the float one taking turns call by call, so
+a burst of load on a shared machine lands on all of them alike; its keys are latency_key's (one per engine /
+batch / thread count), so bench_report.py can print any subset side by side.
 
     >>> from tools.zoo import narrow_chain
     >>> implementation, error = load_implementation("fxq")
     >>> settings = Settings(engines=["x86"], batches=[1], thread_counts=[1], runs=2, warmup=1)
-    >>> result = measure(implementation, lambda: narrow_chain(3), settings)
-    >>> result["prepare_s"] > 0 and result[latency_key("int8_s", "x86", 1, 1)] > 0
+    >>> model, example = narrow_chain(3)
+    >>> result, converted = measure(implementation, lambda: (model, example), settings)
+    >>> timings = interleaved_latencies({"fp32": (model, None), "int8": (converted["x86"], "x86")}, example, settings)
+    >>> result["prepare_s"] > 0 and timings["int8"][latency_key("int8_s", "x86", 1, 1)] > 0
     True
 """
 import contextlib
@@ -20,11 +24,11 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple
 
 import torch
 
-# Every key measure() fills besides the per-engine latencies.
+# Every key measure() fills (the latencies come from interleaved_latencies).
 METRICS = ("trace_s", "prepare_s", "calibration_observed_over_float", "convert_s", "convert_observers_s",
            "convert_observers_share", "sqnr_db", "size_ratio")
 
@@ -99,14 +103,6 @@ def timed(function: Callable, *args):
     start = time.perf_counter()
     result = function(*args)
     return result, time.perf_counter() - start
-
-
-def median_latency(model: torch.nn.Module, inputs: tuple, runs: int, warmup: int) -> float:
-    """Median wall time of model(*inputs) in seconds, after `warmup` untimed calls."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(*inputs)
-        return statistics.median(timed(model, *inputs)[1] for _ in range(runs))
 
 
 def batched(example: tuple, batch: int) -> tuple:
@@ -193,8 +189,12 @@ def _subclasses(bases: Tuple[type, ...]) -> List[type]:
     return found
 
 
-def measure(implementation: Implementation, factory: Callable, settings: Settings) -> Dict[str, float]:
-    """Trace, prepare, calibrate and convert one fresh model (once per engine), and time every step."""
+def measure(implementation: Implementation, factory: Callable,
+            settings: Settings) -> Tuple[Dict[str, float], Dict[str, torch.nn.Module]]:
+    """Trace, prepare, calibrate and convert one fresh model (once per engine), and time every step.
+
+    Returns the metrics and the converted model per engine, for interleaved_latencies.
+    """
     model, example = factory()
     result = {"trace_s": timed(implementation.trace, model)[1]}
     batches = calibration_batches(example, settings.calibration_batches)
@@ -202,6 +202,7 @@ def measure(implementation: Implementation, factory: Callable, settings: Setting
     float_forward = forward_all(model, batches)
     prepared, result["prepare_s"] = timed(implementation.prepare, model, implementation.mapping(), example)
     result["calibration_observed_over_float"] = forward_all(prepared, batches) / float_forward
+    converted_per_engine = {}
     for index, engine in enumerate(settings.engines):
         last = index == len(settings.engines) - 1
         with quantized_engine(engine), ObserverClock(implementation.observer_bases) as clock:
@@ -213,24 +214,44 @@ def measure(implementation: Implementation, factory: Callable, settings: Setting
             with torch.no_grad():
                 result["sqnr_db"] = sqnr(model(*example), converted(*example))
             result["size_ratio"] = serialized_bytes(converted) / serialized_bytes(model)
-        with quantized_engine(engine):
-            result.update(latencies(converted, example, engine, settings))
-    return result
+        converted_per_engine[engine] = converted
+    return result, converted_per_engine
 
 
-def latencies(model: torch.nn.Module, example: tuple, engine: Optional[str], settings: Settings) -> Dict[str, float]:
-    """Median latency at every batch size and thread count: keys from latency_key('int8_s' or 'fp32_s', ...)."""
-    kind, result, previous = ("int8_s" if engine else "fp32_s"), {}, torch.get_num_threads()
+def interleaved_latencies(models: Dict[Hashable, Tuple[torch.nn.Module, Optional[str]]], example: tuple,
+                          settings: Settings) -> Dict[Hashable, Dict[str, float]]:
+    """Median latency of every (model, engine) at every batch size and thread count, the models taking turns.
+
+    An engine of None marks the float model (keys 'fp32_s/...'); others get 'int8_s/<engine>/...'.
+    """
+    result: Dict[Hashable, Dict[str, float]] = {name: {} for name in models}
+    previous = torch.get_num_threads()
     try:
         for batch in settings.batch_sizes():
             inputs = batched(example, batch)
             for threads in settings.thread_counts:
                 torch.set_num_threads(threads)
-                seconds = median_latency(model, inputs, settings.runs, settings.warmup)
-                result[latency_key(kind, engine, batch, threads)] = seconds
+                samples = _turns(models, inputs, settings)
+                for name, (_, engine) in models.items():
+                    key = latency_key("int8_s" if engine else "fp32_s", engine, batch, threads)
+                    result[name][key] = statistics.median(samples[name])
     finally:
         torch.set_num_threads(previous)
     return result
+
+
+def _turns(models: dict, inputs: tuple, settings: Settings) -> Dict[Hashable, List[float]]:
+    samples: Dict[Hashable, List[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in range(settings.warmup):
+            for model, engine in models.values():
+                with quantized_engine(engine or torch.backends.quantized.engine):
+                    model(*inputs)
+        for _ in range(settings.runs):
+            for name, (model, engine) in models.items():
+                with quantized_engine(engine or torch.backends.quantized.engine):
+                    samples[name].append(timed(model, *inputs)[1])
+    return samples
 
 
 @contextlib.contextmanager
