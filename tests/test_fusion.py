@@ -164,3 +164,21 @@ def test_a_pattern_on_a_value_with_several_users_is_skipped_with_a_debug_log(cap
     assert any("skipped at conv" in r.getMessage() and "2 users" in r.getMessage() for r in caplog.records)
     x = torch.randn(1, 3, 8, 8)
     assert torch.equal(fused(x), model(x))
+
+
+@pytest.mark.parametrize("layers", [
+    lambda: nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)),
+    lambda: nn.Sequential(nn.Conv1d(3, 8, 3), nn.BatchNorm1d(8, affine=False)),
+    lambda: nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6)),
+], ids=["conv2d-no-bias", "conv1d-bn-without-affine", "linear-bn"])
+def test_batch_norm_folding_is_bit_identical_to_torch_ao(layers):
+    ao = torch_ao()
+    torch.manual_seed(0)
+    model = _randomise_bn(layers())
+    for bn in model.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.affine:
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.5, 0.5)
+    ours, theirs = fxq.fuse_fx(model).get_submodule("0"), ao.quantize_fx.fuse_fx(model).get_submodule("0")
+    assert torch.equal(ours.weight, theirs.weight)  # rounding differences here flip int8 weights downstream
+    assert torch.equal(ours.bias, theirs.bias)

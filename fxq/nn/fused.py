@@ -13,6 +13,7 @@ from typing import Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 __all__ = [
     "LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "BNReLU2d", "BNReLU3d",
@@ -70,33 +71,31 @@ class BNReLU3d(_Fused):
     _first_type = nn.BatchNorm3d
 
 
-def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BN as `y = x * scale + shift` per channel (running statistics, not batch ones)."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(
-            f"cannot fold {type(bn).__name__}: it has no running statistics (track_running_stats=False); "
-            "keep it unfused or build it with track_running_stats=True."
-        )
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-    return scale, beta - bn.running_mean * scale
-
-
 def _fold(weight: torch.Tensor, bias, bn, out_axis: int) -> Tuple[nn.Parameter, nn.Parameter]:
     if weight.shape[out_axis] != bn.num_features:
         raise ValueError(
             f"cannot fold {type(bn).__name__}({bn.num_features}) into a layer with "
             f"{weight.shape[out_axis]} output channels; the BN must directly follow that layer."
         )
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"cannot fold {type(bn).__name__}: it has no running statistics (track_running_stats=False); "
+            "keep it unfused or build it with track_running_stats=True."
+        )
+    # torch.nn's own folding arithmetic (PyTorch AO folds with it too): the same operations in the same order
+    # give bit-identical folded weights, so the int8 weights and everything downstream match PyTorch AO's.
     with torch.no_grad():
-        scale, shift = _bn_scale_shift(bn)
-        shape = [1] * weight.dim()
-        shape[out_axis] = -1
-        new_weight = weight * scale.reshape(shape).to(weight.dtype)
-        old_bias = bias if bias is not None else torch.zeros(bn.num_features, dtype=weight.dtype)
-        new_bias = old_bias * scale + shift
-    return nn.Parameter(new_weight, weight.requires_grad), nn.Parameter(new_bias.to(weight.dtype), weight.requires_grad)
+        if weight.dim() == 2:  # a linear layer
+            if bias is None:
+                bias = torch.zeros(bn.num_features, dtype=weight.dtype)
+            gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+            new_weight, new_bias = fuse_linear_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps,
+                                                          gamma, beta)
+        else:
+            new_weight, new_bias = fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps,
+                                                        bn.weight, bn.bias)
+    return nn.Parameter(new_weight.detach(), weight.requires_grad), nn.Parameter(new_bias.detach(), weight.requires_grad)
 
 
 def _copy_without_parameters(module: nn.Module) -> nn.Module:
