@@ -17,7 +17,7 @@ from tools.zoo import narrow_chain  # noqa: E402
 # torch.ao and quantized tensors warn about their deprecation on every call; the tool silences them the same way.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 ENGINES = [engine for engine in ("x86", "onednn") if engine in torch.backends.quantized.supported_engines]
-SETTINGS = Settings(engines=ENGINES, batches=[1, 3], thread_counts=[1], runs=2, warmup=1)
+SETTINGS = Settings(engines=ENGINES, batches=[1, 3], thread_counts=[1], runs=2, warmup=1, min_seconds=0)
 
 
 def expected_keys() -> set:
@@ -55,7 +55,7 @@ def test_every_metric_is_measured_and_positive(tiny_model, impls):
 
 def test_command_line_prints_the_table_and_writes_json(tiny_model, tmp_path, capsys):
     path = tmp_path / "bench.json"
-    bench.main(["--models", tiny_model, "--impls", "fxq", "--runs", "2", "--warmup", "1", "--batches", "1,2",
+    bench.main(["--models", tiny_model, "--impls", "fxq", "--runs", "2", "--warmup", "1", "--min-seconds", "0", "--batches", "1,2",
                 "--json", str(path)])
     table = capsys.readouterr().out
     assert "int8 latency x86 b=2 t=1 (ms)" in table and "observers' share of convert" in table

@@ -160,7 +160,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="quantized engines to convert for and time, e.g. x86,fbgemm,onednn")
     parser.add_argument("--batches", default="1", help="latency batch sizes, e.g. 1,8 (capped per model, see zoo.py)")
     parser.add_argument("--thread-counts", default="1", help="latency thread counts, e.g. 1,2; the first runs the rest")
-    parser.add_argument("--runs", type=int, default=10, help="timed latency runs; the median is reported")
+    parser.add_argument("--runs", type=int, default=10, help="timed latency runs at least; the median is reported")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="latency rounds continue until this long has passed (fast models get more runs)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed latency runs first")
     parser.add_argument("--calibration-batches", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="time prepare_fx on narrow chains instead")
@@ -212,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """Run the benchmark the arguments ask for, print its tables, and return (and optionally save) the results."""
     args = parse_args(argv)
     settings = Settings(args.engines, args.batches, args.thread_counts, args.runs, args.warmup,
-                        args.calibration_batches)
+                        args.calibration_batches, args.min_seconds)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.thread_counts[0])  # prepare, calibration and convert run at the first count
     try:

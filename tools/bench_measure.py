@@ -7,7 +7,7 @@ batch / thread count), so bench_report.py can print any subset side by side.
 
     >>> from tools.zoo import narrow_chain
     >>> implementation, error = load_implementation("fxq")
-    >>> settings = Settings(engines=["x86"], batches=[1], thread_counts=[1], runs=2, warmup=1)
+    >>> settings = Settings(engines=["x86"], batches=[1], thread_counts=[1], runs=2, warmup=1, min_seconds=0)
     >>> model, example = narrow_chain(3)
     >>> result, converted = measure(implementation, lambda: (model, example), settings)
     >>> timings = interleaved_latencies({"fp32": (model, None), "int8": (converted["x86"], "x86")}, example, settings)
@@ -28,6 +28,7 @@ from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple
 
 import torch
 
+_MAX_ROUNDS = 500
 # Every key measure() fills (the latencies come from interleaved_latencies).
 METRICS = ("trace_s", "prepare_s", "calibration_observed_over_float", "convert_s", "convert_observers_s",
            "convert_observers_share", "sqnr_db", "size_ratio")
@@ -42,6 +43,7 @@ class Settings:
     runs: int = 10
     warmup: int = 3
     calibration_batches: int = 2
+    min_seconds: float = 2.0  # latency rounds go on until this much time has passed (at most _MAX_ROUNDS)
     batch_limit: Optional[int] = None  # a model may cap the larger batch (BERT at seq 128)
 
     def batch_sizes(self) -> List[int]:
@@ -247,11 +249,18 @@ def _turns(models: dict, inputs: tuple, settings: Settings) -> Dict[Hashable, Li
             for model, engine in models.values():
                 with quantized_engine(engine or torch.backends.quantized.engine):
                     model(*inputs)
-        for _ in range(settings.runs):
+        rounds, started = 0, time.perf_counter()
+        while _more_rounds(rounds, time.perf_counter() - started, settings):
             for name, (model, engine) in models.items():
                 with quantized_engine(engine or torch.backends.quantized.engine):
                     samples[name].append(timed(model, *inputs)[1])
+            rounds += 1
     return samples
+
+
+def _more_rounds(rounds: int, elapsed: float, settings: Settings) -> bool:
+    """At least `runs` rounds, more for fast models: a median of ten 2 ms calls is mostly noise."""
+    return rounds < settings.runs or (elapsed < settings.min_seconds and rounds < _MAX_ROUNDS)
 
 
 @contextlib.contextmanager
