@@ -29,6 +29,7 @@ from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple
 import torch
 
 _MAX_ROUNDS = 500
+_CALIBRATION_ROUNDS = 3
 # Every key measure() fills (the latencies come from interleaved_latencies).
 METRICS = ("trace_s", "prepare_s", "calibration_observed_over_float", "convert_s", "convert_observers_s",
            "convert_observers_share", "sqnr_db", "size_ratio")
@@ -142,6 +143,17 @@ def forward_all(model: torch.nn.Module, batches: List[tuple]) -> float:
         return timed(lambda: [model(*batch) for batch in batches])[1]
 
 
+def calibration_overhead(model: torch.nn.Module, prepared: torch.nn.Module, batches: List[tuple],
+                         rounds: int = _CALIBRATION_ROUNDS) -> float:
+    """Median observed forward over median float forward, the two alternating (the first observed round
+    also sets the observers' ranges; later rounds cost what most calibration batches cost)."""
+    float_s, observed_s = [], []
+    for _ in range(rounds):
+        float_s.append(forward_all(model, batches))
+        observed_s.append(forward_all(prepared, batches))
+    return statistics.median(observed_s) / statistics.median(float_s)
+
+
 def latency_key(kind: str, engine: Optional[str], batch: int, threads: int) -> str:
     """The result key of one latency figure: 'int8_s/x86/b1/t1', 'int8_over_fp32/x86/b8/t2', 'fp32_s/b1/t1'."""
     return "/".join([kind] + ([engine] if engine else []) + [f"b{batch}", f"t{threads}"])
@@ -201,9 +213,8 @@ def measure(implementation: Implementation, factory: Callable,
     result = {"trace_s": timed(implementation.trace, model)[1]}
     batches = calibration_batches(example, settings.calibration_batches)
     forward_all(model, batches)  # warm the kernels' caches, so both timed forwards start equal
-    float_forward = forward_all(model, batches)
     prepared, result["prepare_s"] = timed(implementation.prepare, model, implementation.mapping(), example)
-    result["calibration_observed_over_float"] = forward_all(prepared, batches) / float_forward
+    result["calibration_observed_over_float"] = calibration_overhead(model, prepared, batches)
     converted_per_engine = {}
     for index, engine in enumerate(settings.engines):
         last = index == len(settings.engines) - 1
