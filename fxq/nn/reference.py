@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxq.nn.weight_quantize import quantize_per_channel
+
 __all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "WeightQParams"]
 
 WeightQParams = Dict[str, Any]
@@ -74,8 +76,7 @@ class _ReferenceWeight:
         weight = self.weight.detach().float()
         if self.is_per_channel:
             axis = int(self.weight_axis)
-            qweight = torch.quantize_per_channel(
-                weight, self.weight_scale, self.weight_zero_point, axis, self.weight_dtype)
+            qweight = quantize_per_channel(weight, self.weight_scale, self.weight_zero_point, axis, self.weight_dtype)
         else:
             qweight = torch.quantize_per_tensor(
                 weight, float(self.weight_scale), int(self.weight_zero_point), self.weight_dtype)

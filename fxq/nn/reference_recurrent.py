@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
+from fxq.nn.weight_quantize import quantize_per_channel
+
 __all__ = ["LSTM", "GRU"]
 
 
@@ -39,7 +41,7 @@ class _ReferenceRecurrent:
         scale, zero_point = getattr(self, name + "_scale"), getattr(self, name + "_zero_point")
         if not self.weight_per_channel:
             return torch.quantize_per_tensor(weight, float(scale), int(zero_point), self.weight_dtype)
-        return torch.quantize_per_channel(weight, scale, zero_point, 0, self.weight_dtype)
+        return quantize_per_channel(weight, scale, zero_point, 0, self.weight_dtype)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         float_weights = self._flat_weights
