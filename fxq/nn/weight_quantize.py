@@ -28,7 +28,7 @@ def quantize_per_channel(weight: torch.Tensor, scale: torch.Tensor, zero_point: 
     shape = [1] * weight.dim()
     shape[axis] = -1
     inverse = (1.0 / scale).reshape(shape)
-    ints = torch.round(weight * inverse).clamp_(-128, 127).to(torch.int8)
+    ints = (weight * inverse).round_().clamp_(-128, 127).to(torch.int8)  # in place: fresh large tensors page-fault
     return torch._make_per_channel_quantized_tensor(ints, scale.to(torch.float64), zero_point.to(torch.long), axis)
 
 
