@@ -1,9 +1,10 @@
 """Benchmark fxq against torch.ao side by side, in one process, on the models of tools/zoo.py.
 
 Per model and implementation it measures: trace time, prepare_fx time, the calibration forward of the observed
-model relative to the float model (medians of 3 alternating rounds), convert_fx time and the share of it spent in the observers' calculate_qparams,
-SQNR of the int8 output against float, torch.save(state_dict) bytes int8/float, and the int8 and fp32 latency
-(medians of --runs after --warmup) at every engine x batch x thread count asked for. Every figure is printed side
+model relative to the float model (medians of 3 alternating rounds), convert_fx time and the share of it spent in
+the observers' calculate_qparams (prepare and convert: medians of --repeats runs), SQNR of the int8 output against
+float, torch.save(state_dict) bytes int8/float, and the int8 and fp32 latency (medians, the models taking turns;
+see interleaved_latencies in tools/bench_measure.py) at every engine x batch x thread count asked for. Every figure is printed side
 by side with its ratio fxq / torch.ao (tools/bench_report.py). If an implementation is missing or fails, its column
 reads "n/a" and the error is printed. The measurements live in tools/bench_measure.py.
 
@@ -167,7 +168,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--calibration-batches", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="time prepare_fx on narrow chains instead")
     parser.add_argument("--sizes", default="100,200,500,1000,2000", help="chain lengths for --scaling")
-    parser.add_argument("--repeats", type=int, default=3, help="--scaling: prepare runs per size; the median is reported")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="prepare and convert runs per model (per size with --scaling); medians are reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     args.models = list(MODELS) if args.models == "all" else args.models.split(",")
@@ -214,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """Run the benchmark the arguments ask for, print its tables, and return (and optionally save) the results."""
     args = parse_args(argv)
     settings = Settings(args.engines, args.batches, args.thread_counts, args.runs, args.warmup,
-                        args.calibration_batches, args.min_seconds)
+                        args.calibration_batches, args.repeats, args.min_seconds)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.thread_counts[0])  # prepare, calibration and convert run at the first count
     try:

@@ -44,6 +44,7 @@ class Settings:
     runs: int = 10
     warmup: int = 3
     calibration_batches: int = 2
+    repeats: int = 3  # prepare and convert runs per implementation; medians reported
     min_seconds: float = 2.0  # latency rounds go on until this much time has passed (at most _MAX_ROUNDS)
     batch_limit: Optional[int] = None  # a model may cap the larger batch (BERT at seq 128)
 
@@ -207,28 +208,48 @@ def measure(implementation: Implementation, factory: Callable,
             settings: Settings) -> Tuple[Dict[str, float], Dict[str, torch.nn.Module]]:
     """Trace, prepare, calibrate and convert one fresh model (once per engine), and time every step.
 
-    Returns the metrics and the converted model per engine, for interleaved_latencies.
+    prepare and convert times are medians of `settings.repeats` runs. Returns the metrics and the converted
+    model per engine, for interleaved_latencies.
     """
     model, example = factory()
     result = {"trace_s": timed(implementation.trace, model)[1]}
     batches = calibration_batches(example, settings.calibration_batches)
     forward_all(model, batches)  # warm the kernels' caches, so both timed forwards start equal
-    prepared, result["prepare_s"] = timed(implementation.prepare, model, implementation.mapping(), example)
+    prepare_s = []
+    for _ in range(settings.repeats):
+        prepared, seconds = timed(implementation.prepare, model, implementation.mapping(), example)
+        prepare_s.append(seconds)
+    result["prepare_s"] = statistics.median(prepare_s)
     result["calibration_observed_over_float"] = calibration_overhead(model, prepared, batches)
     converted_per_engine = {}
     for index, engine in enumerate(settings.engines):
-        last = index == len(settings.engines) - 1
-        with quantized_engine(engine), ObserverClock(implementation.observer_bases) as clock:
-            # torch.ao's convert consumes the observed model: hand it a copy while another engine follows
-            converted, convert_s = timed(implementation.convert, prepared if last else copy.deepcopy(prepared))
+        last_engine = index == len(settings.engines) - 1
+        converted, convert_s, observers_s = _timed_converts(implementation, prepared, engine, settings.repeats,
+                                                            consume=last_engine)
         if index == 0:
-            result.update(convert_s=convert_s, convert_observers_s=clock.seconds,
-                          convert_observers_share=clock.seconds / convert_s)
+            result.update(convert_s=convert_s, convert_observers_s=observers_s,
+                          convert_observers_share=observers_s / convert_s)
             with torch.no_grad():
                 result["sqnr_db"] = sqnr(model(*example), converted(*example))
             result["size_ratio"] = serialized_bytes(converted) / serialized_bytes(model)
         converted_per_engine[engine] = converted
     return result, converted_per_engine
+
+
+def _timed_converts(implementation: Implementation, prepared: torch.nn.Module, engine: str, repeats: int,
+                    consume: bool) -> Tuple[torch.nn.Module, float, float]:
+    """(converted model, median convert seconds, median seconds in calculate_qparams) over `repeats` converts.
+
+    torch.ao's convert consumes the observed model: every convert but a consuming last one gets a copy.
+    """
+    convert_s, observers_s = [], []
+    for repeat in range(repeats):
+        source = prepared if consume and repeat == repeats - 1 else copy.deepcopy(prepared)
+        with quantized_engine(engine), ObserverClock(implementation.observer_bases) as clock:
+            converted, seconds = timed(implementation.convert, source)
+        convert_s.append(seconds)
+        observers_s.append(clock.seconds)
+    return converted, statistics.median(convert_s), statistics.median(observers_s)
 
 
 def interleaved_latencies(models: Dict[Hashable, Tuple[torch.nn.Module, Optional[str]]], example: tuple,
