@@ -22,6 +22,7 @@ from fxq.passes import pipeline
 from fxq.passes.context import PassContext
 from fxq.state import FxqState, clear_state, get_state, set_state
 from fxq.gc_pause import collector_paused
+from fxq.lazy_code import make_eager
 from fxq.leaves import trace_for_prepare
 from fxq.module_copy import copy_module
 from fxq.registry import check_configs
@@ -105,8 +106,7 @@ def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_con
     ctx = PassContext()
     if config.fold_linear_chains:
         gm = fold_linear_chains.run(gm, ctx)
-    gm = fuse.run(gm, ctx)
-    gm.recompile()
+    gm = make_eager(fuse.run(gm, ctx))
     _emit_warnings(ctx)
     return gm
 

@@ -95,7 +95,7 @@ def trace_for_prepare(model: nn.Module, config: Any) -> fx.GraphModule:
     if config.auto_leaf:
         report = find_untraceable(model, None, tuple(names), classes)
         names += report.leaves if report.traceable else []
-    return trace(model, names, classes, config.tracer_class, config.tracer_options)
+    return trace(model, names, classes, config.tracer_class, config.tracer_options, lazy_code=True)
 
 
 def leaves_by_query(model: nn.Module, queries: Any) -> list[str]:

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import fx, nn
 
+from fxq.lazy_code import graph_module
+
 SCOPE_KEY = "fxq_scope"
 MODULE_CLASSES_ATTRIBUTE = "_fxq_module_classes"
 _PRESERVED_ON_DEEPCOPY = "_user_preserved_attributes"  # torch.fx.graph_module's key in GraphModule.meta
@@ -218,12 +220,14 @@ class Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module, leaf_names: Iterable[str] = (), leaf_classes: Iterable[type] = (),
-          tracer_class: Optional[type] = None, tracer_options: Optional[dict] = None) -> fx.GraphModule:
+          tracer_class: Optional[type] = None, tracer_options: Optional[dict] = None,
+          lazy_code: bool = False) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule with scopes recorded; raises :class:`TraceError` when it cannot.
 
     ``tracer_class``: a ``torch.fx.Tracer`` subclass of the user's (HF's, or one with its own leaf rules); fxq's
     scope recording is mixed into it. ``tracer_options``: its constructor's keyword arguments, plus
-    ``concrete_args`` for ``trace()``.
+    ``concrete_args`` for ``trace()``. ``lazy_code``: defer generating the module's Python code until it is
+    used (prepare regenerates it after its passes; ``fxq.lazy_code.make_eager`` does that).
     """
     options = dict(tracer_options or {})
     concrete_args = options.pop("concrete_args", None)
@@ -232,7 +236,7 @@ def trace(model: nn.Module, leaf_names: Iterable[str] = (), leaf_classes: Iterab
         cls = type(f"Fxq{tracer_class.__name__}", (Tracer, tracer_class), {})
     tracer = cls(leaf_names, leaf_classes, **options)
     graph = tracer.trace(model, concrete_args=concrete_args)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = graph_module(tracer.root, graph, type(model).__name__, lazy=lazy_code)
     record_module_classes(gm, tracer.module_classes)
     return gm
 

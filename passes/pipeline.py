@@ -19,6 +19,7 @@ from torch import fx
 
 from fxq.dump import format_table
 from fxq.graph_records import node_records
+from fxq.lazy_code import make_eager
 from fxq import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
@@ -91,7 +92,7 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
             (directory / f"{index:02d}-{name}.txt").write_text(table + "\n" + gm.code)
     if not check_each_pass:
         _check_graph(gm, stage)
-    gm.recompile()
+    gm = make_eager(gm)  # the code, generated once the graph is final
     if converting:
         provenance.keep(gm)
     if directory is not None:
