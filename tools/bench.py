@@ -24,6 +24,7 @@ log-log (k ~ 1 is linear); each size is the median of --repeats runs, the implem
 """
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import statistics
@@ -143,6 +144,7 @@ def try_prepare(implementation: Optional[Implementation], error: Optional[str], 
     if implementation is None:
         return None
     model, example = narrow_chain(size)
+    gc.collect()  # the previous run's garbage is not this run's to collect
     try:
         return timed(implementation.prepare, model, implementation.mapping(), example)[1]
     except Exception as failure:  # report and go on with the other implementation
