@@ -18,14 +18,14 @@ from torch import fx, nn
 from fxq import node_meta
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
 from fxq.equalization import apply_equalization_config
-from fxq.passes import pipeline
-from fxq.passes.context import PassContext
-from fxq.state import FxqState, clear_state, get_state, set_state
 from fxq.gc_pause import collector_paused
 from fxq.lazy_code import make_eager
 from fxq.leaves import trace_for_prepare
 from fxq.module_copy import copy_module
+from fxq.passes import pipeline
+from fxq.passes.context import PassContext
 from fxq.registry import check_configs
+from fxq.state import FxqState, clear_state, get_state, set_state
 
 ConfigLike = Union[dict, None, Any]
 
