@@ -57,6 +57,16 @@ class SkipSubmodule(nn.Module):
         return self.traceable_code_2(x)
 
 
+def _unroll(x, linear):
+    """h_t = tanh(linear([x_t, h_{t-1}])) over the time axis of x (time, batch, 8), from h = 0; the stacked h_t."""
+    h = torch.zeros_like(x[0])
+    outputs = []
+    for t in range(x.size(0)):
+        h = torch.tanh(linear(torch.cat([x[t], h], dim=-1)))
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
 class FloatRecurrent(nn.Module):
     """An LSTM-like cell run over time in a Python loop (flows (c) and (d))."""
 
@@ -65,12 +75,7 @@ class FloatRecurrent(nn.Module):
         self.cell = nn.Linear(16, 8)
 
     def forward(self, x):  # x: (time, batch, 8)
-        h = torch.zeros_like(x[0])
-        outputs = []
-        for t in range(x.size(0)):
-            h = torch.tanh(self.cell(torch.cat([x[t], h], dim=-1)))
-            outputs.append(h)
-        return torch.stack(outputs)
+        return _unroll(x, self.cell)
 
 
 class ObservedRecurrent(FloatRecurrent):
@@ -107,13 +112,8 @@ class StaticQuantRecurrent(nn.Module):
         return module
 
     def forward(self, xq):
-        x = xq.dequantize()
-        h = torch.zeros_like(x[0])
-        outputs = []
-        for t in range(x.size(0)):
-            h = torch.tanh(torch.nn.functional.linear(torch.cat([x[t], h], dim=-1), self.weight, self.bias))
-            outputs.append(h)
-        return torch.quantize_per_tensor(torch.stack(outputs), self.scale, self.zero_point, torch.quint8)
+        outputs = _unroll(xq.dequantize(), lambda inputs: torch.nn.functional.linear(inputs, self.weight, self.bias))
+        return torch.quantize_per_tensor(outputs, self.scale, self.zero_point, torch.quint8)
 
 
 class DynamicQuantRecurrent(nn.Module):
@@ -127,12 +127,7 @@ class DynamicQuantRecurrent(nn.Module):
         return module
 
     def forward(self, x):
-        h = torch.zeros_like(x[0])
-        outputs = []
-        for t in range(x.size(0)):
-            h = torch.tanh(torch.ops.quantized.linear_dynamic(torch.cat([x[t], h], dim=-1), self.packed, True))
-            outputs.append(h)
-        return torch.stack(outputs)
+        return _unroll(x, lambda inputs: torch.ops.quantized.linear_dynamic(inputs, self.packed, True))
 
 
 class WeightOnlyQuantRecurrent(nn.Module):
@@ -146,12 +141,7 @@ class WeightOnlyQuantRecurrent(nn.Module):
         return module
 
     def forward(self, x):
-        h = torch.zeros_like(x[0])
-        outputs = []
-        for t in range(x.size(0)):
-            h = torch.tanh(torch.nn.functional.linear(torch.cat([x[t], h], dim=-1), self.weight, self.bias))
-            outputs.append(h)
-        return torch.stack(outputs)
+        return _unroll(x, lambda inputs: torch.nn.functional.linear(inputs, self.weight, self.bias))
 
 
 class WithRecurrent(nn.Module):
