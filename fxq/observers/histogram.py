@@ -24,6 +24,7 @@ from fxq.observers.base import UniformQuantizationObserverBase, _factory
 from fxq.observers.histogram_bins import histc, rebin
 from fxq.observers.histogram_search import search_range
 
+_INF = float("inf")
 _UPSAMPLE_RATE = 16  # sub-bins per old bin when re-binning; reduces the error of moving bin edges
 
 
@@ -64,35 +65,41 @@ class HistogramObserver(UniformQuantizationObserverBase):
         values, low, high = self._finite_values(x.detach())
         if values.numel() == 0:
             return x
-        # The range decisions are made on Python floats: one read of each scalar, not a tensor op per test.
-        old_min, old_max = self.min_val.item(), self.max_val.item()
-        if old_min == float("inf") and old_max == float("-inf"):  # no data yet
+        # Calibration calls this once per observer per batch, so the fixed cost counts: buffers are read from
+        # _buffers (nn.Module.__getattr__ costs microseconds) and range tests are made on Python floats.
+        buffers = self._buffers
+        old_min, old_max = buffers["min_val"].item(), buffers["max_val"].item()
+        if old_min == _INF and old_max == -_INF:  # no data yet
             self._reset(values, low, high)
             return x
         new_min, new_max = min(old_min, low), max(old_max, high)
-        counts = histc(values, self.bins, new_min, new_max).to(self.histogram.device)
+        counts = histc(values, self.bins, new_min, new_max)
+        histogram = buffers["histogram"]
+        if counts.device != histogram.device:
+            counts = counts.to(histogram.device)
         if new_min == old_min and new_max == old_max:
-            self.histogram.copy_(self.histogram + counts)
+            histogram.add_(counts)
         else:
-            self.histogram.copy_(counts + self._rebinned(new_min, new_max))
-            self.min_val.fill_(new_min)
-            self.max_val.fill_(new_max)
+            histogram.copy_(counts + self._rebinned(new_min, new_max))
+            buffers["min_val"].fill_(new_min)
+            buffers["max_val"].fill_(new_max)
         return x
 
     def _finite_values(self, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """x without infinities (they would make the range infinite; PyTorch AO drops them too), and its min, max."""
         x_min, x_max = torch.aminmax(x)
         low, high = x_min.item(), x_max.item()
+        if -_INF < low and high < _INF:  # also False for NaN
+            return x, low, high
         if math.isnan(low) or math.isnan(high):
             raise ValueError(
                 "HistogramObserver got NaN values; a histogram of NaN has no range. Check the model's inputs "
                 "and the layers before this observer."
             )
-        if low == float("-inf") or high == float("inf"):
-            warnings.warn("HistogramObserver: ignoring infinite values in the observed tensor", stacklevel=3)
-            x = x[x.abs() != float("inf")]
-            if x.numel():
-                low, high = (value.item() for value in torch.aminmax(x))
+        warnings.warn("HistogramObserver: ignoring infinite values in the observed tensor", stacklevel=3)
+        x = x[x.abs() != _INF]
+        if x.numel():
+            low, high = (value.item() for value in torch.aminmax(x))
         return x, low, high
 
     def _reset(self, x: torch.Tensor, low: float, high: float) -> None:

@@ -60,9 +60,9 @@ def _bin_divisor(values: torch.Tensor, bins: int, low: float, high: float):
     width = (high - low) / bins, also exact while it stays a normal float: one division instead of two.
     Other bin counts get (bins, high - low) and both operations.
     """
-    if values.dtype != torch.float32 or values.device.type != "cpu" or not low < high or bins >= 2**22:
-        return None
     if values.numel() < _SMALL:  # below this torch.histc's loop costs less than launching four kernels
+        return None
+    if values.dtype != torch.float32 or values.device.type != "cpu" or not low < high or bins >= 2**22:
         return None
     if _float32(low) != low or _float32(high) != high:  # histc's edges are float32: low, high must be too
         return None

@@ -48,13 +48,16 @@ class MinMaxObserver(UniformQuantizationObserverBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x
-        current_min, current_max = torch.aminmax(x.detach().to(self.min_val.dtype))
+        values = x.detach()
+        dtype = self._buffers["min_val"].dtype  # _buffers, not nn.Module.__getattr__: this runs once per batch
+        current_min, current_max = torch.aminmax(values if values.dtype == dtype else values.to(dtype))
         self._record(current_min, current_max)
         return x
 
     def _record(self, current_min: torch.Tensor, current_max: torch.Tensor) -> None:
-        self.min_val.copy_(torch.min(current_min, self.min_val))
-        self.max_val.copy_(torch.max(current_max, self.max_val))
+        min_val, max_val = self._buffers["min_val"], self._buffers["max_val"]
+        torch.minimum(current_min, min_val, out=min_val)
+        torch.maximum(current_max, max_val, out=max_val)
 
     def has_data(self) -> bool:
         return bool(self.min_val != float("inf") or self.max_val != float("-inf"))
