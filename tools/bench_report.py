@@ -13,7 +13,8 @@ from tools.bench_measure import METRICS
 
 REFERENCE = "torch.ao"
 LABELS = {"trace_s": "trace (s)", "prepare_s": "prepare_fx (s)",
-          "calibration_observed_over_float": "calibration forward, observed/float", "convert_s": "convert_fx (s)",
+          "calibration_observed_over_float": "calibration forward, observed/float",
+          "calibration_overhead": "  calibration overhead, observed/float - 1", "convert_s": "convert_fx (s)",
           "convert_observers_s": "  observers' calculate_qparams (s)",
           "convert_observers_share": "  observers' share of convert", "sqnr_db": "SQNR vs float (dB)",
           "size_ratio": "state_dict bytes, int8/float"}
