@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import torch
 from torch import fx, nn
-from torch.nn import functional as F
 from torch.nn.modules import module as module_hooks
 
 from fxq.passes.context import PassContext
@@ -71,6 +70,7 @@ class _Recorder(fx.Interpreter):
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_WORTH_A_META_KERNEL = 2**20  # multiply-adds (at stride 1) above which a conv costs more than its ~70 us meta kernel
 
 
 def _zeros_like_output(module: nn.Module, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
@@ -85,12 +85,16 @@ def _zeros_like_output(module: nn.Module, args: tuple, kwargs: dict) -> Optional
     x, weight = args[0], module.weight
     if not isinstance(x, torch.Tensor) or x.dtype != weight.dtype or x.device != weight.device or x.is_quantized:
         return None
-    bias = None if module.bias is None else module.bias.to("meta")
-    if kind is nn.Linear:
-        shaped = F.linear(x.to("meta"), weight.to("meta"), bias)
+    if kind is nn.Linear:  # its meta kernel takes ~1 ms; the shape rule is simple
+        if x.dim() == 0 or x.shape[-1] != module.in_features:
+            return None  # computing it raises the error the user should see
+        shape = (*x.shape[:-1], module.out_features)
     else:
-        shaped = module._conv_forward(x.to("meta"), weight.to("meta"), bias)
-    return torch.zeros(shaped.shape, dtype=shaped.dtype, device=x.device)
+        if x.numel() // max(1, module.in_channels) * weight.numel() < _WORTH_A_META_KERNEL:
+            return None
+        bias = None if module.bias is None else module.bias.to("meta")
+        shape = module._conv_forward(x.to("meta"), weight.to("meta"), bias).shape
+    return torch.zeros(shape, dtype=x.dtype, device=x.device)
 
 
 def _has_hooks(module: nn.Module) -> bool:

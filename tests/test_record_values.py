@@ -40,19 +40,34 @@ def _record_computing_every_layer(model: nn.Module, example: tuple) -> dict:
     return {node.name: record_values.value_of(node) for node in gm.graph.nodes}
 
 
-def test_shapes_and_dtypes_equal_those_of_the_computed_run(monkeypatch):
-    computed_inputs = []
+def _log_layer_inputs(monkeypatch) -> list:
+    """The device of every input given to F.conv*d / F.linear from here on."""
+    devices = []
     for name in ("conv1d", "conv2d", "conv3d", "linear"):
         real = getattr(torch.nn.functional, name)
         monkeypatch.setattr(torch.nn.modules.conv.F if name != "linear" else torch.nn.modules.linear.F, name,
-                            lambda x, *a, real=real, **k: computed_inputs.append(x.device.type) or real(x, *a, **k))
+                            lambda x, *a, real=real, **k: devices.append(x.device.type) or real(x, *a, **k))
+    return devices
+
+
+def test_shapes_and_dtypes_equal_those_of_the_computed_run(monkeypatch):
+    devices = _log_layer_inputs(monkeypatch)
+    monkeypatch.setattr(record_values, "_WORTH_A_META_KERNEL", 0)  # every conv, however small
     model, example = ConvNet().eval(), (torch.randn(1, 3, 16),)
     recorded = _record(model, example)
-    assert set(computed_inputs) == {"meta"}  # no layer ran on real data
-    computed_inputs.clear()
+    assert devices == ["meta"] * 3  # no layer ran on real data; the linear's shape needs no kernel
+    devices.clear()
     assert recorded == _record_computing_every_layer(model, example)
-    assert set(computed_inputs) == {"cpu"}
+    assert devices == ["cpu"] * 4
     assert recorded["linear"].shape == (1, 2, 3, 6, 7) and recorded["getitem_1"].type_name == "int"
+
+
+def test_small_convs_are_computed_and_large_ones_are_not(monkeypatch):
+    devices = _log_layer_inputs(monkeypatch)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 64, 3), nn.Conv2d(64, 64, 3))
+    recorded = _record(model.eval(), (torch.randn(1, 3, 32, 32),))
+    assert devices == ["cpu", "meta", "meta"]  # 3*9*8 MACs per position is cheaper to compute than to skip
+    assert recorded["_2"].shape == (1, 64, 26, 26)
 
 
 def test_layers_with_hooks_or_subclasses_still_run():
