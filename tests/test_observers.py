@@ -213,6 +213,23 @@ def test_histogram_ignores_infinities_like_torch_ao():
 def test_histogram_rejects_nan_with_a_clear_error():
     with pytest.raises(ValueError, match="NaN"):
         obs.HistogramObserver()(torch.tensor([1.0, float("nan")]))
+    observer = obs.HistogramObserver()
+    observer(torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match="NaN"):  # also once a range is recorded and the rest lies within it
+        observer(torch.tensor([1.0, float("nan")]))
+
+
+def test_small_batches_within_and_beyond_the_range_match_torch_ao():
+    # Small batches are counted against the recorded range first; those that do not fit take the full path.
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.full((7,), 0.5), torch.rand(30, generator=g)]  # one value only, then a real range
+    batches += [torch.rand(int(n), generator=g) * 0.9 for n in torch.randint(1, 300, (20,), generator=g)]
+    batches += [torch.tensor([0.0, 1.0]), torch.tensor([0.2, 1.0 + 2**-23]), torch.tensor([-3.0, 0.1]),
+                torch.tensor([0.3, float("inf")]), torch.rand(5, 40, generator=g).t()]
+    ours, theirs = _both("HistogramObserver", {"bins": 256}, batches)
+    assert torch.equal(ours.histogram, theirs.histogram)
+    assert torch.equal(ours.min_val, theirs.min_val) and torch.equal(ours.max_val, theirs.max_val)
+    assert_same_qparams(ours, theirs)
 
 
 # ---------------------------------------------------------------- per-channel observers

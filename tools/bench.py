@@ -1,11 +1,12 @@
 """Benchmark fxq against torch.ao side by side, in one process, on the models of tools/zoo.py.
 
 Per model and implementation it measures: trace time, prepare_fx time, the calibration forward of the observed
-model relative to the float model (medians of 3 alternating rounds), convert_fx time and the share of it spent in
-the observers' calculate_qparams (prepare and convert: medians of --repeats runs), SQNR of the int8 output against
-float, torch.save(state_dict) bytes int8/float, and the int8 and fp32 latency (medians, the models taking turns;
-see interleaved_latencies in tools/bench_measure.py) at every engine x batch x thread count asked for. Every figure is printed side
-by side with its ratio fxq / torch.ao (tools/bench_report.py). If an implementation is missing or fails, its column
+model relative to the float model (medians of 3 alternating rounds) and what observing adds (that ratio - 1),
+convert_fx time and the share of it spent in the observers' calculate_qparams (prepare and convert: medians of
+--repeats runs), SQNR of the int8 output against float, torch.save(state_dict) bytes int8/float, and the int8 and
+fp32 latency (medians, the models taking turns; see interleaved_latencies in tools/bench_measure.py) at every
+engine x batch x thread count asked for. Every figure is printed side by side with its ratio fxq / torch.ao
+(tools/bench_report.py). If an implementation is missing or fails, its column
 reads "n/a" and the error is printed. The measurements live in tools/bench_measure.py.
 
 A converted model's packed weights carry the engine they were packed for, so each engine gets its own convert_fx

@@ -21,7 +21,7 @@ import torch
 
 from fxq.observers import qparams as qp
 from fxq.observers.base import UniformQuantizationObserverBase, _factory
-from fxq.observers.histogram_bins import histc, rebin
+from fxq.observers.histogram_bins import SMALL_INPUT, histc, rebin
 from fxq.observers.histogram_search import search_range
 
 _INF = float("inf")
@@ -62,7 +62,10 @@ class HistogramObserver(UniformQuantizationObserverBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x
-        values, low, high = self._finite_values(x.detach())
+        values = x.detach() if x.requires_grad else x
+        if values.numel() < SMALL_INPUT and self._counted_within_range(values):
+            return x
+        values, low, high = self._finite_values(values)
         if values.numel() == 0:
             return x
         # Calibration calls this once per observer per batch, so the fixed cost counts: buffers are read from
@@ -84,6 +87,23 @@ class HistogramObserver(UniformQuantizationObserverBase):
             buffers["min_val"].fill_(new_min)
             buffers["max_val"].fill_(new_max)
         return x
+
+    def _counted_within_range(self, values: torch.Tensor) -> bool:
+        """Count a small batch into the histogram if all of it lies in the recorded range; False changes nothing.
+
+        At a few hundred values, finding the batch's range (aminmax and two reads) costs as much as counting it,
+        so the count comes first: torch.histc skips values outside [min, max] (NaN and infinities included), so
+        a count of every value means the range holds and the histogram is what the full path would make.
+        """
+        buffers = self._buffers
+        histogram, low, high = buffers["histogram"], buffers["min_val"].item(), buffers["max_val"].item()
+        if not low < high or values.device != histogram.device:  # no range yet, or a single value (histc would
+            return False                                           # then choose its own range)
+        counts = torch.histc(values, self.bins, min=low, max=high)
+        if counts.sum().item() != values.numel():
+            return False
+        histogram.add_(counts)
+        return True
 
     def _finite_values(self, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """x without infinities (they would make the range infinite; PyTorch AO drops them too), and its min, max."""

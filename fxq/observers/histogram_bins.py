@@ -31,7 +31,7 @@ import torch
 
 _EXACT_COUNTS = 2**24  # float32 holds every integer count up to here; torch.histc counts in float32
 _CHUNK = 1 << 19  # values per pass: the scratch (4 MB per thread) stays near the cache
-_SMALL = 4096
+SMALL_INPUT = 4096  # values; below this, torch.histc itself is the cheapest count
 _FLOAT32_MAX = 3.4028234663852886e38
 _SMALLEST_NORMAL = 2.0**-126
 _scratch = threading.local()
@@ -60,7 +60,7 @@ def _bin_divisor(values: torch.Tensor, bins: int, low: float, high: float):
     width = (high - low) / bins, also exact while it stays a normal float: one division instead of two.
     Other bin counts get (bins, high - low) and both operations.
     """
-    if values.numel() < _SMALL:  # below this torch.histc's loop costs less than launching four kernels
+    if values.numel() < SMALL_INPUT:  # below this torch.histc's loop costs less than launching four kernels
         return None
     if values.dtype != torch.float32 or values.device.type != "cpu" or not low < high or bins >= 2**22:
         return None
