@@ -1,20 +1,21 @@
 """Run the traced float model once on the example inputs and record what each node produces.
 
 Only dtypes and shapes are recorded, so plain convolutions and linears are not computed: their output
-shape comes from PyTorch's meta kernels and zeros of that shape flow on (in ResNet-50 the convolutions
-were 70% of prepare_fx). Should anything downstream fail on those zeros, the pass runs again computing
+shape comes from their shape rule (a Linear) or PyTorch's meta kernels (a Conv) and zeros of that shape
+flow on (in ResNet-50 the convolutions were 70% of prepare_fx). Should anything downstream fail on those zeros, the pass runs again computing
 every layer, and that run's error is the one reported.
 
 Requires: a freshly traced GraphModule and ``ctx.example_inputs``.
 Guarantees: ``node.meta["fxq_value"]`` is a :class:`Value` (tensor dtype and shape, or the Python type; for a
-tuple or list also its items) for every node; example inputs that do not fit the model raise a ValueError naming
-the node that failed.
+tuple or list also its items) for every node; buffers hold what they held before (a BatchNorm in training mode
+keeps its statistics); example inputs that do not fit the model raise a ValueError naming the node that failed.
 Position: first in prepare.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import fx, nn
@@ -131,7 +132,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         names = ", ".join(n.target for n in placeholders)
         raise ValueError(f"example_inputs has {len(inputs)} item(s) but the model's forward takes "
                          f"({names}); pass one example per argument, as a tuple")
-    with torch.no_grad():
+    with torch.no_grad(), _buffers_kept(gm):
         try:
             _Recorder(gm, compute_layers=False).run(*inputs)
         except Exception:
@@ -142,3 +143,17 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                 raise _misfit(recorder.failed_node, error) from error
     ctx.count("nodes recorded", len(gm.graph.nodes))
     return gm
+
+
+@contextlib.contextmanager
+def _buffers_kept(gm: fx.GraphModule) -> Iterator[None]:
+    """Undo what the recording run writes into buffers: a BatchNorm in training mode would otherwise fold the
+    example (or the zeros standing in for a layer) into its running statistics. Eval-mode modules write nothing."""
+    saved = [(buffer, buffer.clone()) for module in gm.modules() if module.training
+             for buffer in module._buffers.values() if buffer is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)

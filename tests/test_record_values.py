@@ -106,3 +106,12 @@ def test_inputs_that_do_not_fit_a_layer_name_that_layer():
         _record(ConvNet().eval(), (torch.randn(1, 5, 16),))
     with pytest.raises(ValueError, match=r"node 'linear' .*mat1 and mat2"):
         _record(NeedsNonzero().eval(), (torch.randn(2, 3),))
+
+
+def test_recording_a_model_in_training_mode_leaves_its_batch_norm_statistics_alone():
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU()).train()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    gm = fx.symbolic_trace(model)
+    record_values.run(gm, PassContext(example_inputs=(torch.randn(2, 3, 16, 16),)))
+    assert all(torch.equal(value, before[name]) for name, value in gm.state_dict().items())
+    assert gm.training and record_values.value_of(list(gm.graph.nodes)[2]).shape == (2, 64, 14, 14)
