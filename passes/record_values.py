@@ -2,8 +2,8 @@
 
 Only dtypes and shapes are recorded, so plain convolutions and linears are not computed: their output
 shape comes from their shape rule (a Linear) or PyTorch's meta kernels (a Conv) and zeros of that shape
-flow on (in ResNet-50 the convolutions were 70% of prepare_fx). Should anything downstream fail on those zeros, the pass runs again computing
-every layer, and that run's error is the one reported.
+flow on (in ResNet-50 the convolutions were 70% of prepare_fx). Should anything downstream fail on those
+zeros, the pass runs again computing every layer, and that run's error is the one reported.
 
 Requires: a freshly traced GraphModule and ``ctx.example_inputs``.
 Guarantees: ``node.meta["fxq_value"]`` is a :class:`Value` (tensor dtype and shape, or the Python type; for a

@@ -6,8 +6,8 @@ convert_fx time and the share of it spent in the observers' calculate_qparams (p
 --repeats runs), SQNR of the int8 output against float, torch.save(state_dict) bytes int8/float, and the int8 and
 fp32 latency (medians, the models taking turns; see interleaved_latencies in tools/bench_measure.py) at every
 engine x batch x thread count asked for. Every figure is printed side by side with its ratio fxq / torch.ao
-(tools/bench_report.py). If an implementation is missing or fails, its column
-reads "n/a" and the error is printed. The measurements live in tools/bench_measure.py.
+(tools/bench_report.py). If an implementation is missing or fails, its column reads "n/a" and the error is
+printed. The measurements live in tools/bench_measure.py.
 
 A converted model's packed weights carry the engine they were packed for, so each engine gets its own convert_fx
 under torch.backends.quantized.engine = engine (from the same calibrated model, prepared with the x86 mapping).

@@ -97,8 +97,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
         """
         buffers = self._buffers
         histogram, low, high = buffers["histogram"], buffers["min_val"].item(), buffers["max_val"].item()
-        if not low < high or values.device != histogram.device:  # no range yet, or a single value (histc would
-            return False                                           # then choose its own range)
+        # No range yet, or a single value so far (torch.histc would pick its own range): the full path decides.
+        if not low < high or values.device != histogram.device:
+            return False
         counts = torch.histc(values, self.bins, min=low, max=high)
         if counts.sum().item() != values.numel():
             return False
