@@ -27,16 +27,13 @@ class _EveryModuleALeaf(fx.Tracer):
         return True
 
 
-def _record(model: nn.Module, example: tuple) -> dict:
+def _record(model: nn.Module, example: tuple, compute_every_layer: bool = False) -> dict:
     gm = fx.GraphModule(model, _EveryModuleALeaf().trace(model))
-    record_values.run(gm, PassContext(example_inputs=example))
-    return {node.name: record_values.value_of(node) for node in gm.graph.nodes}
-
-
-def _record_computing_every_layer(model: nn.Module, example: tuple) -> dict:
-    gm = fx.GraphModule(model, _EveryModuleALeaf().trace(model))
-    with torch.no_grad():
-        record_values._Recorder(gm, compute_layers=True).run(*example)
+    if compute_every_layer:
+        with torch.no_grad():
+            record_values._Recorder(gm, compute_layers=True).run(*example)
+    else:
+        record_values.run(gm, PassContext(example_inputs=example))
     return {node.name: record_values.value_of(node) for node in gm.graph.nodes}
 
 
@@ -57,7 +54,7 @@ def test_shapes_and_dtypes_equal_those_of_the_computed_run(monkeypatch):
     recorded = _record(model, example)
     assert devices == ["meta"] * 3  # no layer ran on real data; the linear's shape needs no kernel
     devices.clear()
-    assert recorded == _record_computing_every_layer(model, example)
+    assert recorded == _record(model, example, compute_every_layer=True)
     assert devices == ["cpu"] * 4
     assert recorded["linear"].shape == (1, 2, 3, 6, 7) and recorded["getitem_1"].type_name == "int"
 
