@@ -26,6 +26,7 @@ from torch.fx.node import _get_qualified_name
 
 from fxq.nn.quantized._base import QuantizedModule
 from fxq.observers import ObserverBase
+from fxq.passes.context import attribute_value
 from fxq import node_meta
 from fxq.state import get_state
 from fxq.tracer import scope_of
@@ -178,11 +179,7 @@ def _observer_quant(observer: ObserverBase) -> dict:
 
 def _constant(arg: Any, modules: dict, node: fx.Node) -> Any:
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        owner = node.graph.owning_module
-        value = owner
-        for part in arg.target.split("."):
-            value = getattr(value, part)
-        return value
+        return attribute_value(node.graph.owning_module, arg.target)
     return arg
 
 

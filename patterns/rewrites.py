@@ -12,6 +12,8 @@ from typing import Any, Optional
 import torch
 from torch import fx, nn
 
+from fxq.passes.context import attribute_value
+
 
 @dataclass(frozen=True)
 class OutputQParams:
@@ -69,10 +71,7 @@ class Lowering:
         """The tensor behind a ``get_attr`` node (None for anything else)."""
         if not isinstance(node, fx.Node) or node.op != "get_attr":
             return None
-        value = self.gm
-        for part in node.target.split("."):
-            value = getattr(value, part)
-        return value
+        return attribute_value(self.gm, node.target)
 
     def set_module(self, path: str, module: nn.Module) -> None:
         parent, _, name = path.rpartition(".")
