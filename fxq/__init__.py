@@ -8,6 +8,9 @@ A drop-in for PyTorch AO's ``quantize_fx``::
         prepared(batch)
     quantized = fxq.convert_fx(prepared)
 """
+import importlib
+import sys
+
 from fxq import mpath, observers
 from fxq.mpath import find_quantizers
 from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx
@@ -16,16 +19,43 @@ from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConf
                         float16_dynamic_qconfig, get_default_dynamic_qconfig_mapping, get_default_qconfig,
                         get_default_qconfig_mapping, get_weight_only_qconfig, get_weight_only_qconfig_mapping)
 from fxq.passes.pipeline import PassError
-from fxq.dump import dump, to_networkx
-from fxq.calibration import calibrate
-from fxq.numeric import compare, sensitivity
-from fxq.tracer import TraceError
-from fxq.leaves import find_untraceable
-from fxq.registry import register_custom_module, unregister_custom_module
+from fxq.debug.dump import dump, to_networkx
+from fxq.debug.calibration import calibrate
+from fxq.debug.numeric import compare, sensitivity
+from fxq.graph.tracer import TraceError
+from fxq.graph.leaves import find_untraceable
+from fxq.config.registry import register_custom_module, unregister_custom_module
 from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, cross_layer_equalize,
                               default_equalization_qconfig)
 
 __version__ = "0.1.0"
+
+# Module paths from before the layout of fxq/ had subpackages; `from fxq.numeric import compare` keeps working.
+_MOVED_MODULES = {
+    "tracer": "graph.tracer", "leaves": "graph.leaves", "module_copy": "graph.module_copy", "lazy_code": "graph.lazy_code",
+    "node_meta": "graph.node_meta", "state": "graph.state", "modes": "graph.modes", "gc_pause": "graph.gc_pause",
+    "dump": "debug.dump", "graph_records": "debug.graph_records", "provenance": "debug.provenance",
+    "numeric": "debug.numeric", "sensitivity": "debug.sensitivity", "calibration": "debug.calibration",
+    "timing": "debug.timing", "cli_commands": "cli.commands", "demo": "cli.demo", "demo_report": "cli.demo_report",
+    "registry": "config.registry", "cost_model": "nn.cost_model",
+}
+
+
+def _alias_moved_modules() -> None:
+    # An entry in sys.modules answers `import fxq.numeric` before any finder runs, and unlike a finder it does not
+    # set the attribute on the package: `fxq.dump` and `fxq.sensitivity` stay the public functions.
+    for old, new in _MOVED_MODULES.items():
+        sys.modules[f"fxq.{old}"] = importlib.import_module(f"fxq.{new}")
+
+
+def __getattr__(name: str):
+    """``fxq.tracer`` and the other old module paths, as attributes (PEP 562)."""
+    if name in _MOVED_MODULES:
+        return sys.modules[f"fxq.{name}"]
+    raise AttributeError(f"module 'fxq' has no attribute {name!r}")
+
+
+_alias_moved_modules()
 
 __all__ = [
     "prepare_fx", "convert_fx", "convert_to_reference_fx", "fuse_fx", "QConfig", "QConfigMapping",

@@ -10,27 +10,15 @@ The signatures are PyTorch AO's quantize_fx's, so switching is one import line::
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional, Union
 
 from torch import fx, nn
 
-from fxq import node_meta
-from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
-from fxq.equalization import apply_equalization_config
-from fxq.gc_pause import collector_paused
-from fxq.lazy_code import make_eager
-from fxq.leaves import trace_for_prepare
-from fxq.module_copy import copy_module
-from fxq.passes import pipeline
-from fxq.passes.context import PassContext
-from fxq.registry import check_configs
-from fxq.state import FxqState, clear_state, get_state, set_state
+from fxq.passes import flows, pipeline
 
 ConfigLike = Union[dict, None, Any]
 
 
-@collector_paused()
 def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tuple,
                prepare_custom_config: ConfigLike = None, _equalization_config: ConfigLike = None,
                backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
@@ -53,22 +41,10 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     if not isinstance(example_inputs, tuple):
         raise TypeError(f"example_inputs must be a tuple of the forward's arguments, got "
                         f"{type(example_inputs).__name__}; write example_inputs=(x,) for one input")
-    mapping = QConfigMapping.coerce(qconfig_mapping)
-    model, equalization_mapping = apply_equalization_config(model, _equalization_config)  # CLE returns a copy
-    prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
-    check_configs(prepare_config)
-    gm = _trace_copy(model, prepare_config)
-    state = FxqState(prepare_config=prepare_config)
-    ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
-                      state=state, equalization_mapping=equalization_mapping)
-    gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
-    set_state(gm, state)
-    node_meta.keep(gm)
-    _emit_warnings(ctx)
-    return gm
+    return flows.prepare(model, qconfig_mapping, example_inputs, prepare_custom_config, _equalization_config,
+                         debug_dump_dir)
 
 
-@collector_paused()
 def convert_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
                _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None, backend_config: Any = None,
                debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
@@ -76,19 +52,19 @@ def convert_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike =
 
     The prepared model is left as it was, so it can be converted again (the result is bit-identical).
     """
-    return _convert(graph_module, convert_custom_config, pipeline.CONVERT, debug_dump_dir, backend_config)
+    _reject_unsupported(None, backend_config)
+    return flows.convert(graph_module, convert_custom_config, pipeline.CONVERT, debug_dump_dir)
 
 
-@collector_paused()
 def convert_to_reference_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
                             _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None,
                             backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
     """The reference representation: ``quantize_per_tensor -> dequantize -> float op -> quantize_per_tensor``,
     with weighted modules replaced by reference modules (float ops on quantize-dequantized weights)."""
-    return _convert(graph_module, convert_custom_config, pipeline.REFERENCE_CONVERT, debug_dump_dir, backend_config)
+    _reject_unsupported(None, backend_config)
+    return flows.convert(graph_module, convert_custom_config, pipeline.REFERENCE_CONVERT, debug_dump_dir)
 
 
-@collector_paused()
 def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_config: Any = None) -> fx.GraphModule:
     """Trace a copy of ``model`` (eval mode) and fuse conv/linear with batch norm and relu into float modules.
 
@@ -100,60 +76,10 @@ def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_con
     'ConvReLU2d'
     """
     _reject_unsupported(None, backend_config)
-    config = FuseCustomConfig.coerce(fuse_custom_config)
-    gm = _trace_copy(model, PrepareCustomConfig().set_preserved_attributes(config.preserved_attributes))
-    from fxq.passes import fold_linear_chains, fuse
-    ctx = PassContext()
-    if config.fold_linear_chains:
-        gm = fold_linear_chains.run(gm, ctx)
-    gm = make_eager(fuse.run(gm, ctx))
-    _emit_warnings(ctx)
-    return gm
-
-
-def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, passes: list,
-             debug_dump_dir: Optional[str], backend_config: Any) -> fx.GraphModule:
-    _reject_unsupported(None, backend_config)
-    state = get_state(graph_module)
-    if state is None:
-        raise ValueError(
-            f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
-            f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
-            f"example_inputs) first")
-    config = ConvertCustomConfig.coerce(convert_custom_config)
-    check_configs(convert_config=config)
-    node_meta.restore(graph_module)  # a prepared model loaded with torch.load lost its node scopes
-    gm = copy_module(graph_module)
-    ctx = PassContext(convert_config=config, state=state)
-    gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
-    clear_state(gm)
-    node_meta.keep(gm)
-    _emit_warnings(ctx)
-    return gm
-
-
-def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
-    model = copy_module(model)
-    gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
-    for name in prepare_config.preserved_attributes:
-        if hasattr(model, name):
-            setattr(gm, name, getattr(model, name))
-    gm.training = model.training
-    return gm
+    return flows.fuse_model(model, fuse_custom_config)
 
 
 def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
     if backend_config is not None:
         raise NotImplementedError("backend_config: fxq does not take PyTorch AO BackendConfig objects; register ops "
                                   "with fxq.patterns instead, or leave backend_config=None")
-
-
-_WARNINGS_SHOWN = 10  # a 4000-node model with no calibration would otherwise print one line per observer
-
-
-def _emit_warnings(ctx: PassContext) -> None:
-    if ctx.warnings:
-        shown = ctx.warnings[:_WARNINGS_SHOWN]
-        rest = len(ctx.warnings) - len(shown)
-        more = f"; ... and {rest} more (debug_dump_dir=... writes them all to warnings.txt)" if rest else ""
-        warnings.warn("fxq: " + "; ".join(shown) + more, stacklevel=3)

@@ -2,7 +2,7 @@
 
 Requires: fused modules in place (a fused module is looked up by its fused type, then by its first part's type,
 so ``set_object_type(nn.Linear, None)`` keeps a fused Linear+ReLU float too).
-Guarantees: ``ctx.state.qconfigs[node.name]`` and ``ctx.state.modes[node.name]`` (fxq.modes) are set for every
+Guarantees: ``ctx.state.qconfigs[node.name]`` and ``ctx.state.modes[node.name]`` (fxq.graph.modes) are set for every
 call node (None: keep float). A dynamic or weight-only qconfig on a weighted op those modes cannot run (a conv)
 leaves it float with a warning naming it; on other ops (relu, add) it is ignored, as PyTorch AO does.
 Position: after fuse, before insert_observers.
@@ -13,12 +13,12 @@ from collections import Counter
 
 from torch import fx
 
-from fxq.modes import STATIC, quant_mode
+from fxq.graph.modes import STATIC, quant_mode
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 from fxq.patterns.matcher import op_of
 from fxq.patterns.modes import MODE_OPS, WEIGHTED_OPS
-from fxq.tracer import scope_of
+from fxq.graph.tracer import scope_of
 
 _CALLS = ("call_module", "call_function", "call_method")
 

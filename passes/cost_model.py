@@ -3,7 +3,7 @@ that runs them fastest (opt-in: ``cost_model`` in the PrepareCustomConfig; an en
 
 Requires: qconfigs assigned (assign_qconfig) and the example inputs' shapes recorded (record_values).
 Guarantees: a static Linear / LinearReLU / Conv2d / ConvReLU2d whose fastest measured int8 kernel is slower
-(by fxq.cost_model.SLOWER_MARGIN) than its float op plus the dequantize / quantize a float layer between int8
+(by fxq.nn.cost_model.SLOWER_MARGIN) than its float op plus the dequantize / quantize a float layer between int8
 neighbours needs gets no qconfig, so no observers are placed around it,
 and a fused one is split back into the layer and ``torch.relu``; ``node.meta["fxq_float_reason"]`` says why
 (the dumps show it). The others get ``ctx.state.engines[name]``, the engine lowering packs them for.
@@ -21,8 +21,8 @@ import math
 import torch
 from torch import fx, nn
 
-from fxq import cost_model
-from fxq.modes import STATIC
+from fxq.nn import cost_model
+from fxq.graph.modes import STATIC
 from fxq.nn import fused
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import value_of

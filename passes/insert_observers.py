@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from torch import fx
 
-from fxq.modes import STATIC
+from fxq.graph.modes import STATIC
 from fxq.observers import FixedQParamsObserver
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import is_float_tensor

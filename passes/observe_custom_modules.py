@@ -1,6 +1,6 @@
 """Swap custom modules for their observed classes and observe their inputs and outputs (static mode).
 
-A custom module is a leaf whose class has an observed class in the prepare config or in ``fxq.registry``. In
+A custom module is a leaf whose class has an observed class in the prepare config or in ``fxq.config.registry``. In
 static mode it becomes ``Observed.from_float(module)`` (the module gets its ``qconfig`` attribute first, as
 PyTorch AO's custom modules expect), and the tensors it takes and returns go through observers, so convert can
 hand it quantized tensors and take quantized tensors back. Inputs and outputs are counted flat through nested
@@ -22,13 +22,13 @@ from typing import Any
 
 from torch import fx
 
-from fxq.modes import CUSTOM_MODULE_MODE, quant_mode
+from fxq.graph.modes import CUSTOM_MODULE_MODE, quant_mode
 from fxq.passes.boundary import observe_output, observed_value
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.leaf_values import flat_args, map_flat_args, output_paths, unpack_output
 from fxq.passes.record_values import is_float_tensor, value_of
-from fxq.registry import registry
-from fxq.tracer import is_user_leaf
+from fxq.config.registry import registry
+from fxq.graph.tracer import is_user_leaf
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:

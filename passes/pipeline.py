@@ -1,11 +1,11 @@
 """The pass manager: the order of the passes, timing, checking and dumping after each one.
 
 Set ``debug_dump_dir`` (or the environment variable ``FXQ_DUMP_DIR``) to get ``NN-<pass>.txt`` with the graph
-after every pass (fxq.dump's table, then the code), numbered in pipeline order, and ``timing.txt`` with the
+after every pass (fxq.debug.dump's table, then the code), numbered in pipeline order, and ``timing.txt`` with the
 time and statistics of each pass. The graph is linted once after the last pass; ``FXQ_CHECK_PASSES=1`` (or a dump
 directory) lints after every pass, so a broken graph names the pass that broke it.
 
-Convert runs carry provenance (fxq.provenance): each op's name and qconfig ride in node meta through the
+Convert runs carry provenance (fxq.debug.provenance): each op's name and qconfig ride in node meta through the
 passes and are kept on the converted model, for fxq.compare and the dumps' qconfig column.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Callable, Optional, Sequence
 
 from torch import fx
 
-from fxq.dump import format_table
-from fxq.graph_records import node_records
-from fxq.lazy_code import make_eager
-from fxq import provenance
+from fxq.debug.dump import format_table
+from fxq.debug.graph_records import node_records
+from fxq.graph.lazy_code import make_eager
+from fxq.debug import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)

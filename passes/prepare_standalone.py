@@ -55,10 +55,10 @@ def _entry(node: fx.Node, modules: dict, config: Any):
 
 
 def _prepare_child(gm: fx.GraphModule, node: fx.Node, module: nn.Module, entry, ctx: PassContext):
-    from fxq.api import prepare_fx  # the child runs the whole prepare pipeline; imported late (api imports us)
+    from fxq.passes.flows import prepare  # the child runs the whole prepare flow; late: flows imports the pipeline
     mapping = entry.qconfig_mapping if entry.qconfig_mapping is not None else ctx.qconfig_mapping
     example_inputs = tuple(entry.example_inputs) or _captured_inputs(gm, module, ctx.example_inputs)
-    return prepare_fx(module, mapping, example_inputs, entry.prepare_custom_config)
+    return prepare(module, mapping, example_inputs, entry.prepare_custom_config)
 
 
 def _captured_inputs(gm: fx.GraphModule, module: nn.Module, example_inputs: tuple) -> tuple:

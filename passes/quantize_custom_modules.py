@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from torch import fx
 
-from fxq.modes import CUSTOM_MODULE_MODE, quant_mode
+from fxq.graph.modes import CUSTOM_MODULE_MODE, quant_mode
 from fxq.passes.boundary import dequantize_for_readers, feed_quantized_leaves, return_quantized
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.leaf_values import leaf_node
-from fxq.registry import registry
+from fxq.config.registry import registry
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:

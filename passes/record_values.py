@@ -22,7 +22,7 @@ from torch import fx, nn
 from torch.nn.modules import module as module_hooks
 
 from fxq.passes.context import PassContext
-from fxq.tracer import scope_of
+from fxq.graph.tracer import scope_of
 
 VALUE_KEY = "fxq_value"
 

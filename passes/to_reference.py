@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxq.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
+from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
 from fxq.nn import reference, reference_recurrent
 from fxq.observers import ObserverBase
 from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of

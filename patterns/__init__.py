@@ -45,7 +45,7 @@ def register_op(op: Any, observe: Optional[Observe] = None, lower: Any = None) -
     >>> register_op(Square, observe=Observe(OWN))       # observed; stays float between dequantize/quantize
     """
     from fxq.patterns.lowering import module_from_float, unary
-    from fxq.tracer import REGISTERED_LEAF_CLASSES
+    from fxq.graph.tracer import REGISTERED_LEAF_CLASSES
 
     if isinstance(op, type) and issubclass(op, nn.Module):
         REGISTERED_LEAF_CLASSES.add(op)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxq.modes import STATIC
+from fxq.graph.modes import STATIC
 from fxq.nn import fused, reference
 from fxq.nn import quantized as qnn
 from fxq.patterns import lowering_modes

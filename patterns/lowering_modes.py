@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from fxq.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY, activation_dtype
+from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY, activation_dtype
 from fxq.nn import fused, reference, reference_recurrent
 from fxq.nn.quantized import dynamic, recurrent, weight_only
 from fxq.patterns.functional_weights import float_linear

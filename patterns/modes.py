@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from fxq.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY
+from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY
 from fxq.nn import fused
 
 _LINEARS = (nn.Linear, fused.LinearReLU, F.linear)

@@ -37,7 +37,7 @@ class Lowering:
         self._names: dict[str, int] = {}
 
     def mode(self, node: fx.Node) -> Optional[str]:
-        """The node's quantization mode (fxq.modes), None when it stays float."""
+        """The node's quantization mode (fxq.graph.modes), None when it stays float."""
         return self.state.modes.get(node.name) if self.state is not None else None
 
     def qconfig(self, node: fx.Node) -> Any:

@@ -284,7 +284,7 @@ def equalized(prepared: nn.Module) -> nn.Module:
     """The calibrated observed model after the equalize pass only (observers still in; on a copy)."""
     from fxq.passes import equalize
     from fxq.passes.context import PassContext
-    from fxq.state import get_state
+    from fxq.graph.state import get_state
     return equalize.run(copy.deepcopy(prepared), PassContext(state=get_state(prepared)))
 
 

@@ -221,7 +221,7 @@ def test_a_module_called_twice_becomes_one_quantized_module_per_call():
 
 
 def test_state_follows_nodes_that_torch_load_renames():
-    from fxq.state import get_state
+    from fxq.graph.state import get_state
     from zoo import ZOO
     model, example, _ = ZOO["residual"]()
     prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), example)

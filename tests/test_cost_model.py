@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import fxq
-from fxq import cost_model
+from fxq.nn import cost_model
 
 
 class TwoLayers(nn.Module):

@@ -92,7 +92,7 @@ def test_a_foreign_graph_module_is_quantized_without_tracing_it_again(monkeypatc
     model = Untraceable().eval()
     gm = fx.GraphModule(model, ChooseTracer().trace(model))
     mapping = fxq.get_default_qconfig_mapping().set_module_name("fc2", None)  # scopes come from the foreign graph
-    monkeypatch.setattr("fxq.leaves.trace", lambda *args, **kwargs: pytest.fail("the GraphModule was traced again"))
+    monkeypatch.setattr("fxq.graph.leaves.trace", lambda *args, **kwargs: pytest.fail("the GraphModule was traced again"))
     quantized = _quantize(gm, mapping=mapping)
     assert type(quantized.fc1).__module__.startswith("fxq.nn.quantized")
     assert not type(quantized.fc2).__module__.startswith("fxq.nn.quantized")  # float (fused with its relu)

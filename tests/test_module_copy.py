@@ -4,7 +4,7 @@ import copy
 import torch
 from torch import fx, nn
 
-from fxq.module_copy import copy_module
+from fxq.graph.module_copy import copy_module
 
 
 class WithState(nn.Module):

@@ -13,7 +13,8 @@ from torch import nn
 
 import fxq
 from fxq.mpath import search
-from fxq.tracer import ModuleClasses, module_classes
+from fxq.graph.tracer import ModuleClasses, module_classes
+from fxq.graph.module_copy import copy_module
 from conftest import saved_and_loaded
 from mpath_models import transformer
 
@@ -149,7 +150,7 @@ def test_record_carried_through_prepare_convert_and_save(net, prepared):
                saved_and_loaded(converted), fxq.convert_to_reference_fx(loaded)):
         assert module_classes(gm) == record
     # torch.load drops gm.meta, so a plain deepcopy of a loaded model loses the record; fxq's own copies keep it
-    assert module_classes(fxq.api.copy_module(loaded)) == record
+    assert module_classes(copy_module(loaded)) == record
 
 
 def test_module_call_queries_survive_torch_save(prepared):

@@ -152,7 +152,7 @@ def test_sensitivity_of_a_prepared_model_ranks_like_the_float_model():
 
 
 def test_float_graph_of_a_prepared_model_computes_the_float_model():
-    from fxq.sensitivity import float_graph
+    from fxq.debug.sensitivity import float_graph
     model, _, data = _setup()
     prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (data[0],))
     recovered = float_graph(prepared)

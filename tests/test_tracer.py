@@ -5,7 +5,7 @@ from torch import nn
 
 import fxq
 from conftest import sqnr
-from fxq.tracer import TraceError, scope_of, trace
+from fxq.graph.tracer import TraceError, scope_of, trace
 
 
 class Attention(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from tabulate import tabulate
 
 import fxq
-from fxq.timing import median_ms
+from fxq.debug.timing import median_ms
 import zoo
 
 MODELS = {"narrow_chain": lambda: zoo.narrow_chain(100), "resnet18": zoo.resnet18,

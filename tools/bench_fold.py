@@ -14,7 +14,7 @@ from tabulate import tabulate
 from torch import nn
 
 import fxq
-from fxq.timing import median_ms
+from fxq.debug.timing import median_ms
 
 
 def _latency_ms(model: nn.Module, x: torch.Tensor) -> float:

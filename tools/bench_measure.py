@@ -91,7 +91,7 @@ def _torch_ao() -> Implementation:
 
 def _fxq(cost_model: bool) -> Implementation:
     import fxq
-    from fxq.leaves import trace_for_prepare
+    from fxq.graph.leaves import trace_for_prepare
     from fxq.observers import ObserverBase
 
     config = {"cost_model": True} if cost_model else None

@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    gm = fxq.tracer.trace(Transformer(width=4, depth=args.blocks))
+    gm = fxq.graph.tracer.trace(Transformer(width=4, depth=args.blocks))
     print(f"graph: {len(gm.graph.nodes)} nodes, {args.blocks} blocks")
     for query in QUERIES:
         fxq.mpath.search(query, gm)  # compile once

@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fxq  # noqa: E402
-from fxq.timing import median_ms  # noqa: E402
+from fxq.debug.timing import median_ms  # noqa: E402
 
 
 def quantized_layer(linear: torch.nn.Linear, mapping, example):

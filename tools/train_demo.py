@@ -1,4 +1,4 @@
-"""Train the ``fxq demo`` net on scikit-learn's digits and write fxq/data/digits_cnn.pt.
+"""Train the ``fxq demo`` net on scikit-learn's digits and write fxq/cli/data/digits_cnn.pt.
 
 The only script that needs scikit-learn (for the data set): ``pip install scikit-learn``, then
 ``python tools/train_demo.py``. Deterministic: a fixed split and seed give the same file contents.
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fxq.demo import DATA_FILE, DigitsNet, accuracy, to_input  # noqa: E402
+from fxq.cli.demo import DATA_FILE, DigitsNet, accuracy, to_input  # noqa: E402
 
 TEST_SIZE, CALIBRATION_SIZE, EPOCHS = 360, 128, 40
 

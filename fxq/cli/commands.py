@@ -1,4 +1,4 @@
-"""What each ``fxq`` subcommand does; fxq/cli.py holds the argument parser."""
+"""What each ``fxq`` subcommand does; fxq/cli/main.py holds the argument parser."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +36,7 @@ def parse_shape(text: str) -> tuple:
 def run_command(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
     if args.command == "demo":
-        from fxq.demo import run_demo
+        from fxq.cli.demo import run_demo
         return run_demo(progress=not args.no_progress)
     return {"quantize": quantize, "dump": dump, "compare": compare}[args.command](args)
 
@@ -139,7 +139,7 @@ def dump(args: argparse.Namespace) -> int:
 
 def _stage(args: argparse.Namespace, model: nn.Module) -> tuple:
     import fxq
-    from fxq.tracer import trace
+    from fxq.graph.tracer import trace
     example = (torch.randn(*args.input_shape),)
     if args.stage == "traced":
         return trace(model), None

@@ -1,6 +1,6 @@
 """``fxq demo``: quantize a small CNN trained on scikit-learn's 8x8 digits and report what int8 cost and bought.
 
-The weights, 128 calibration images and a held-out test split of 360 images ship in ``fxq/data/digits_cnn.pt``
+The weights, 128 calibration images and a held-out test split of 360 images ship in ``fxq/cli/data/digits_cnn.pt``
 (made by ``tools/train_demo.py``, the only place scikit-learn is needed). The demo prepares, calibrates with a
 progress bar, converts, and prints float vs int8 accuracy, latency, model size and the five worst layers by SQNR.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fxq.timing import median_ms
+from fxq.debug.timing import median_ms
 
 DATA_FILE = Path(__file__).parent / "data" / "digits_cnn.pt"
 
@@ -62,7 +62,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 
 def run_demo(progress: bool = True) -> int:
     import fxq
-    from fxq.demo_report import sqnr
+    from fxq.cli.demo_report import sqnr
 
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from fxq.cli_commands import CommandError, parse_shape, run_command
+from fxq.cli.commands import CommandError, parse_shape, run_command
 
 EXAMPLES = __doc__.split("Examples::", 1)[1].split("Exit codes")[0]
 

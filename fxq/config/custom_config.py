@@ -178,7 +178,7 @@ class PrepareCustomConfig(_CustomConfig):
         return self
 
     def set_cost_model(self, enabled: Union[bool, str] = True) -> "PrepareCustomConfig":
-        """Time each Linear / Conv2d once per shape (fxq.cost_model): layers slower as int8 than as float stay
+        """Time each Linear / Conv2d once per shape (fxq.nn.cost_model): layers slower as int8 than as float stay
         float (the dumps say why), the others are packed for the engine that runs them fastest. An engine name
         ("x86", "fbgemm", "onednn") instead of True pins that engine.
 

@@ -16,7 +16,7 @@ in convert. Register them once, globally, or per call through the custom configs
 
 In the dynamic and weight-only modes nothing is observed, so the float class is its own "observed" class and only a
 quantized class is registered: ``fxq.register_custom_module(Float, quantized_class=DynQuantized, mode="dynamic")``.
-Which mode's classes a module gets follows its qconfig: ``fxq.modes.CUSTOM_MODULE_MODE[fxq.modes.quant_mode(qconfig)]``.
+Which mode's classes a module gets follows its qconfig: ``fxq.graph.modes.CUSTOM_MODULE_MODE[fxq.graph.modes.quant_mode(qconfig)]``.
 """
 from __future__ import annotations
 

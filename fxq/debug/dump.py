@@ -1,6 +1,6 @@
 """Graph dumps: a table to read, JSON to diff and parse, a networkx graph (and DOT / GraphML) to draw.
 
-Every format is deterministic text built from :func:`fxq.graph_records.node_records` (no addresses, fixed key
+Every format is deterministic text built from :func:`fxq.debug.graph_records.node_records` (no addresses, fixed key
 order, floats to 6 significant digits), so dumps can be golden files.
 
 JSON schema, version 1::
@@ -9,7 +9,7 @@ JSON schema, version 1::
      "nodes": [{"index": 0, "name": "x", "op": "placeholder", "target": "x", "scope": "", "scope_type": "M",
                 "inputs": [], "dtype": "float32", "shape": [1, 4], "qconfig": null, "quant": null}, ...]}
 
-``quant`` is ``{"dtype", "min", "max", "scale", "zero_point"}`` (see fxq.graph_records for each key); edges
+``quant`` is ``{"dtype", "min", "max", "scale", "zero_point"}`` (see fxq.debug.graph_records for each key); edges
 are each node's ``inputs``. A change to the schema bumps ``version``.
 
 Example::
@@ -30,7 +30,7 @@ import networkx as nx
 from tabulate import tabulate
 from torch import fx
 
-from fxq.graph_records import RECORD_KEYS, SCHEMA_VERSION, node_records
+from fxq.debug.graph_records import RECORD_KEYS, SCHEMA_VERSION, node_records
 
 FORMATS = ("table", "json", "dot", "graphml")
 _TABLE_HEADERS = ("#", "name", "op", "target", "scope", "value", "qconfig", "min/max", "scale", "zp", "qdtype")

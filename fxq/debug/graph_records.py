@@ -9,7 +9,7 @@ A record is a dict with the fixed keys of :data:`RECORD_KEYS` (schema version :d
 - ``dtype`` (str or None) and ``shape`` (list of int or None): its output on the example inputs.
 - ``qconfig`` (str or None): ``QConfig.short()`` of the QConfig prepare assigned to the op. In a prepared graph
   it comes from the assignment (``gm._fxq_state``); in a converted graph from the provenance convert keeps
-  (fxq.provenance), so a lowered op (``add_relu``, ``linear_quantized_0``) shows the qconfig of the op it
+  (fxq.debug.provenance), so a lowered op (``add_relu``, ``linear_quantized_0``) shows the qconfig of the op it
   replaced. Observer, quantize and dequantize nodes have None: their ``quant`` says what they do. An op the
   cost model left in float reads ``float (cost model: int8 ... vs float ... ms)``.
 - ``quant`` (dict or None), for observers, quantize calls and ops with a quantized output: ``dtype`` (str),
@@ -22,14 +22,15 @@ from typing import Any, Optional
 
 import torch
 from torch import fx
-from torch.fx.node import _get_qualified_name
 
+from fxq.debug.provenance import provenance
+from fxq.graph import node_meta
+from fxq.graph.node_meta import target_name
+from fxq.graph.state import get_state
+from fxq.graph.tracer import scope_of
 from fxq.nn.quantized._base import QuantizedModule
 from fxq.observers import ObserverBase
 from fxq.passes.context import attribute_value
-from fxq import node_meta
-from fxq.state import get_state
-from fxq.tracer import scope_of
 
 SCHEMA_VERSION = 1
 RECORD_KEYS = ("index", "name", "op", "target", "scope", "scope_type", "inputs", "dtype", "shape", "qconfig",
@@ -67,7 +68,6 @@ def node_records(gm: fx.GraphModule, example_inputs: Optional[tuple] = None,
 
 def _qconfig_texts(gm: fx.GraphModule, qconfigs: Optional[dict]) -> dict:
     """Node name -> QConfig.short() text: what convert kept, else the given or the prepared model's assignment."""
-    from fxq.provenance import provenance  # fxq.provenance reads target_name from here: import late
     kept = provenance(gm)
     if kept:
         return {name: qconfig for name, (_, qconfig) in kept.items() if qconfig is not None}
@@ -93,16 +93,6 @@ def _record(index: int, node: fx.Node, modules: dict, values: dict) -> dict:
     return {"index": index, "name": node.name, "op": node.op, "target": target_name(node),
             "scope": scope.path, "scope_type": scope_type, "inputs": _inputs(node), "dtype": dtype, "shape": shape,
             "qconfig": None, "quant": _quant(node, modules)}
-
-
-def target_name(node: fx.Node) -> str:
-    """Deterministic text for a node's target: a qualified name for callables, the string otherwise."""
-    if isinstance(node.target, str):
-        return node.target
-    try:
-        return _get_qualified_name(node.target).replace("_operator.", "operator.")
-    except Exception:  # an exotic callable: its name is still stable, its repr may hold an address
-        return getattr(node.target, "__name__", type(node.target).__name__)
 
 
 def _class_name(cls: type) -> str:

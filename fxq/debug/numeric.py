@@ -11,10 +11,10 @@ import torch
 from tabulate import tabulate
 from torch import fx, nn
 
-from fxq.graph_records import target_name
-from fxq.provenance import provenance
-from fxq.sensitivity import Sensitivity, sensitivity  # re-exported: the numeric suite's calls live here
-from fxq.tracer import scope_of
+from fxq.graph.node_meta import target_name
+from fxq.debug.provenance import provenance
+from fxq.debug.sensitivity import Sensitivity, sensitivity  # re-exported: the numeric suite's calls live here
+from fxq.graph.tracer import scope_of
 
 __all__ = ["Comparison", "LayerError", "Sensitivity", "compare", "sensitivity"]
 _SKIPPED_OPS = ("placeholder", "get_attr", "output")
@@ -49,7 +49,7 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
     How float and quantized activations are paired: ``float_model`` is traced and fused the way prepare_fx does
     it, so its graph has the observed graph's op nodes under the same names (a conv-bn-relu is one fused
     ``conv`` node, compared as the float relu(bn(conv(x)))). Convert records, for each node it makes, the op
-    whose output it holds (fxq.provenance; kept on the model, so it survives ``torch.save``): the quantized
+    whose output it holds (fxq.debug.provenance; kept on the model, so it survives ``torch.save``): the quantized
     ``add_relu`` that replaced ``add`` -> ``relu`` holds ``relu``'s output, a ``linear_quantized_0`` module
     holds ``F.linear``'s. Each float op is paired with the *last* node in the quantized graph holding its
     output (its dequantized value when it ran in float and was re-quantized after). Float ops with no
@@ -97,8 +97,8 @@ def _layer_error(node: fx.Node, signal: float, noise: float, gm: fx.GraphModule)
 
 
 def _fused_float_graph(model: nn.Module) -> fx.GraphModule:
-    from fxq.api import fuse_fx  # fxq.api imports the pipeline, which imports fxq.dump: import late
-    return fuse_fx(model.eval() if model.training else model)
+    from fxq.passes.flows import fuse_model  # late: flows imports the pipeline, which imports fxq.debug
+    return fuse_model(model.eval() if model.training else model)
 
 
 def _match(reference: fx.GraphModule, quantized: fx.GraphModule) -> dict[str, str]:

@@ -27,7 +27,7 @@ from typing import Optional
 
 from torch import fx
 
-from fxq.graph_records import target_name
+from fxq.graph.node_meta import target_name
 from fxq.observers import ObserverBase
 
 ORIGIN_KEY = "fxq_origin"

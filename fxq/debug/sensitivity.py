@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import fx, nn
 
-from fxq.module_copy import copy_module
+from fxq.graph.module_copy import copy_module
 from fxq.observers import ObserverBase
-from fxq.state import STATE_ATTRIBUTE, get_state
+from fxq.graph.state import STATE_ATTRIBUTE, get_state
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -47,8 +47,8 @@ def sensitivity(prepared_or_float: nn.Module, qconfig_mapping: Any, calibration:
     >>> sorted(r.layer for r in ranking)
     ['0', '2']
     """
-    from fxq.api import convert_fx, prepare_fx
-    from fxq.calibration import calibrate
+    from fxq.passes.flows import convert, prepare  # late: flows imports the pipeline, which imports fxq.debug
+    from fxq.debug.calibration import calibrate
     from fxq.config import QConfigMapping
 
     model = float_graph(prepared_or_float) if get_state(prepared_or_float) is not None else prepared_or_float
@@ -61,9 +61,9 @@ def sensitivity(prepared_or_float: nn.Module, qconfig_mapping: Any, calibration:
         layer_mapping = copy.deepcopy(mapping)
         if float_layer is not None:
             layer_mapping.set_module_name(float_layer, None)
-        prepared = prepare_fx(model, layer_mapping, example)
+        prepared = prepare(model, layer_mapping, example)
         calibrate(prepared, calibration, progress=False)
-        return float(eval_fn(convert_fx(prepared)))
+        return float(eval_fn(convert(prepared)))
 
     baseline = quantized_metric(None)
     ranking = [Sensitivity(layer, metric, metric - baseline) for layer in layers

@@ -6,7 +6,7 @@ can go into the previous layer's weight row c. Rather than a rule per op, prepar
 a tensor holding each element's channel index and reads the indices along the equalized layer's feature axis.
 
     >>> import torch
-    >>> from fxq.tracer import trace
+    >>> from fxq.graph.tracer import trace
     >>> from fxq.equalization import graph as eqg
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.Flatten(), torch.nn.Linear(8, 1))
     >>> gm = trace(model)

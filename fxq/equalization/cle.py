@@ -16,7 +16,7 @@ from torch import nn
 
 from fxq.equalization import graph as eqg
 from fxq.equalization.scales import safe_ratio_sqrt, scale_weight, weight_columns
-from fxq.tracer import trace
+from fxq.graph.tracer import trace
 
 
 def cross_layer_equalize(model: nn.Module, iterations: int = 8) -> nn.Module:

@@ -6,7 +6,7 @@ the collector's share grows with model size: on a 4000-node chain it was a third
 passes build becomes garbage before they end; the cycles they leave are collected once the collector resumes.
 
     >>> import gc
-    >>> from fxq.gc_pause import collector_paused
+    >>> from fxq.graph.gc_pause import collector_paused
     >>> with collector_paused():
     ...     gc.isenabled()
     False

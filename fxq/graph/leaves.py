@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 from torch import fx, nn
 
-from fxq.registry import registry
-from fxq.tracer import SCOPE_KEY, Scope, TraceError, module_classes, qualified_name, record_module_classes, trace
+from fxq.config.registry import registry
+from fxq.graph.tracer import SCOPE_KEY, Scope, TraceError, module_classes, qualified_name, record_module_classes, trace
 
 __all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "leaves_by_query",
            "adopt_graph_module"]
@@ -123,7 +123,7 @@ def leaves_by_query(model: nn.Module, queries: Any) -> list[str]:
 
 def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """Give every node of a GraphModule fxq did not trace a scope, without tracing it again, and record the
-    classes of its traced-through modules (see ``fxq.tracer.module_classes``) where ``nn_module_stack`` names them.
+    classes of its traced-through modules (see ``fxq.graph.tracer.module_classes``) where ``nn_module_stack`` names them.
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -23,7 +23,7 @@ from typing import Dict
 
 from torch import nn
 
-from fxq.tracer import module_classes, record_module_classes
+from fxq.graph.tracer import module_classes, record_module_classes
 
 _EMPTY_CONTAINERS = (dict, OrderedDict, set, list)
 _plain_classes: Dict[type, bool] = {}

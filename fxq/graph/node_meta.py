@@ -15,6 +15,7 @@ puts it back on a graph that lost it.
 from __future__ import annotations
 
 from torch import fx, nn
+from torch.fx.node import _get_qualified_name
 
 ATTRIBUTE = "_fxq_node_meta"
 KEPT_KEYS = ("fxq_scope", "fxq_qtag", "fxq_qtag_role")
@@ -48,3 +49,13 @@ def restore(model: nn.Module) -> None:
 def _signature(node: fx.Node) -> tuple:
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     return node.op, target  # a function by name: its repr holds an address that differs in another process
+
+
+def target_name(node: fx.Node) -> str:
+    """Deterministic text for a node's target: a qualified name for callables, the string otherwise."""
+    if isinstance(node.target, str):
+        return node.target
+    try:
+        return _get_qualified_name(node.target).replace("_operator.", "operator.")
+    except Exception:  # an exotic callable: its name is still stable, its repr may hold an address
+        return getattr(node.target, "__name__", type(node.target).__name__)

@@ -22,7 +22,7 @@ class FxqState:
     ``prepare_config``: the PrepareCustomConfig used."""
 
     qconfigs: dict = field(default_factory=dict)
-    modes: dict = field(default_factory=dict)  # node name -> fxq.modes mode (None: float)
+    modes: dict = field(default_factory=dict)  # node name -> fxq.graph.modes mode (None: float)
     chain_ends: dict = field(default_factory=dict)  # anchor name -> last node of a chain observed as one op
     prepare_config: Any = None
     # node name -> (float class swapped for an observed one, quantized input positions, quantized output paths)

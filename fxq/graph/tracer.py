@@ -16,7 +16,7 @@ record, the classes of the scopes around them.
 Example::
 
     >>> import torch, fxq
-    >>> gm = fxq.tracer.trace(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+    >>> gm = fxq.graph.tracer.trace(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
     >>> [scope_of(n).path for n in gm.graph.nodes]
     ['', '0', '1', '']
 """
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import fx, nn
 
-from fxq.lazy_code import graph_module
+from fxq.graph.lazy_code import graph_module
 
 SCOPE_KEY = "fxq_scope"
 MODULE_CLASSES_ATTRIBUTE = "_fxq_module_classes"
@@ -103,7 +103,7 @@ def module_classes(gm: nn.Module) -> Optional[ModuleClasses]:
     """The recorded classes of ``gm``'s traced-through modules, or None for a module without a record.
 
     ``torch.load`` restores the attribute but not ``gm.meta`` (torch.fx rebuilds the module), so a plain
-    ``copy.deepcopy`` of a loaded model drops the record; ``fxq.module_copy.copy_module`` (prepare and convert) keeps it.
+    ``copy.deepcopy`` of a loaded model drops the record; ``fxq.graph.module_copy.copy_module`` (prepare and convert) keeps it.
     """
     record = getattr(gm, MODULE_CLASSES_ATTRIBUTE, None)
     return record if isinstance(record, ModuleClasses) else None
@@ -227,7 +227,7 @@ def trace(model: nn.Module, leaf_names: Iterable[str] = (), leaf_classes: Iterab
     ``tracer_class``: a ``torch.fx.Tracer`` subclass of the user's (HF's, or one with its own leaf rules); fxq's
     scope recording is mixed into it. ``tracer_options``: its constructor's keyword arguments, plus
     ``concrete_args`` for ``trace()``. ``lazy_code``: defer generating the module's Python code until it is
-    used (prepare regenerates it after its passes; ``fxq.lazy_code.make_eager`` does that).
+    used (prepare regenerates it after its passes; ``fxq.graph.lazy_code.make_eager`` does that).
     """
     options = dict(tracer_options or {})
     concrete_args = options.pop("concrete_args", None)
@@ -250,7 +250,7 @@ def _user_source_line(error: BaseException) -> str:
     """The innermost frame of the traceback that is not torch's own code, as 'file:line: code'."""
     torch_root = torch.__file__.rsplit("/", 1)[0]
     frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_root)]
-    frames = [f for f in frames if not f.filename.endswith("fxq/tracer.py")]
+    frames = [f for f in frames if not f.filename.endswith("fxq/graph/tracer.py")]
     if not frames:
         return "<unknown source line>"
     frame = frames[-1]

@@ -19,7 +19,7 @@ plain module tree it is the module path. Results come in graph order (named_modu
 
 >>> import torch, fxq
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
->>> fxq.mpath.search("**/[cls:torch.nn.Linear]", fxq.tracer.trace(model)).names
+>>> fxq.mpath.search("**/[cls:torch.nn.Linear]", fxq.graph.tracer.trace(model)).names
 ['_0', '_2']
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def matches(query: str, gm: fx.GraphModule) -> set[str]:
     """The names of the nodes of ``gm`` that ``query`` selects: the helper configs use to accept queries.
 
     >>> import torch, fxq
-    >>> fxq.mpath.matches("[op:placeholder]", fxq.tracer.trace(torch.nn.ReLU()))
+    >>> fxq.mpath.matches("[op:placeholder]", fxq.graph.tracer.trace(torch.nn.ReLU()))
     {'input_1'}
     """
     return set(search(query, gm).names)

@@ -5,7 +5,7 @@ order for a module tree. Set operations ``| & -`` keep that order. ``users()`` /
 data flow, optionally through observers (and quantize/dequantize) and shape-only ops.
 
 >>> import torch, fxq
->>> gm = fxq.tracer.trace(torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 4)))
+>>> gm = fxq.graph.tracer.trace(torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 4)))
 >>> fxq.mpath.search("[cls:torch.nn.LayerNorm]", gm).users().filter("[cls:torch.nn.Linear]")
 NodeCollection([<0: 1: Linear>])
 """
@@ -150,7 +150,7 @@ class NodeCollection:
     def _flow(self, step, observers: bool, shape_ops: bool) -> "NodeCollection":
         if not isinstance(self.index, GraphIndex):
             raise TypeError("users()/producers() follow a graph's data flow: search a GraphModule "
-                            "(fxq.tracer.trace(model) or a prepared/converted model), not a plain module tree")
+                            "(fxq.graph.tracer.trace(model) or a prepared/converted model), not a plain module tree")
         seen, result, frontier = set(), set(), self.nodes
         while frontier:
             for node in step(frontier.pop()):

@@ -40,7 +40,7 @@ class Element:
 
     ``name``: the attribute name of a module, or the node's name for a node that is not a module call;
     ``module``: the module object when known; ``module_class``: its class, or for a module the graph no longer
-    holds (a traced-through module, a container) the class the tracer recorded (``fxq.tracer.module_classes``);
+    holds (a traced-through module, a container) the class the tracer recorded (``fxq.graph.tracer.module_classes``);
     ``type_name``: the qualified class name of such a module when only the name is known (graphs without a
     record, classes that could not be pickled); ``node``: the fx node when the element is one; ``qtag``: the
     quantizer tag of an observer node (``node.meta["fxq_qtag"]``) or of a module with ``fxq_qtag``.

@@ -7,7 +7,7 @@ Node paths (graph order is the result order):
 * any other node: its scope from the tracer (``node.meta["fxq_scope"]``, the module whose forward made it)
   followed by the node itself, named by ``node.name`` and selected with ``[op:...]`` / ``[target:...]``;
 * a scope the GraphModule holds only as a plain ``nn.Module`` (a traced-through Sequential or user block, a
-  ModuleList) has the class the tracer recorded (``fxq.tracer.module_classes``), so ``[cls:...]`` tests it as it
+  ModuleList) has the class the tracer recorded (``fxq.graph.tracer.module_classes``), so ``[cls:...]`` tests it as it
   would the module; a graph without that record falls back to the class names in its nodes' scopes;
 * an observer node (it carries ``node.meta["fxq_qtag"]``): the path of the op it belongs to followed by the
   observer. Output observers belong to the node they observe; input and parameter observers to the node(s)
@@ -23,10 +23,10 @@ from typing import Iterable, Optional
 
 from torch import fx, nn
 
-from fxq import node_meta
+from fxq.graph import node_meta
 from fxq.mpath.fragments import Element
 from fxq.mpath.program import Program
-from fxq.tracer import SCOPE_KEY, module_classes
+from fxq.graph.tracer import SCOPE_KEY, module_classes
 
 __all__ = ["QTAG_KEY", "GraphIndex", "ModuleIndex", "index_of"]
 

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from fxq.timing import median_ms
+from fxq.debug.timing import median_ms
 
 __all__ = ["Cost", "layer_cost", "fastest_int8", "clear_cache", "ENGINES"]
 

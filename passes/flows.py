@@ -1,0 +1,108 @@
+"""The three flows behind the public API — prepare, convert, fuse — on a copy of the model: normalise the configs,
+trace, run the pass lists of :mod:`fxq.passes.pipeline`, keep fxq's state and node metadata on the result.
+
+``fxq.api`` checks the user's arguments and calls these; passes that handle a submodule on its own (standalone
+modules) and the debugging helpers call them too, so nothing below the API imports it.
+
+    >>> import torch
+    >>> from fxq.passes import flows
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4)).eval()
+    >>> prepared = flows.prepare(model, {"": None}, (torch.randn(1, 4),))
+    >>> type(flows.convert(prepared).get_submodule("0")).__name__   # nothing was asked for: stays float
+    'Linear'
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Sequence
+
+from torch import fx, nn
+
+from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
+from fxq.config.registry import check_configs
+from fxq.equalization import apply_equalization_config
+from fxq.graph import node_meta
+from fxq.graph.gc_pause import collector_paused
+from fxq.graph.lazy_code import make_eager
+from fxq.graph.leaves import trace_for_prepare
+from fxq.graph.module_copy import copy_module
+from fxq.graph.state import FxqState, clear_state, get_state, set_state
+from fxq.passes import fold_linear_chains, fuse, pipeline
+from fxq.passes.context import PassContext
+
+
+@collector_paused()
+def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepare_custom_config: Any = None,
+            equalization_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
+    """Trace a copy of ``model`` and run the prepare passes; the observed GraphModule carries fxq's state."""
+    mapping = QConfigMapping.coerce(qconfig_mapping)
+    model, equalization_mapping = apply_equalization_config(model, equalization_config)  # CLE returns a copy
+    prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
+    check_configs(prepare_config)
+    gm = trace_copy(model, prepare_config)
+    state = FxqState(prepare_config=prepare_config)
+    ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
+                      state=state, equalization_mapping=equalization_mapping)
+    gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
+    set_state(gm, state)
+    node_meta.keep(gm)
+    emit_warnings(ctx)
+    return gm
+
+
+@collector_paused()
+def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
+            passes: Sequence[pipeline.Pass] = pipeline.CONVERT, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
+    """Run ``passes`` (the convert list, or the reference one) on a copy of a prepared model."""
+    state = get_state(graph_module)
+    if state is None:
+        raise ValueError(
+            f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
+            f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
+            f"example_inputs) first")
+    config = ConvertCustomConfig.coerce(convert_custom_config)
+    check_configs(convert_config=config)
+    node_meta.restore(graph_module)  # a prepared model loaded with torch.load lost its node scopes
+    gm = copy_module(graph_module)
+    ctx = PassContext(convert_config=config, state=state)
+    gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
+    clear_state(gm)
+    node_meta.keep(gm)
+    emit_warnings(ctx)
+    return gm
+
+
+@collector_paused()
+def fuse_model(model: nn.Module, fuse_custom_config: Any = None) -> fx.GraphModule:
+    """Trace a copy of ``model`` and fuse it (and fold linear chains when the config asks)."""
+    config = FuseCustomConfig.coerce(fuse_custom_config)
+    gm = trace_copy(model, PrepareCustomConfig().set_preserved_attributes(config.preserved_attributes))
+    ctx = PassContext()
+    if config.fold_linear_chains:
+        gm = fold_linear_chains.run(gm, ctx)
+    gm = make_eager(fuse.run(gm, ctx))
+    emit_warnings(ctx)
+    return gm
+
+
+def trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
+    """Trace a copy of ``model`` with the config's leaf rules; preserved attributes and the training flag follow."""
+    model = copy_module(model)
+    gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
+    for name in prepare_config.preserved_attributes:
+        if hasattr(model, name):
+            setattr(gm, name, getattr(model, name))
+    gm.training = model.training
+    return gm
+
+
+_WARNINGS_SHOWN = 10  # a 4000-node model with no calibration would otherwise print one line per observer
+
+
+def emit_warnings(ctx: PassContext) -> None:
+    """One UserWarning with what the passes reported (the first few, and a count)."""
+    if ctx.warnings:
+        shown = ctx.warnings[:_WARNINGS_SHOWN]
+        rest = len(ctx.warnings) - len(shown)
+        more = f"; ... and {rest} more (debug_dump_dir=... writes them all to warnings.txt)" if rest else ""
+        warnings.warn("fxq: " + "; ".join(shown) + more, stacklevel=4)
