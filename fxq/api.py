@@ -26,6 +26,7 @@ from fxq.passes import pipeline
 from fxq.passes.context import PassContext
 from fxq.registry import check_configs
 from fxq.state import FxqState, clear_state, get_state, set_state
+from fxq.tracer import preserve_attributes
 
 ConfigLike = Union[dict, None, Any]
 
@@ -126,6 +127,9 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
     gm = copy_module(graph_module)
     ctx = PassContext(convert_config=config, state=state)
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
+    # the attributes prepare was asked to keep stay on the converted model too (PyTorch AO drops them here)
+    kept = getattr(state.prepare_config, "preserved_attributes", [])
+    preserve_attributes(gm, graph_module, [*kept, *config.preserved_attributes])
     clear_state(gm)
     node_meta.keep(gm)
     _emit_warnings(ctx)
@@ -135,9 +139,7 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
 def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
     model = copy_module(model)
     gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
-    for name in prepare_config.preserved_attributes:
-        if hasattr(model, name):
-            setattr(gm, name, getattr(model, name))
+    preserve_attributes(gm, model, prepare_config.preserved_attributes)
     gm.training = model.training
     return gm
 

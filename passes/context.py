@@ -30,8 +30,12 @@ class PassContext:
 
 
 def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
-    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree)."""
-    return dict(gm.named_modules())
+    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree).
+
+    Every name, also the second name of a module registered twice (to_reference gives each call of a reused
+    weightless module such as a MaxPool2d its own name, bound to the same object).
+    """
+    return dict(gm.named_modules(remove_duplicate=False))
 
 
 def attribute_value(gm: fx.GraphModule, target: str):

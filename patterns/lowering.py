@@ -91,6 +91,29 @@ def binary(kernel: Callable) -> Rewrite:
     return rewrite
 
 
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def binary_scalar(kernel: Callable) -> Rewrite:
+    """``x * 0.25`` / ``1 + x`` on a quantized x (optionally followed by relu) -> kernel(q, scalar).
+
+    As in PyTorch AO, the kernel derives the output qparams from the input's (mul: scale * |c|; add: the zero
+    point shifted by c / scale), so the output observer is not used: no requantization, no float round trip.
+    """
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node = match.anchor
+        if len(node.args) != 2 or node.kwargs:
+            return False
+        tensor, scalar = node.args if _is_scalar(node.args[1]) else reversed(node.args)  # add and mul commute
+        source, out = low.quantized_source(tensor), low.output(match.last)
+        if source is None or out is None or not _is_scalar(scalar):
+            return False
+        low.replace_output(out, low.call_before(out, "call_function", kernel, (source, scalar)))
+        return True
+    return rewrite
+
+
 def _cat(low: Lowering, match: Match) -> bool:
     node = match.anchor
     tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
@@ -218,6 +241,10 @@ def _rows():
     yield row(chain(MUL, RELU), binary(kernels.mul_relu))
     yield row(ADD, binary(kernels.add))                                                   # dq, dq -> add -> q
     yield row(MUL, binary(kernels.mul))
+    yield row(chain(ADD, RELU), binary_scalar(kernels.add_relu))                          # dq -> add 1 -> relu -> q
+    yield row(chain(MUL, RELU), binary_scalar(kernels.mul_relu))
+    yield row(ADD, binary_scalar(kernels.add))                                            # dq -> add 1 -> q
+    yield row(MUL, binary_scalar(kernels.mul))                                            # dq -> mul 0.25 -> q
     yield row(MATMUL[:2], binary(kernels.matmul))                                         # dq, dq -> matmul -> q
     yield row(CAT, _cat)                                                             # [dq...] -> cat -> q
     yield row(STACK, _stack)                                                         # [dq...] -> stack -> q

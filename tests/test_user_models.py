@@ -1,0 +1,135 @@
+"""Models written the way users write them (issue 14): reused modules, in-place ops, scalar arithmetic,
+preserved attributes and calls that quantize nothing. Each case failed (or silently lost something) before."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fxq
+from conftest import sqnr, torch_ao
+
+
+def _calibrated(model, batches, qconfig_mapping=None, **prepare_kwargs):
+    mapping = qconfig_mapping or fxq.get_default_qconfig_mapping("x86")
+    prepared = fxq.prepare_fx(model, mapping, (batches[0],), **prepare_kwargs)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+    return prepared
+
+
+def _torch_ao_output(model, batches, x):
+    ao = torch_ao()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = ao.quantize_fx.prepare_fx(copy.deepcopy(model), ao.quantization.get_default_qconfig_mapping("x86"),
+                                             (batches[0],))
+        with torch.no_grad():
+            for batch in batches:
+                prepared(batch)
+        quantized = ao.quantize_fx.convert_fx(prepared)
+        with torch.no_grad():
+            return quantized(x)
+
+
+# ---- 1. a weightless module called from two places ----
+
+class ReusedModules(nn.Module):
+    """torchvision-style: one pool, one activation and one dropout, each called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+        self.relu, self.pool, self.act, self.dropout = nn.ReLU(), nn.MaxPool2d(2), nn.Hardswish(), nn.Dropout(0.1)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.stem(x)))
+        x = self.dropout(self.pool(self.block(x)))
+        return self.dropout(self.act(self.act(x) + x))
+
+
+def test_weightless_modules_called_twice_convert_and_match_torch_ao():
+    torch.manual_seed(0)
+    model = ReusedModules().eval()
+    batches = [torch.randn(2, 3, 32, 32) for _ in range(4)]
+    quantized = fxq.convert_fx(_calibrated(model, batches))  # KeyError 'pool_call1' in pass lower before
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = model(x), quantized(x)
+    assert quantized.code.count(".dequantize()") == 1, quantized.code  # both pools and both hardswishes int8
+    assert sqnr(expected, got) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
+
+
+# ---- 2. preserved attributes ----
+
+class WithAttributes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.version, self.labels = "v1", ["cat", "dog"]
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_preserved_attributes_survive_prepare_and_convert_and_deepcopy():
+    prepared = _calibrated(WithAttributes().eval(), [torch.randn(2, 4)],
+                           prepare_custom_config={"preserved_attributes": ["version"]})
+    assert prepared.version == "v1" and not hasattr(prepared, "labels")
+    prepared.labels = ["cow"]  # set on the observed model: convert's preserved_attributes reads it from there
+    quantized = fxq.convert_fx(prepared, convert_custom_config={"preserved_attributes": ["labels"]})
+    assert quantized.labels == ["cow"]
+    assert quantized.version == "v1"  # what prepare kept stays (PyTorch AO drops it at convert)
+    assert copy.deepcopy(quantized).labels == ["cow"]
+
+
+# ---- 3 and 6. scalar arithmetic between int8 ops ----
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        scores = torch.matmul(self.q(x), self.k(x).transpose(-1, -2)) * 0.25
+        return 2 * (self.q(scores.softmax(-1)) + 1)
+
+
+def test_scalar_mul_and_add_stay_int8_like_torch_ao():
+    torch.manual_seed(0)
+    model = Attention().eval()
+    batches = [torch.randn(2, 16, 16) for _ in range(4)]
+    quantized = fxq.convert_fx(_calibrated(model, batches))
+    code = quantized.code
+    assert "torch.ops.quantized.mul(matmul_1, 0.25)" in code, code  # torch.ao's kernel: output scale = scale * 0.25
+    assert code.count("torch.ops.quantized.add(") == 1 and code.count("torch.ops.quantized.mul(") == 2
+    assert code.count(".dequantize()") == 1 and code.count("quantize_per_tensor(") == 1, code
+    x = torch.randn(2, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    assert sqnr(expected, quantized(x)) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
+
+
+def test_scalar_ops_alone_leave_no_quantize_dequantize_pair_with_nothing_between():
+    class Scalars(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + 1) * 2
+
+    torch.manual_seed(0)
+    model = Scalars().eval()
+    batches = [torch.randn(2, 3, 8, 8) for _ in range(4)]
+    quantized = fxq.convert_fx(_calibrated(model, batches))
+    for node in quantized.graph.nodes:
+        if node.op == "call_function" and node.target is torch.quantize_per_tensor:
+            assert all(user.target != "dequantize" for user in node.users), quantized.code
+    assert "torch.ops.quantized.add_relu(conv, 1)" in quantized.code, quantized.code
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    assert sqnr(expected, quantized(x)) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
