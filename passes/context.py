@@ -5,7 +5,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
+
+from fxq.patterns.ops import INPLACE_FUNCTIONS
 
 
 @dataclass
@@ -67,3 +70,26 @@ def delete_unused_submodules(gm: fx.GraphModule) -> None:
     unused = [name for name, _ in gm.named_modules() if name and name not in used]
     for name in unused:
         gm.delete_submodule(name)
+
+
+def out_of_place(node: fx.Node):
+    """The out-of-place target of an in-place op (``"mul"`` for ``y.mul_(2)``, F.relu for F.relu(x, inplace=True)),
+    None for any other node."""
+    if node.op == "call_method" and isinstance(node.target, str):
+        name = node.target
+        if name.endswith("_") and not name.startswith("_") and hasattr(torch.Tensor, name[:-1]):
+            return name[:-1]
+        return None
+    if node.op != "call_function":
+        return None
+    if node.target in INPLACE_FUNCTIONS:
+        return INPLACE_FUNCTIONS[node.target]
+    return node.target if node.kwargs.get("inplace") is True else None
+
+
+def eliminate_dead_code(gm: fx.GraphModule) -> int:
+    """torch.fx's dead-code elimination, except that an in-place op is an effect: ``y.mul_(0.5)`` has no users,
+    yet a later reader of ``y`` sees what it did. Returns how many nodes were removed."""
+    before = len(gm.graph.nodes)
+    gm.graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure() or out_of_place(node) is not None)
+    return before - len(gm.graph.nodes)

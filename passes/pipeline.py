@@ -25,13 +25,14 @@ from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, 
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
 from fxq.passes import cost_model, equalize, insert_equalization_observers
-from fxq.passes import tag_declared_quantizers
+from fxq.passes import functionalize_inplace, tag_declared_quantizers
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
 
 PREPARE = [
-    record_values.run,     # first: later passes read the shapes and dtypes it records
+    functionalize_inplace.run,  # first: later passes may then assume a node's value never changes after it runs
+    record_values.run,     # later passes read the shapes and dtypes it records
     fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
     assign_qconfig.run,
     cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
