@@ -25,7 +25,7 @@ from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, 
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
 from fxq.passes import cost_model, equalize, insert_equalization_observers
-from fxq.passes import functionalize_inplace, tag_declared_quantizers
+from fxq.passes import functionalize_inplace, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -41,7 +41,8 @@ PREPARE = [
     observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs
     prepare_standalone.run,
     observe_io.run,        # after the ops' observers: the model's quantized inputs/outputs reuse any already there
-    tag_declared_quantizers.run,  # last: tags a module declares (fxq_qtags) win over the default ones
+    tag_declared_quantizers.run,  # tags a module declares (fxq_qtags) win over the default ones
+    warn_nothing_quantized.run,  # last: looks at what all the others inserted
 ]
 
 CONVERT = [

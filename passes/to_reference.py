@@ -37,6 +37,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     _swap_weighted_modules(gm, ctx, modules, observers)
     _quantize_functional_weights(gm, ctx)
     qparams_cache: dict = {}
+    _warn_when_uncalibrated(ctx, [modules[node.target] for node in observers])
     for node in observers:
         observer = modules[node.target]
         if not _usable(observer):
@@ -72,6 +73,18 @@ def _one_module_per_call(gm: fx.GraphModule, ctx: PassContext, modules: dict) ->
             node.target = f"{base}{index}"
             ctx.count("modules called from several places split per call")
         seen.add(node.target)
+
+
+def _warn_when_uncalibrated(ctx: PassContext, observers: list) -> None:
+    """One warning saying what to do when no observer can quantize anything (per-observer ones follow)."""
+    modes = set(ctx.state.modes.values())
+    if not observers and STATIC in modes and not ctx.state.custom_modules and not ctx.state.standalone:
+        ctx.warnings.append("the prepared model has no observer, so convert_fx quantizes nothing (prepare_fx's "
+                            "warning said why)")
+    int8 = [observer for observer in observers if observer.dtype in (torch.quint8, torch.qint8)]
+    if int8 and not any(observer.has_data() for observer in int8):
+        ctx.warnings.append(f"none of the {len(int8)} observers has seen a batch, so nothing is quantized: "
+                            "run the prepared model on representative inputs (prepared(x)) before convert_fx")
 
 
 def _usable(observer: ObserverBase) -> bool:

@@ -135,6 +135,51 @@ def test_scalar_ops_alone_leave_no_quantize_dequantize_pair_with_nothing_between
     assert sqnr(expected, quantized(x)) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
 
 
+# ---- 4. calls that quantize nothing say why ----
+
+def _warnings_of(call):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    return result, " | ".join(str(w.message) for w in caught if "fxq" in str(w.message))
+
+
+def test_prepare_of_an_exported_graph_warns_that_it_quantizes_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    x = (torch.randn(2, 3, 8, 8),)
+    exported = torch.export.export(model, x).module()
+    prepared, said = _warnings_of(lambda: fxq.prepare_fx(exported, fxq.get_default_qconfig_mapping(), x))
+    assert "aten-level torch.export graph" in said and "fxq cannot quantize it yet" in said
+    prepared(*x)
+    _, said = _warnings_of(lambda: fxq.convert_fx(prepared))
+    assert "the prepared model has no observer, so convert_fx quantizes nothing" in said
+
+
+def test_a_mapping_that_selects_no_op_warns_and_names_the_keys_to_check():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    mapping = fxq.QConfigMapping().set_object_type(nn.LSTM, fxq.get_default_qconfig())
+    _, said = _warnings_of(lambda: fxq.prepare_fx(model, mapping, (torch.randn(2, 4),)))
+    assert "no op in the graph has a qconfig" in said and "set_object_type" in said
+    _, said = _warnings_of(lambda: fxq.prepare_fx(model, fxq.QConfigMapping(), (torch.randn(2, 4),)))
+    assert said == ""  # asking for nothing is not a mistake
+
+
+def test_ops_fxq_cannot_quantize_warn_at_prepare():
+    class Sine(nn.Module):
+        def forward(self, x):
+            return torch.sin(x)
+
+    _, said = _warnings_of(lambda: fxq.prepare_fx(Sine().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2),)))
+    assert "fxq quantizes none of them" in said and "register_op" in said
+
+
+def test_convert_without_calibration_says_to_calibrate_first():
+    prepared = fxq.prepare_fx(nn.Sequential(nn.Linear(4, 4)).eval(), fxq.get_default_qconfig_mapping(),
+                              (torch.randn(2, 4),))
+    _, said = _warnings_of(lambda: fxq.convert_fx(prepared))
+    assert "none of the 2 observers has seen a batch" in said and "before convert_fx" in said
+
+
 # ---- 5. in-place ops on values read later ----
 
 class InPlace(nn.Module):
