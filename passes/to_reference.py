@@ -25,7 +25,9 @@ from fxq.passes.context import PassContext, attribute_value, delete_unused_submo
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
-              nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding}
+              nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding,
+              nn.ConvTranspose1d: reference.ConvTranspose1d, nn.ConvTranspose2d: reference.ConvTranspose2d,
+              nn.ConvTranspose3d: reference.ConvTranspose3d}
 _RECURRENT = {nn.LSTM: reference_recurrent.LSTM, nn.GRU: reference_recurrent.GRU}  # dynamic mode only
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 

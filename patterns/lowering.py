@@ -43,6 +43,8 @@ def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
         source, out = low.quantized_source(node.args[0]), low.output(match.last)
         if not isinstance(inner, reference_type) or source is None or out is None or len(node.args) != 1:
             return False
+        if not _accepts(quantized_type, inner):
+            return False
         if low.mode(node) != STATIC:
             return False
         low.set_module(node.target, quantized_type.from_reference(module, out.scale, out.zero_point))
@@ -50,6 +52,12 @@ def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
         low.replace_output(out, _chain_output(low, match, node))
         return True
     return rewrite
+
+
+def _accepts(quantized_type: type, module: nn.Module) -> bool:
+    """The quantized class's own word on whether its kernel can do this module (a user's class may not say)."""
+    accepts = getattr(quantized_type, "accepts", None)
+    return accepts is None or accepts(module)
 
 
 def _chain_output(low: Lowering, match: Match, lowered: fx.Node) -> fx.Node:
@@ -66,9 +74,10 @@ def module_from_float(quantized_type: type) -> Rewrite:
     def rewrite(low: Lowering, match: Match) -> bool:
         node = match.anchor
         source, out = low.quantized_source(node.args[0]), low.output(match.last)
-        if source is None or out is None or len(node.args) != 1:
+        float_module = low.modules[node.target]
+        if source is None or out is None or len(node.args) != 1 or not _accepts(quantized_type, float_module):
             return False
-        module = quantized_type.from_float(low.modules[node.target], out.scale, out.zero_point)
+        module = quantized_type.from_float(float_module, out.scale, out.zero_point)
         low.set_module(node.target, module)
         node.args = (source,)
         low.replace_output(out, node)
@@ -232,10 +241,17 @@ def _rows():
             (fused.ConvReLU3d, reference.Conv3d, qnn.Conv3d, qnn.ConvReLU3d)):
         yield row(ref, weighted_module(plain, ref))                                 # dq -> conv -> q
         yield row(float_conv_type, weighted_module(relu, ref))                      # dq -> conv+relu -> q
+    for ref, plain in ((reference.ConvTranspose1d, qnn.ConvTranspose1d),
+                       (reference.ConvTranspose2d, qnn.ConvTranspose2d),
+                       (reference.ConvTranspose3d, qnn.ConvTranspose3d)):
+        yield row(ref, weighted_module(plain, ref))                                 # dq -> conv_transpose -> q
     for float_type, quantized_type in ((nn.BatchNorm2d, qnn.BatchNorm2d), (nn.BatchNorm3d, qnn.BatchNorm3d),
                                        (fused.BNReLU2d, qnn.BNReLU2d), (fused.BNReLU3d, qnn.BNReLU3d),
                                        (nn.LayerNorm, qnn.LayerNorm), (nn.Hardswish, qnn.Hardswish),
-                                       (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax)):
+                                       (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax),
+                                       (nn.InstanceNorm1d, qnn.InstanceNorm1d), (nn.InstanceNorm2d, qnn.InstanceNorm2d),
+                                       (nn.InstanceNorm3d, qnn.InstanceNorm3d), (nn.GroupNorm, qnn.GroupNorm),
+                                       (nn.PReLU, qnn.PReLU)):
         yield row(float_type, module_from_float(quantized_type))                     # dq -> norm/act -> q
     yield row(chain(ADD, RELU), binary(kernels.add_relu))                                 # dq, dq -> add -> relu -> q
     yield row(chain(MUL, RELU), binary(kernels.mul_relu))

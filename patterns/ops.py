@@ -15,6 +15,8 @@ STACK = (torch.stack,)
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 BATCH_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+CONV_TRANSPOSE_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 SOFTMAX = (nn.Softmax, F.softmax, torch.softmax, "softmax")
 SIGMOID = (nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")

@@ -233,3 +233,70 @@ def test_in_place_op_on_an_aliased_value_is_kept_by_dead_code_elimination():
     x = torch.randn(2, 4)
     with torch.no_grad():
         assert torch.allclose(quantized(x), model(x))
+
+
+# ---- 6. ops PyTorch AO runs in int8: transposed convs, instance / group norm, PReLU ----
+
+def _prelu(channels, low, high):
+    prelu = nn.PReLU(channels)
+    with torch.no_grad():
+        prelu.weight.uniform_(low, high)
+    return prelu
+
+
+INT8_MODULES = {  # name: (model, input shape, the fxq.nn.quantized class it must lower to)
+    "ConvTranspose1d": (lambda: nn.Sequential(nn.Conv1d(3, 8, 3), nn.ConvTranspose1d(8, 4, 3, stride=2,
+                                                                                       output_padding=1)),
+                        (2, 3, 16), "ConvTranspose1d"),
+    "ConvTranspose2d": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2, stride=2)),
+                        (2, 3, 10, 10), "ConvTranspose2d"),
+    "ConvTranspose3d": (lambda: nn.Sequential(nn.Conv3d(3, 8, 3), nn.ConvTranspose3d(8, 4, 2, stride=2)),
+                        (2, 3, 6, 6, 6), "ConvTranspose3d"),
+    "InstanceNorm1d": (lambda: nn.Sequential(nn.Conv1d(3, 8, 3), nn.InstanceNorm1d(8)), (2, 3, 20), "InstanceNorm1d"),
+    "InstanceNorm2d": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8, affine=True)),
+                       (2, 3, 10, 10), "InstanceNorm2d"),
+    "InstanceNorm3d": (lambda: nn.Sequential(nn.Conv3d(3, 8, 3), nn.InstanceNorm3d(8)), (2, 3, 6, 6, 6),
+                       "InstanceNorm3d"),
+    "GroupNorm": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8)), (2, 3, 10, 10), "GroupNorm"),
+    "PReLU": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8)), (2, 3, 10, 10), "PReLU"),
+    "PReLU negative slopes": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), _prelu(8, -0.5, 0.5)), (2, 3, 10, 10),
+                              "PReLU"),
+}
+
+
+def _then_conv(model: nn.Sequential) -> nn.Sequential:
+    """A 1x1 conv after the op, as in real models: its output is then quantized in PyTorch AO too."""
+    channels = model[1].weight.shape[1] if isinstance(model[1], nn.modules.conv._ConvTransposeNd) else 8
+    conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[model[0].weight.dim()](channels, 4, 1)
+    return nn.Sequential(*model, conv)
+
+
+@pytest.mark.parametrize("name", list(INT8_MODULES))
+def test_module_runs_int8_and_is_at_least_as_accurate_as_torch_ao(name):
+    torch.manual_seed(0)
+    build, shape, quantized_class = INT8_MODULES[name]
+    model = _then_conv(build()).eval()
+    batches = [torch.randn(*shape) for _ in range(4)]
+    quantized = fxq.convert_fx(_calibrated(model, batches))
+    assert type(quantized.get_submodule("1")) is getattr(fxq.nn.quantized, quantized_class)
+    assert quantized.code.count(".dequantize()") == 1, quantized.code  # no float detour around the op
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected, got = model(x), quantized(x)
+    assert sqnr(expected, got) > 25
+    assert sqnr(expected, got) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
+    again = fxq.convert_fx(_calibrated(_then_conv(build()).eval(), batches))  # another model of the same shape
+    again.load_state_dict(quantized.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), got) and torch.equal(copy.deepcopy(quantized)(x), got)
+
+
+def test_a_per_channel_transposed_conv_stays_a_reference_module():
+    mapping = fxq.get_default_qconfig_mapping("x86").set_object_type(nn.ConvTranspose2d, fxq.get_default_qconfig())
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2, stride=2)).eval()
+    batches = [torch.randn(2, 3, 10, 10) for _ in range(2)]
+    quantized = fxq.convert_fx(_calibrated(model, batches, qconfig_mapping=mapping))
+    assert type(quantized.get_submodule("1")) is fxq.nn.reference.ConvTranspose2d  # no int8 per-channel kernel
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        assert sqnr(model(x), quantized(x)) > 25

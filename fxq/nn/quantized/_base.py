@@ -24,6 +24,12 @@ class QuantizedModule(nn.Module):
     def _get_name(self) -> str:
         return "Quantized" + type(self).__name__
 
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:
+        """Whether this class can stand for ``module`` (lowering checks before building; a refusal leaves the
+        op in float). Subclasses with a kernel that cannot do some configurations say so here."""
+        return True
+
     def _output_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"
 
