@@ -24,7 +24,7 @@ from fxq import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
-from fxq.passes import cost_model, equalize, insert_equalization_observers
+from fxq.passes import cost_model, equalize, insert_equalization_observers, reshape_views
 from fxq.passes import functionalize_inplace, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes.context import PassContext
 
@@ -49,6 +49,7 @@ CONVERT = [
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels
+    reshape_views.run,     # after lower: int8 kernels return channels-last tensors, which x.view(n, -1) rejects
     quantize_custom_modules.run,  # after lower: leaves take the quantized tensors lowering left around them
     convert_standalone.run,
     quantized_io.run,

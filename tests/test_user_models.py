@@ -300,3 +300,29 @@ def test_a_per_channel_transposed_conv_stays_a_reference_module():
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         assert sqnr(model(x), quantized(x)) > 25
+
+
+# ---- 7. x.view(n, -1) after an int8 conv (channels-last output) ----
+
+class ViewAfterConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc, self.side = nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(2), nn.Linear(32, 4), \
+            nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        head = self.fc(self.pool(y).view(y.size(0), -1))  # int8 view of an int8 pool
+        side = self.side(x).view(x.size(0), 8, -1).view_as(y.flatten(2)).sum(-1)  # view then a float op
+        return head, side
+
+
+def test_view_after_an_int8_conv_runs():
+    torch.manual_seed(0)
+    model = ViewAfterConv().eval()
+    quantized = fxq.convert_fx(_calibrated(model, [torch.randn(2, 3, 10, 10) for _ in range(4)]))
+    assert ".view(" not in quantized.code and ".reshape(" in quantized.code
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        for expected, got in zip(model(x), quantized(x)):  # raised "view size is not compatible" before
+            assert sqnr(expected, got) > 20  # a wrong element order would give ~0 dB
