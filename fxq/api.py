@@ -13,9 +13,10 @@ from __future__ import annotations
 import warnings
 from typing import Any, Optional, Union
 
+import torch
 from torch import fx, nn
 
-from fxq import node_meta
+from fxq import node_meta, provenance
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
 from fxq.equalization import apply_equalization_config
 from fxq.gc_pause import collector_paused
@@ -51,6 +52,9 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     _reject_unsupported(None, backend_config)
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_fx expects an nn.Module, got {type(model).__name__}")
+    if get_state(model) is not None:
+        raise ValueError("prepare_fx got a model that prepare_fx already returned (it holds fxq's observers); "
+                         "calibrate it and call fxq.convert_fx on it, or pass the original float model to prepare_fx")
     if not isinstance(example_inputs, tuple):
         raise TypeError(f"example_inputs must be a tuple of the forward's arguments, got "
                         f"{type(example_inputs).__name__}; write example_inputs=(x,) for one input")
@@ -62,6 +66,7 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
                       state=state, equalization_mapping=equalization_mapping)
+    ctx.warnings.extend(_unknown_module_names(mapping, model))
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
     set_state(gm, state)
     node_meta.keep(gm)
@@ -116,6 +121,9 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
              debug_dump_dir: Optional[str], backend_config: Any) -> fx.GraphModule:
     _reject_unsupported(None, backend_config)
     state = get_state(graph_module)
+    if state is None and getattr(graph_module, provenance.ATTRIBUTE, None) is not None:
+        raise ValueError("convert_fx got a model that convert_fx already returned; it is quantized already. To "
+                         "convert again, call convert_fx on the prepared (calibrated) model, which it leaves as it was")
     if state is None:
         raise ValueError(
             f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
@@ -136,6 +144,17 @@ def _convert(graph_module: fx.GraphModule, convert_custom_config: ConfigLike, pa
     return gm
 
 
+def _unknown_module_names(mapping: QConfigMapping, model: nn.Module) -> list:
+    """set_module_name keys naming no submodule: a typo there silently leaves the intended layer as it was."""
+    keys = list(mapping.module_name_qconfigs) + [key[0] for key in mapping.module_name_object_type_order_qconfigs]
+    if not keys:
+        return []
+    names = {name for name, _ in model.named_modules()}
+    return [f"QConfigMapping.set_module_name('{key}', ...) names no module of the model (its modules include "
+            f"{', '.join(sorted(names - {''})[:5]) or 'none'}); check the path"
+            for key in dict.fromkeys(keys) if key not in names]
+
+
 def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
     model = copy_module(model)
     gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
@@ -144,7 +163,28 @@ def _trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.Gra
     return gm
 
 
+SUPPORTED_TORCH = ((2, 3), (2, 13))  # oldest and newest torch (major, minor) fxq is tested with
+_newer_torch_warned = []
+
+
+def check_torch_version(version: str) -> None:
+    """Raise on a torch older than fxq supports; warn once on one newer than it was tested with.
+
+    >>> check_torch_version("2.13.0+cpu")
+    """
+    major_minor = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    (oldest, newest), supported = SUPPORTED_TORCH, "torch {}.{} to {}.{}".format(*SUPPORTED_TORCH[0], *SUPPORTED_TORCH[1])
+    if major_minor < oldest:
+        raise RuntimeError(f"fxq supports {supported}; this is torch {version}. Upgrade it: "
+                           f"pip install 'torch>={oldest[0]}.{oldest[1]}'")
+    if major_minor > newest and not _newer_torch_warned:
+        _newer_torch_warned.append(version)
+        warnings.warn(f"fxq is tested with {supported}; torch {version} is newer. If a quantized kernel or "
+                      "torch.fx changed, convert_fx may fail: please report it with the torch version", stacklevel=4)
+
+
 def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
+    check_torch_version(torch.__version__)
     if backend_config is not None:
         raise NotImplementedError("backend_config: fxq does not take PyTorch AO BackendConfig objects; register ops "
                                   "with fxq.patterns instead, or leave backend_config=None")

@@ -108,8 +108,13 @@ class WeightedQuantizedModule(QuantizedModule):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         values = _pop_keys(state_dict, prefix, ("weight", "bias"), missing_keys)
-        if "weight" in values:
-            self.set_weight_bias(values["weight"], values.get("bias"))
+        incoming = values.get("weight")
+        if incoming is not None and incoming.shape != self.weight().shape:  # another model's checkpoint
+            error_msgs.append(f"size mismatch for {prefix}weight: the state_dict has shape {tuple(incoming.shape)}, "
+                              f"this {type(self).__name__} has {tuple(self.weight().shape)}; load a state_dict saved "
+                              "from a model converted from the same float model")
+        elif incoming is not None:
+            self.set_weight_bias(incoming, values.get("bias"))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
