@@ -72,13 +72,19 @@ def delete_unused_submodules(gm: fx.GraphModule) -> None:
         gm.delete_submodule(name)
 
 
+# In-place methods whose underscore-less namesake computes something else (x.bernoulli_(p) draws with probability p,
+# x.bernoulli() with probabilities x): they stay in place, as effects.
+_DIFFERENT_OUT_OF_PLACE = {"bernoulli_", "requires_grad_"}
+
+
 def out_of_place(node: fx.Node):
     """The out-of-place target of an in-place op (``"mul"`` for ``y.mul_(2)``, F.relu for F.relu(x, inplace=True)),
     None for any other node."""
     if node.op == "call_method" and isinstance(node.target, str):
         name = node.target
-        if name.endswith("_") and not name.startswith("_") and hasattr(torch.Tensor, name[:-1]):
-            return name[:-1]
+        plain = name[:-1]
+        if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.Tensor, plain, None)):
+            return None if name in _DIFFERENT_OUT_OF_PLACE else plain
         return None
     if node.op != "call_function":
         return None

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fxq
@@ -326,3 +327,19 @@ def test_view_after_an_int8_conv_runs():
     with torch.no_grad():
         for expected, got in zip(model(x), quantized(x)):  # raised "view size is not compatible" before
             assert sqnr(expected, got) > 20  # a wrong element order would give ~0 dB
+
+
+def test_only_in_place_ops_with_an_equal_out_of_place_op_are_rewritten():
+    from fxq.passes.context import out_of_place
+
+    class Methods(nn.Module):
+        def forward(self, x, y):
+            x.mul_(2)
+            x.bernoulli_(0.5)  # x.bernoulli() would use x as the probabilities
+            x.copy_(y)  # no Tensor.copy
+            x.requires_grad_()
+            return torch.relu_(x)
+
+    nodes = {n.name: n for n in torch.fx.symbolic_trace(Methods()).graph.nodes}
+    assert out_of_place(nodes["mul_"]) == "mul" and out_of_place(nodes["relu_"]) in (torch.relu, F.relu)
+    assert [out_of_place(nodes[name]) for name in ("bernoulli_", "copy_", "requires_grad_")] == [None, None, None]
