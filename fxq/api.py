@@ -10,10 +10,13 @@ The signatures are PyTorch AO's quantize_fx's, so switching is one import line::
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Union
 
+import torch
 from torch import fx, nn
 
+from fxq.graph.state import get_state
 from fxq.passes import flows, pipeline
 
 ConfigLike = Union[dict, None, Any]
@@ -38,6 +41,9 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     _reject_unsupported(None, backend_config)
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_fx expects an nn.Module, got {type(model).__name__}")
+    if get_state(model) is not None:
+        raise ValueError("prepare_fx got a model that prepare_fx already returned (it holds fxq's observers); "
+                         "calibrate it and call fxq.convert_fx on it, or pass the original float model to prepare_fx")
     if not isinstance(example_inputs, tuple):
         raise TypeError(f"example_inputs must be a tuple of the forward's arguments, got "
                         f"{type(example_inputs).__name__}; write example_inputs=(x,) for one input")
@@ -79,7 +85,28 @@ def fuse_fx(model: nn.Module, fuse_custom_config: ConfigLike = None, backend_con
     return flows.fuse_model(model, fuse_custom_config)
 
 
+SUPPORTED_TORCH = ((2, 3), (2, 13))  # oldest and newest torch (major, minor) fxq is tested with
+_newer_torch_warned = []
+
+
+def check_torch_version(version: str) -> None:
+    """Raise on a torch older than fxq supports; warn once on one newer than it was tested with.
+
+    >>> check_torch_version("2.13.0+cpu")
+    """
+    major_minor = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    (oldest, newest), supported = SUPPORTED_TORCH, "torch {}.{} to {}.{}".format(*SUPPORTED_TORCH[0], *SUPPORTED_TORCH[1])
+    if major_minor < oldest:
+        raise RuntimeError(f"fxq supports {supported}; this is torch {version}. Upgrade it: "
+                           f"pip install 'torch>={oldest[0]}.{oldest[1]}'")
+    if major_minor > newest and not _newer_torch_warned:
+        _newer_torch_warned.append(version)
+        warnings.warn(f"fxq is tested with {supported}; torch {version} is newer. If a quantized kernel or "
+                      "torch.fx changed, convert_fx may fail: please report it with the torch version", stacklevel=4)
+
+
 def _reject_unsupported(equalization_config: Any, backend_config: Any) -> None:
+    check_torch_version(torch.__version__)
     if backend_config is not None:
         raise NotImplementedError("backend_config: fxq does not take PyTorch AO BackendConfig objects; register ops "
                                   "with fxq.patterns instead, or leave backend_config=None")

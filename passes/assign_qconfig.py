@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
 from torch import fx
 
 from fxq.graph.modes import STATIC, quant_mode
@@ -35,7 +36,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         index = calls_so_far[(counted_in, object_types[0])]
         calls_so_far[(counted_in, object_types[0])] += 1
         qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in, node=node)
-        mode = quant_mode(qconfig)
+        mode = _mode(qconfig, node, path)
+        if mode == STATIC and op_of(node, modules) in WEIGHTED_OPS:
+            _check_weight_dtype(qconfig, node, path)
         if mode not in (None, STATIC) and op_of(node, modules) not in MODE_OPS[mode]:
             if op_of(node, modules) in WEIGHTED_OPS:
                 unsupported.append(f"{node.name} ({path or '<root>'})")
@@ -59,3 +62,27 @@ def _lookup_key(node: fx.Node, modules: dict) -> tuple:
         owner = type(modules[scope.path]) if scope.path in modules else type(None)
         return scope.path, (owner, node.target), scope.path
     return scope.path, (node.target,), scope.path
+
+
+def _mode(qconfig, node: fx.Node, path: str):
+    try:
+        return quant_mode(qconfig)
+    except ValueError as error:
+        raise ValueError(f"the qconfig of node '{node.name}' (module '{path or '<root>'}'): {error}") from None
+
+
+_weight_dtypes: dict = {}
+
+
+def _check_weight_dtype(qconfig, node: fx.Node, path: str) -> None:
+    """The int8 conv / linear kernels take torch.qint8 weights: say so at prepare, not deep inside convert."""
+    key = id(qconfig.weight)
+    if qconfig.weight is None:
+        return
+    if key not in _weight_dtypes:
+        _weight_dtypes[key] = (qconfig.weight, qconfig.weight().dtype)  # keeps the constructor alive for its id
+    dtype = _weight_dtypes[key][1]
+    if dtype != torch.qint8:
+        raise ValueError(f"the qconfig of node '{node.name}' (module '{path or '<root>'}') observes its weight as "
+                         f"{dtype}, but the int8 conv / linear kernels take torch.qint8 weights; give the QConfig a "
+                         "weight observer with dtype=torch.qint8 (e.g. fxq.observers.default_weight_observer)")

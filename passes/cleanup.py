@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from fxq.passes.context import PassContext, delete_unused_submodules
+from fxq.passes.context import PassContext, delete_unused_submodules, eliminate_dead_code
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -16,9 +16,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if _is_requantize_of_same(gm, node):
             node.replace_all_uses_with(node.args[0].args[0])
             ctx.count("dequantize/quantize pairs removed")
-    before = len(gm.graph.nodes)
-    gm.graph.eliminate_dead_code()
-    ctx.count("dead nodes removed", before - len(gm.graph.nodes))
+    ctx.count("dead nodes removed", eliminate_dead_code(gm))
     delete_unused_submodules(gm)
     return gm
 

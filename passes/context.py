@@ -5,7 +5,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
+
+from fxq.patterns.ops import INPLACE_FUNCTIONS
 
 
 @dataclass
@@ -30,8 +33,12 @@ class PassContext:
 
 
 def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
-    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree)."""
-    return dict(gm.named_modules())
+    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree).
+
+    Every name, also the second name of a module registered twice (to_reference gives each call of a reused
+    weightless module such as a MaxPool2d its own name, bound to the same object).
+    """
+    return dict(gm.named_modules(remove_duplicate=False))
 
 
 def attribute_value(gm: fx.GraphModule, target: str):
@@ -63,3 +70,32 @@ def delete_unused_submodules(gm: fx.GraphModule) -> None:
     unused = [name for name, _ in gm.named_modules() if name and name not in used]
     for name in unused:
         gm.delete_submodule(name)
+
+
+# In-place methods whose underscore-less namesake computes something else (x.bernoulli_(p) draws with probability p,
+# x.bernoulli() with probabilities x): they stay in place, as effects.
+_DIFFERENT_OUT_OF_PLACE = {"bernoulli_", "requires_grad_"}
+
+
+def out_of_place(node: fx.Node):
+    """The out-of-place target of an in-place op (``"mul"`` for ``y.mul_(2)``, F.relu for F.relu(x, inplace=True)),
+    None for any other node."""
+    if node.op == "call_method" and isinstance(node.target, str):
+        name = node.target
+        plain = name[:-1]
+        if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.Tensor, plain, None)):
+            return None if name in _DIFFERENT_OUT_OF_PLACE else plain
+        return None
+    if node.op != "call_function":
+        return None
+    if node.target in INPLACE_FUNCTIONS:
+        return INPLACE_FUNCTIONS[node.target]
+    return node.target if node.kwargs.get("inplace") is True else None
+
+
+def eliminate_dead_code(gm: fx.GraphModule) -> int:
+    """torch.fx's dead-code elimination, except that an in-place op is an effect: ``y.mul_(0.5)`` has no users,
+    yet a later reader of ``y`` sees what it did. Returns how many nodes were removed."""
+    before = len(gm.graph.nodes)
+    gm.graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure() or out_of_place(node) is not None)
+    return before - len(gm.graph.nodes)

@@ -21,12 +21,14 @@ from torch import fx, nn
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
 from fxq.config.registry import check_configs
 from fxq.equalization import apply_equalization_config
+from fxq.debug import provenance
 from fxq.graph import node_meta
 from fxq.graph.gc_pause import collector_paused
 from fxq.graph.lazy_code import make_eager
 from fxq.graph.leaves import trace_for_prepare
 from fxq.graph.module_copy import copy_module
 from fxq.graph.state import FxqState, clear_state, get_state, set_state
+from fxq.graph.tracer import preserve_attributes
 from fxq.passes import fold_linear_chains, fuse, pipeline
 from fxq.passes.context import PassContext
 
@@ -43,6 +45,7 @@ def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepa
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
                       state=state, equalization_mapping=equalization_mapping)
+    ctx.warnings.extend(_unknown_module_names(mapping, model))
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
     set_state(gm, state)
     node_meta.keep(gm)
@@ -55,6 +58,9 @@ def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
             passes: Sequence[pipeline.Pass] = pipeline.CONVERT, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
     """Run ``passes`` (the convert list, or the reference one) on a copy of a prepared model."""
     state = get_state(graph_module)
+    if state is None and getattr(graph_module, provenance.ATTRIBUTE, None) is not None:
+        raise ValueError("convert_fx got a model that convert_fx already returned; it is quantized already. To "
+                         "convert again, call convert_fx on the prepared (calibrated) model, which it leaves as it was")
     if state is None:
         raise ValueError(
             f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
@@ -66,6 +72,9 @@ def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
     gm = copy_module(graph_module)
     ctx = PassContext(convert_config=config, state=state)
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
+    # the attributes prepare was asked to keep stay on the converted model too (PyTorch AO drops them here)
+    kept = getattr(state.prepare_config, "preserved_attributes", [])
+    preserve_attributes(gm, graph_module, [*kept, *config.preserved_attributes])
     clear_state(gm)
     node_meta.keep(gm)
     emit_warnings(ctx)
@@ -85,13 +94,22 @@ def fuse_model(model: nn.Module, fuse_custom_config: Any = None) -> fx.GraphModu
     return gm
 
 
+def _unknown_module_names(mapping: QConfigMapping, model: nn.Module) -> list:
+    """set_module_name keys naming no submodule: a typo there silently leaves the intended layer as it was."""
+    keys = list(mapping.module_name_qconfigs) + [key[0] for key in mapping.module_name_object_type_order_qconfigs]
+    if not keys:
+        return []
+    names = {name for name, _ in model.named_modules()}
+    return [f"QConfigMapping.set_module_name('{key}', ...) names no module of the model (its modules include "
+            f"{', '.join(sorted(names - {''})[:5]) or 'none'}); check the path"
+            for key in dict.fromkeys(keys) if key not in names]
+
+
 def trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
     """Trace a copy of ``model`` with the config's leaf rules; preserved attributes and the training flag follow."""
     model = copy_module(model)
     gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
-    for name in prepare_config.preserved_attributes:
-        if hasattr(model, name):
-            setattr(gm, name, getattr(model, name))
+    preserve_attributes(gm, model, prepare_config.preserved_attributes)
     gm.training = model.training
     return gm
 

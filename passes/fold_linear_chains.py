@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
+from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, eliminate_dead_code, modules_of
 
 _TRANSPARENT = (nn.Dropout, nn.Identity)  # identity maps in eval mode
 
@@ -42,7 +42,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                 break
             current = _fold_pair(gm, modules, chain, calls, ctx)
             erased.update(chain)
-    gm.graph.eliminate_dead_code()
+    eliminate_dead_code(gm)
     delete_unused_submodules(gm)
     return gm
 

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     if gm.training:
-        ctx.warnings.append("the model is in training mode: fusion (batch norm folding) skipped; call model.eval()")
+        ctx.warnings.append("the model is in training mode: batch norm is not folded, and calibrating would update "
+                            "its running statistics and apply dropout; call model.eval() before prepare_fx")
         return gm
     modules = modules_of(gm)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")

@@ -14,6 +14,7 @@ Before / after::
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Optional
 
 from torch import fx
@@ -23,10 +24,15 @@ from fxq.observers import FixedQParamsObserver
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import is_float_tensor
 from fxq.patterns.observation import FIXED, OBSERVATION, SHARED, Observe
+from fxq.graph.tracer import scope_of
 
 OBSERVER_PREFIX = "activation_post_process_"
 # Why an observer node was inserted, as a hierarchical quantizer tag mpath's [qtag:...] selects on.
 QTAG_KEY = "fxq_qtag"
+
+
+def _scope_path(node: fx.Node) -> str:
+    return scope_of(node).path or "<root>"
 
 
 class _Inserter:
@@ -43,7 +49,10 @@ class _Inserter:
     def new_observer(self, constructor: Any, after: fx.Node, tag: str) -> fx.Node:
         name = f"{OBSERVER_PREFIX}{self.next_index}"
         self.next_index += 1
-        self.gm.add_submodule(name, constructor())
+        observer = constructor()
+        # where it sits, for its own messages (a NaN in calibration names the observer, the node and the module)
+        observer.__dict__["fxq_site"] = f"observer '{name}' on node '{after.name}' (module '{_scope_path(after)}')"
+        self.gm.add_submodule(name, observer)
         return self.observer_call(name, after, tag)
 
     def observer_call(self, name: str, after: fx.Node, tag: str) -> fx.Node:
@@ -93,6 +102,9 @@ class _Inserter:
             node.target = self.root(node.target)
         for name in {name for name in self.shared_with if self.root(name) != name}:
             delattr(self.gm, name)
+        calls = Counter(node.target for node in self.observer_nodes)
+        for name, count in calls.items():  # a shared observer runs several times a batch: its messages count batches
+            self.gm.get_submodule(name).__dict__["fxq_calls_per_batch"] = count
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:

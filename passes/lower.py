@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from torch import fx
 
 from fxq.nn.quantized._packing import packing_for
@@ -25,6 +26,7 @@ from fxq.patterns.rewrites import Lowering
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     lowering = Lowering(gm, modules_of(gm), ctx.state)
+    lowered = 0
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function", "call_method") or not node.users:
             continue
@@ -33,5 +35,19 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             for match in LOWERING.matches(node, lowering.modules):
                 if match.rule.action(lowering, match):
                     ctx.count(f"lowered {match.rule.name}")
+                    lowered += 1
                     break
+    if not lowered:
+        _warn_nothing_lowered(gm, ctx)
     return gm
+
+
+def _warn_nothing_lowered(gm: fx.GraphModule, ctx: PassContext) -> None:
+    """Quantize nodes but no int8 op: the model pays for rounding and runs every op in float."""
+    if ctx.state is None or ctx.state.custom_modules or ctx.state.standalone:
+        return  # those modules take the quantized tensors after this pass
+    quantizes = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.quantize_per_tensor]
+    if quantizes:
+        ctx.warnings.append(f"convert_fx lowered no op to an int8 kernel: {len(quantizes)} quantize nodes "
+                            f"({', '.join(quantizes[:3])}) feed only float ops; no row of fxq.patterns.lowering "
+                            "matched (fxq.patterns.register_op(op, lower=...) adds one)")

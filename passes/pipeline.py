@@ -24,14 +24,15 @@ from fxq.debug import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
-from fxq.passes import cost_model, equalize, insert_equalization_observers
-from fxq.passes import tag_declared_quantizers
+from fxq.passes import cost_model, equalize, insert_equalization_observers, reshape_views
+from fxq.passes import functionalize_inplace, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
 
 PREPARE = [
-    record_values.run,     # first: later passes read the shapes and dtypes it records
+    functionalize_inplace.run,  # first: later passes may then assume a node's value never changes after it runs
+    record_values.run,     # later passes read the shapes and dtypes it records
     fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
     assign_qconfig.run,
     cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
@@ -40,13 +41,15 @@ PREPARE = [
     observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs
     prepare_standalone.run,
     observe_io.run,        # after the ops' observers: the model's quantized inputs/outputs reuse any already there
-    tag_declared_quantizers.run,  # last: tags a module declares (fxq_qtags) win over the default ones
+    tag_declared_quantizers.run,  # tags a module declares (fxq_qtags) win over the default ones
+    warn_nothing_quantized.run,  # last: looks at what all the others inserted
 ]
 
 CONVERT = [
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels
+    reshape_views.run,     # after lower: int8 kernels return channels-last tensors, which x.view(n, -1) rejects
     quantize_custom_modules.run,  # after lower: leaves take the quantized tensors lowering left around them
     convert_standalone.run,
     quantized_io.run,

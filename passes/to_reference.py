@@ -25,7 +25,9 @@ from fxq.passes.context import PassContext, attribute_value, delete_unused_submo
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
-              nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding}
+              nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding,
+              nn.ConvTranspose1d: reference.ConvTranspose1d, nn.ConvTranspose2d: reference.ConvTranspose2d,
+              nn.ConvTranspose3d: reference.ConvTranspose3d}
 _RECURRENT = {nn.LSTM: reference_recurrent.LSTM, nn.GRU: reference_recurrent.GRU}  # dynamic mode only
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 
@@ -37,6 +39,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     _swap_weighted_modules(gm, ctx, modules, observers)
     _quantize_functional_weights(gm, ctx)
     qparams_cache: dict = {}
+    _warn_when_uncalibrated(ctx, [modules[node.target] for node in observers])
     for node in observers:
         observer = modules[node.target]
         if not _usable(observer):
@@ -72,6 +75,18 @@ def _one_module_per_call(gm: fx.GraphModule, ctx: PassContext, modules: dict) ->
             node.target = f"{base}{index}"
             ctx.count("modules called from several places split per call")
         seen.add(node.target)
+
+
+def _warn_when_uncalibrated(ctx: PassContext, observers: list) -> None:
+    """One warning saying what to do when no observer can quantize anything (per-observer ones follow)."""
+    modes = set(ctx.state.modes.values())
+    if not observers and STATIC in modes and not ctx.state.custom_modules and not ctx.state.standalone:
+        ctx.warnings.append("the prepared model has no observer, so convert_fx quantizes nothing (prepare_fx's "
+                            "warning said why)")
+    int8 = [observer for observer in observers if observer.dtype in (torch.quint8, torch.qint8)]
+    if int8 and not any(observer.has_data() for observer in int8):
+        ctx.warnings.append(f"none of the {len(int8)} observers has seen a batch, so nothing is quantized: "
+                            "run the prepared model on representative inputs (prepared(x)) before convert_fx")
 
 
 def _usable(observer: ObserverBase) -> bool:

@@ -43,6 +43,8 @@ def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
         source, out = low.quantized_source(node.args[0]), low.output(match.last)
         if not isinstance(inner, reference_type) or source is None or out is None or len(node.args) != 1:
             return False
+        if not _accepts(quantized_type, inner):
+            return False
         if low.mode(node) != STATIC:
             return False
         low.set_module(node.target, quantized_type.from_reference(module, out.scale, out.zero_point))
@@ -50,6 +52,12 @@ def weighted_module(quantized_type: type, reference_type: type) -> Rewrite:
         low.replace_output(out, _chain_output(low, match, node))
         return True
     return rewrite
+
+
+def _accepts(quantized_type: type, module: nn.Module) -> bool:
+    """The quantized class's own word on whether its kernel can do this module (a user's class may not say)."""
+    accepts = getattr(quantized_type, "accepts", None)
+    return accepts is None or accepts(module)
 
 
 def _chain_output(low: Lowering, match: Match, lowered: fx.Node) -> fx.Node:
@@ -66,9 +74,10 @@ def module_from_float(quantized_type: type) -> Rewrite:
     def rewrite(low: Lowering, match: Match) -> bool:
         node = match.anchor
         source, out = low.quantized_source(node.args[0]), low.output(match.last)
-        if source is None or out is None or len(node.args) != 1:
+        float_module = low.modules[node.target]
+        if source is None or out is None or len(node.args) != 1 or not _accepts(quantized_type, float_module):
             return False
-        module = quantized_type.from_float(low.modules[node.target], out.scale, out.zero_point)
+        module = quantized_type.from_float(float_module, out.scale, out.zero_point)
         low.set_module(node.target, module)
         node.args = (source,)
         low.replace_output(out, node)
@@ -87,6 +96,29 @@ def binary(kernel: Callable) -> Rewrite:
         if sources is None or out is None or len(node.args) != 2 or node.kwargs:
             return False
         low.replace_output(out, low.call_before(out, "call_function", kernel, (*sources, *out.qparam_nodes)))
+        return True
+    return rewrite
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def binary_scalar(kernel: Callable) -> Rewrite:
+    """``x * 0.25`` / ``1 + x`` on a quantized x (optionally followed by relu) -> kernel(q, scalar).
+
+    As in PyTorch AO, the kernel derives the output qparams from the input's (mul: scale * |c|; add: the zero
+    point shifted by c / scale), so the output observer is not used: no requantization, no float round trip.
+    """
+    def rewrite(low: Lowering, match: Match) -> bool:
+        node = match.anchor
+        if len(node.args) != 2 or node.kwargs:
+            return False
+        tensor, scalar = node.args if _is_scalar(node.args[1]) else reversed(node.args)  # add and mul commute
+        source, out = low.quantized_source(tensor), low.output(match.last)
+        if source is None or out is None or not _is_scalar(scalar):
+            return False
+        low.replace_output(out, low.call_before(out, "call_function", kernel, (source, scalar)))
         return True
     return rewrite
 
@@ -209,15 +241,26 @@ def _rows():
             (fused.ConvReLU3d, reference.Conv3d, qnn.Conv3d, qnn.ConvReLU3d)):
         yield row(ref, weighted_module(plain, ref))                                 # dq -> conv -> q
         yield row(float_conv_type, weighted_module(relu, ref))                      # dq -> conv+relu -> q
+    for ref, plain in ((reference.ConvTranspose1d, qnn.ConvTranspose1d),
+                       (reference.ConvTranspose2d, qnn.ConvTranspose2d),
+                       (reference.ConvTranspose3d, qnn.ConvTranspose3d)):
+        yield row(ref, weighted_module(plain, ref))                                 # dq -> conv_transpose -> q
     for float_type, quantized_type in ((nn.BatchNorm2d, qnn.BatchNorm2d), (nn.BatchNorm3d, qnn.BatchNorm3d),
                                        (fused.BNReLU2d, qnn.BNReLU2d), (fused.BNReLU3d, qnn.BNReLU3d),
                                        (nn.LayerNorm, qnn.LayerNorm), (nn.Hardswish, qnn.Hardswish),
-                                       (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax)):
+                                       (nn.ELU, qnn.ELU), (nn.LeakyReLU, qnn.LeakyReLU), (nn.Softmax, qnn.Softmax),
+                                       (nn.InstanceNorm1d, qnn.InstanceNorm1d), (nn.InstanceNorm2d, qnn.InstanceNorm2d),
+                                       (nn.InstanceNorm3d, qnn.InstanceNorm3d), (nn.GroupNorm, qnn.GroupNorm),
+                                       (nn.PReLU, qnn.PReLU)):
         yield row(float_type, module_from_float(quantized_type))                     # dq -> norm/act -> q
     yield row(chain(ADD, RELU), binary(kernels.add_relu))                                 # dq, dq -> add -> relu -> q
     yield row(chain(MUL, RELU), binary(kernels.mul_relu))
     yield row(ADD, binary(kernels.add))                                                   # dq, dq -> add -> q
     yield row(MUL, binary(kernels.mul))
+    yield row(chain(ADD, RELU), binary_scalar(kernels.add_relu))                          # dq -> add 1 -> relu -> q
+    yield row(chain(MUL, RELU), binary_scalar(kernels.mul_relu))
+    yield row(ADD, binary_scalar(kernels.add))                                            # dq -> add 1 -> q
+    yield row(MUL, binary_scalar(kernels.mul))                                            # dq -> mul 0.25 -> q
     yield row(MATMUL[:2], binary(kernels.matmul))                                         # dq, dq -> matmul -> q
     yield row(CAT, _cat)                                                             # [dq...] -> cat -> q
     yield row(STACK, _stack)                                                         # [dq...] -> stack -> q

@@ -15,6 +15,8 @@ STACK = (torch.stack,)
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 BATCH_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+CONV_TRANSPOSE_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 SOFTMAX = (nn.Softmax, F.softmax, torch.softmax, "softmax")
 SIGMOID = (nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")
@@ -45,3 +47,17 @@ SHARES_INPUT_QPARAMS = (
 # Bounded activations. After a conv / linear they are observed as one op with it: the conv's int8 output gets the
 # clamp's range (PyTorch AO gives it the conv's own, wider range and loses resolution there).
 BOUNDED = (nn.ReLU6, F.relu6, nn.Hardtanh, F.hardtanh, torch.clamp, torch.clip, "clamp", "clip")
+
+# Ops whose output may share memory with their first input: an in-place op on their result also changes the input.
+ALIASING = ("view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "flatten", "squeeze",
+            "unsqueeze", "expand", "expand_as", "contiguous", "detach", "narrow", "select", "unflatten", "split",
+            "chunk", "unbind", "as_strided", "diagonal", "movedim", "swapaxes", "__getitem__",
+            operator.getitem, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
+            torch.unsqueeze, torch.narrow, torch.select, torch.split, torch.chunk, torch.unbind, torch.t,
+            torch.movedim, torch.swapaxes, torch.detach, torch.diagonal, nn.Flatten, nn.Identity, nn.Unflatten)
+
+# In-place spellings as functions: call_method in-place ops are recognised by their trailing underscore instead.
+INPLACE_FUNCTIONS = {torch.relu_: torch.relu, torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh,
+                     torch.clamp_: torch.clamp, torch.clip_: torch.clip, F.relu_: F.relu, F.elu_: F.elu,
+                     F.leaky_relu_: F.leaky_relu, F.hardtanh_: F.hardtanh, operator.iadd: operator.add,
+                     operator.imul: operator.mul, operator.isub: operator.sub, operator.itruediv: operator.truediv}

@@ -140,9 +140,10 @@ def test_warnings_about_many_uncalibrated_observers_are_capped_and_written_out_i
     with pytest.warns(UserWarning) as caught:
         fxq.convert_fx(prepared, debug_dump_dir=str(tmp_path))
     message = str(caught[0].message)
-    assert message.count("saw no data") == 10
-    assert "and 21 more" in message  # 31 observers: the input and each linear's output
-    assert len((tmp_path / "convert" / "warnings.txt").read_text().splitlines()) == 31
+    assert "none of the 31 observers has seen a batch" in message  # one line saying what to do, first
+    assert message.count("saw no data") == 9
+    assert "and 22 more" in message  # 31 observers: the input and each linear's output
+    assert len((tmp_path / "convert" / "warnings.txt").read_text().splitlines()) == 32
 
 
 def test_prepare_never_modifies_the_users_model():
@@ -165,12 +166,12 @@ def test_debug_dump_dir_has_the_graph_after_every_pass_and_timings(tmp_path):
     prepare_files = sorted(p.name for p in (tmp_path / "prepare").iterdir())
     def expected(passes):  # one numbered file per pass of the pipeline, in its order
         return [f"{i:02d}-{run.__module__.rsplit('.', 1)[-1]}.txt" for i, run in enumerate(passes, 1)] + ["timing.txt"]
-    assert prepare_files[:5] == ["01-record_values.txt", "02-fuse.txt", "03-assign_qconfig.txt",
-                                 "04-cost_model.txt", "05-insert_observers.txt"]
+    assert prepare_files[:6] == ["01-functionalize_inplace.txt", "02-record_values.txt", "03-fuse.txt",
+                                 "04-assign_qconfig.txt", "05-cost_model.txt", "06-insert_observers.txt"]
     assert prepare_files == expected(pipeline.PREPARE)
     convert_files = sorted(p.name for p in (tmp_path / "convert").iterdir())
     assert convert_files == expected(pipeline.CONVERT)
-    assert "activation_post_process_0" in (tmp_path / "prepare" / "05-insert_observers.txt").read_text()
+    assert "activation_post_process_0" in (tmp_path / "prepare" / "06-insert_observers.txt").read_text()
     timing = (tmp_path / "prepare" / "timing.txt").read_text()
     assert "fused Linear -> ReLU|relu|relu|relu|relu_: 1" in timing or "fused" in timing
     assert "output observers: 1" in timing

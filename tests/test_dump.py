@@ -72,7 +72,7 @@ def test_qconfig_column_names_each_ops_assignment_in_every_stage(tmp_path):
     converted = fxq.convert_fx(prepared, debug_dump_dir=str(tmp_path))
     short = "act=MinMax(quant_max=127, quant_min=0), w=MinMax(qint8, pt_symmetric)"
     tables = {"prepared": fxq.dump(prepared), "converted": fxq.dump(converted),
-              "prepare pass": (tmp_path / "prepare" / "05-insert_observers.txt").read_text(),
+              "prepare pass": (tmp_path / "prepare" / "06-insert_observers.txt").read_text(),
               "convert pass": (tmp_path / "convert" / "03-lower.txt").read_text()}
     for stage, table in tables.items():
         rows = {line.split()[1]: line for line in table.splitlines() if re.match(r"\d+ ", line)}
@@ -151,9 +151,9 @@ def test_per_pass_dumps_hold_the_table_and_the_code(tmp_path):
     torch.manual_seed(0)
     fxq.prepare_fx(Small().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2, 1, 6, 6),),
                    debug_dump_dir=str(tmp_path))
-    fused = (tmp_path / "prepare" / "02-fuse.txt").read_text()
-    observed = (tmp_path / "prepare" / "05-insert_observers.txt").read_text()
-    assert re.search(r"^\d+\s+bn\s", (tmp_path / "prepare" / "01-record_values.txt").read_text(), re.M)
+    fused = (tmp_path / "prepare" / "03-fuse.txt").read_text()
+    observed = (tmp_path / "prepare" / "06-insert_observers.txt").read_text()
+    assert re.search(r"^\d+\s+bn\s", (tmp_path / "prepare" / "02-record_values.txt").read_text(), re.M)
     assert not re.search(r"^\d+\s+bn\s", fused, re.M)  # batch norm folded into conv by the fuse pass
     assert re.search(r"^\d+\s+activation_post_process_0\s+call_module", observed, re.M)
     assert "def forward(self, x)" in observed

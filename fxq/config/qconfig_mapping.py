@@ -214,7 +214,10 @@ class QConfigMapping:
             return cls.from_dict(obj)
         if type(obj).__name__ == "QConfigMapping" and hasattr(obj, "to_dict"):
             return cls.from_dict(obj.to_dict())
-        raise TypeError(f"expected a QConfigMapping, a legacy qconfig_dict or None, got {type(obj).__name__}")
+        hint = ("; for one qconfig everywhere write fxq.QConfigMapping().set_global(qconfig)"
+                if hasattr(obj, "activation") and hasattr(obj, "weight") else "")
+        raise TypeError(f"qconfig_mapping: expected a QConfigMapping, a legacy qconfig_dict or None, got "
+                        f"{type(obj).__name__}{hint}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QConfigMapping):

@@ -99,6 +99,17 @@ def record_module_classes(gm: fx.GraphModule, classes: dict) -> None:
         meta.setdefault(_PRESERVED_ON_DEEPCOPY, {})[MODULE_CLASSES_ATTRIBUTE] = record
 
 
+def preserve_attributes(gm: fx.GraphModule, source: nn.Module, names: Any) -> None:
+    """Copy the attributes ``names`` that ``source`` has onto ``gm`` (``preserved_attributes`` of the custom
+    configs), listed in ``gm.meta`` so that ``copy.deepcopy`` of ``gm`` keeps them too."""
+    meta = getattr(gm, "meta", None)
+    for name in names:
+        if hasattr(source, name):
+            setattr(gm, name, getattr(source, name))
+            if isinstance(meta, dict):
+                meta.setdefault(_PRESERVED_ON_DEEPCOPY, {})[name] = getattr(source, name)
+
+
 def module_classes(gm: nn.Module) -> Optional[ModuleClasses]:
     """The recorded classes of ``gm``'s traced-through modules, or None for a module without a record.
 

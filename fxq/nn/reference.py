@@ -19,7 +19,8 @@ from torch import nn
 
 from fxq.nn.weight_quantize import quantize_per_channel
 
-__all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "WeightQParams"]
+__all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Embedding",
+           "WeightQParams"]
 
 WeightQParams = Dict[str, Any]
 
@@ -175,6 +176,36 @@ class Conv2d(_ReferenceConv, nn.Conv2d):
 
 class Conv3d(_ReferenceConv, nn.Conv3d):
     """`nn.Conv3d` whose forward uses the quantize-dequantized weight."""
+
+
+class _ReferenceConvTranspose(_ReferenceWeight):
+    @staticmethod
+    def _constructor_args(conv: nn.Module) -> tuple:
+        return (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.output_padding, conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode)
+
+    def _get_name(self) -> str:
+        return f"ReferenceQuantized{type(self).__name__}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        transposed = _TRANSPOSED[len(self.kernel_size)]
+        return transposed(x, self.get_weight(), self.bias, self.stride, self.padding, self.output_padding,
+                          self.groups, self.dilation)
+
+
+_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class ConvTranspose1d(_ReferenceConvTranspose, nn.ConvTranspose1d):
+    """`nn.ConvTranspose1d` whose forward uses the quantize-dequantized weight."""
+
+
+class ConvTranspose2d(_ReferenceConvTranspose, nn.ConvTranspose2d):
+    """`nn.ConvTranspose2d` whose forward uses the quantize-dequantized weight."""
+
+
+class ConvTranspose3d(_ReferenceConvTranspose, nn.ConvTranspose3d):
+    """`nn.ConvTranspose3d` whose forward uses the quantize-dequantized weight."""
 
 
 class Embedding(_ReferenceWeight, nn.Embedding):

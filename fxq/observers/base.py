@@ -63,6 +63,27 @@ class ObserverBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def _count_batch(self) -> int:
+        """Number this batch (from 1), for messages about it; a plain attribute, so no state_dict entry."""
+        count = self.__dict__.get("batches_seen", 0) + 1
+        self.__dict__["batches_seen"] = count
+        return count
+
+    def batch_number(self) -> int:
+        """Which calibration batch this is (from 1): calls so far over the calls a batch makes (shared observers)."""
+        calls_per_batch = self.__dict__.get("fxq_calls_per_batch", 1)
+        return -(-self.__dict__.get("batches_seen", 0) // calls_per_batch)
+
+    def non_finite_error(self, what: str) -> ValueError:
+        """The error for a batch holding NaN (or infinities where they cannot be skipped): which observer, which
+        node it watches (``fxq_site``, set where prepare inserts it), which batch, and what to do."""
+        site = self.__dict__.get("fxq_site") or f"{type(self).__name__} (not inserted by prepare_fx)"
+        batch = self.batch_number()
+        return ValueError(
+            f"{site}: calibration batch {batch} (counting the prepared model's calls from 1) holds {what}; an "
+            "observer records no range from them. Check that batch and the layers before this node (fxq.compare "
+            "shows per-layer values), or leave the node float with QConfigMapping.set_module_name(..., None)")
+
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not compute quantization parameters")
 

@@ -63,6 +63,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         if x.numel() == 0:
             return x
         values = x.detach() if x.requires_grad else x
+        self._count_batch()
         if values.numel() < SMALL_INPUT and self._counted_within_range(values):
             return x
         values, low, high = self._finite_values(values)
@@ -113,11 +114,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
         if -_INF < low and high < _INF:  # also False for NaN
             return x, low, high
         if math.isnan(low) or math.isnan(high):
-            raise ValueError(
-                "HistogramObserver got NaN values; a histogram of NaN has no range. Check the model's inputs "
-                "and the layers before this observer."
-            )
-        warnings.warn("HistogramObserver: ignoring infinite values in the observed tensor", stacklevel=3)
+            raise self.non_finite_error("NaN values")
+        warnings.warn(f"{self.__dict__.get('fxq_site') or 'HistogramObserver'}: ignoring infinite values in "
+                      f"calibration batch {self.batch_number()}", stacklevel=3)
         x = x[x.abs() != _INF]
         if x.numel():
             low, high = (value.item() for value in torch.aminmax(x))

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -50,9 +51,24 @@ class MinMaxObserver(UniformQuantizationObserverBase):
             return x
         values = x.detach()
         dtype = self._buffers["min_val"].dtype  # _buffers, not nn.Module.__getattr__: this runs once per batch
-        current_min, current_max = torch.aminmax(values if values.dtype == dtype else values.to(dtype))
+        values = values if values.dtype == dtype else values.to(dtype)
+        current_min, current_max = torch.aminmax(values)
+        self._count_batch()
+        if not bool(torch.isfinite(current_min + current_max)):  # one check a batch: NaN or an infinity somewhere
+            finite = self._finite(values)
+            if finite.numel() == 0:
+                return x
+            current_min, current_max = torch.aminmax(finite)
         self._record(current_min, current_max)
         return x
+
+    def _finite(self, values: torch.Tensor) -> torch.Tensor:
+        """values without infinities (PyTorch AO's HistogramObserver drops them too); NaN is an error."""
+        if bool(torch.isnan(values).any()):
+            raise self.non_finite_error("NaN values")
+        warnings.warn(f"{self.__dict__.get('fxq_site') or type(self).__name__}: ignoring infinite values in "
+                      f"calibration batch {self.batch_number()}", stacklevel=3)
+        return values[torch.isfinite(values)]
 
     def _record(self, current_min: torch.Tensor, current_max: torch.Tensor) -> None:
         min_val, max_val = self._buffers["min_val"], self._buffers["max_val"]
@@ -150,6 +166,9 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         rows = self._channels_first(x)
         # amin + amax, not aminmax(dim=1): the fused reduction over a dim is ~14x slower on CPU (same values)
         current_min, current_max = torch.amin(rows, dim=1), torch.amax(rows, dim=1)
+        self._count_batch()
+        if not bool(torch.isfinite(current_min.sum() + current_max.sum())):
+            raise self.non_finite_error("NaN or infinite values (a per-channel range cannot skip them)")
         if self.has_data() and current_min.shape != self.min_val.shape:
             raise ValueError(
                 f"{type(self).__name__}(ch_axis={self.ch_axis}) saw {current_min.numel()} channels, but earlier "

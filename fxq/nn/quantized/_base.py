@@ -24,6 +24,12 @@ class QuantizedModule(nn.Module):
     def _get_name(self) -> str:
         return "Quantized" + type(self).__name__
 
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:
+        """Whether this class can stand for ``module`` (lowering checks before building; a refusal leaves the
+        op in float). Subclasses with a kernel that cannot do some configurations say so here."""
+        return True
+
     def _output_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"
 
@@ -102,8 +108,13 @@ class WeightedQuantizedModule(QuantizedModule):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         values = _pop_keys(state_dict, prefix, ("weight", "bias"), missing_keys)
-        if "weight" in values:
-            self.set_weight_bias(values["weight"], values.get("bias"))
+        incoming = values.get("weight")
+        if incoming is not None and incoming.shape != self.weight().shape:  # another model's checkpoint
+            error_msgs.append(f"size mismatch for {prefix}weight: the state_dict has shape {tuple(incoming.shape)}, "
+                              f"this {type(self).__name__} has {tuple(self.weight().shape)}; load a state_dict saved "
+                              "from a model converted from the same float model")
+        elif incoming is not None:
+            self.set_weight_bias(incoming, values.get("bias"))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -16,7 +16,8 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 
-__all__ = ["current_engine", "packing_for", "pack_linear", "unpack_linear", "pack_conv", "unpack_conv"]
+__all__ = ["current_engine", "packing_for", "pack_linear", "unpack_linear", "pack_conv", "unpack_conv",
+           "pack_conv_transpose", "unpack_conv_transpose"]
 
 
 def current_engine() -> str:
@@ -68,3 +69,17 @@ def pack_conv(weight: torch.Tensor, bias: Optional[torch.Tensor], geometry: Tupl
 def unpack_conv(packed, spatial_dims: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(quantized weight, float bias or None) of a packed conv weight."""
     return getattr(torch.ops.quantized, _CONV_UNPACK[spatial_dims])(packed)
+
+
+def pack_conv_transpose(weight: torch.Tensor, bias: Optional[torch.Tensor], geometry: tuple, engine: str):
+    """Pack a per-tensor qint8 `[in, out / groups, *kernel]` weight for `quantized::conv_transpose{1,2,3}d`;
+    geometry is (stride, padding, output_padding, dilation, groups)."""
+    stride, padding, output_padding, dilation, groups = geometry
+    prepack = getattr(torch.ops.quantized, f"conv_transpose{weight.dim() - 2}d_prepack")
+    with packing_for(engine):
+        return prepack(weight, bias, list(stride), list(padding), list(output_padding), list(dilation), groups)
+
+
+def unpack_conv_transpose(packed, spatial_dims: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(quantized weight, float bias or None) of a packed transposed-conv weight."""
+    return getattr(torch.ops.quantized, f"conv_transpose{spatial_dims}d_unpack")(packed)

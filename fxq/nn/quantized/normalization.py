@@ -1,10 +1,12 @@
-"""Quantized BatchNorm2d/3d, BN+ReLU and LayerNorm on `quantized::batch_norm*` / `quantized::layer_norm`.
+"""Quantized BatchNorm2d/3d, BN+ReLU, LayerNorm, InstanceNorm1d/2d/3d and GroupNorm on the `quantized::` norms.
 
 The float statistics and affine parameters stay float buffers (the kernels take them as float);
 only activations are int8.
 
     >>> qbn = BatchNorm2d.from_float(torch.nn.BatchNorm2d(8).eval(), output_scale=0.04, output_zero_point=60)
     >>> qln = LayerNorm.from_float(torch.nn.LayerNorm(16), 0.03, 128)
+    >>> qin = InstanceNorm2d.from_float(torch.nn.InstanceNorm2d(8, affine=True), 0.03, 128)
+    >>> qgn = GroupNorm.from_float(torch.nn.GroupNorm(2, 8), 0.03, 128)
 """
 from typing import List, Optional
 
@@ -13,7 +15,8 @@ from torch import nn
 
 from fxq.nn.quantized._base import QuantizedModule
 
-__all__ = ["BatchNorm2d", "BatchNorm3d", "BNReLU2d", "BNReLU3d", "LayerNorm"]
+__all__ = ["BatchNorm2d", "BatchNorm3d", "BNReLU2d", "BNReLU3d", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
+           "InstanceNorm3d", "GroupNorm"]
 
 
 def _copy(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -116,4 +119,85 @@ class LayerNorm(QuantizedModule):
         module = cls(list(ln.normalized_shape), ln.eps, ln.elementwise_affine, output_scale, output_zero_point)
         # A float LayerNorm may be affine with bias=False: keep exactly what it has.
         module.weight, module.bias = _copy(ln.weight), _copy(ln.bias)
+        return module
+
+
+class _AffineNorm(QuantizedModule):
+    """Norms over per-sample statistics with optional per-channel affine parameters (instance, group)."""
+
+    def __init__(self, num_channels: int, eps: float, affine: bool, scale: float, zero_point: int) -> None:
+        super().__init__(scale, zero_point)
+        self.num_channels, self.eps = num_channels, float(eps)
+        self.register_buffer("weight", torch.ones(num_channels) if affine else None)
+        self.register_buffer("bias", torch.zeros(num_channels) if affine else None)
+
+    def _copy_affine(self, norm: nn.Module) -> None:
+        self.weight, self.bias = _copy(norm.weight), _copy(norm.bias)
+
+
+class _InstanceNorm(_AffineNorm):
+    _float_type: type = nn.Module
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}, {self._output_repr()}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.instance_norm(x, self.weight, self.bias, self.eps, self.scale, self.zero_point)
+
+    @classmethod
+    def accepts(cls, norm: nn.Module) -> bool:
+        """Not with running statistics: the kernel always normalises with the sample's own."""
+        return isinstance(norm, cls._float_type) and not norm.track_running_stats
+
+    @classmethod
+    def from_float(cls, norm: nn.Module, output_scale: float, output_zero_point: int) -> "_InstanceNorm":
+        """Copy a float InstanceNorm's eps and affine parameters (one without running statistics)."""
+        if not cls.accepts(norm):
+            raise TypeError(f"fxq.nn.quantized.{cls.__name__}.from_float expects {cls._float_type.__name__} "
+                            f"without running statistics, got {norm!r}.")
+        module = cls(norm.num_features, norm.eps, norm.affine, output_scale, output_zero_point)
+        module._copy_affine(norm)
+        return module
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """int8 instance norm over `(N, C, L)`."""
+
+    _float_type = nn.InstanceNorm1d
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """int8 instance norm over `(N, C, H, W)`."""
+
+    _float_type = nn.InstanceNorm2d
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """int8 instance norm over `(N, C, D, H, W)`."""
+
+    _float_type = nn.InstanceNorm3d
+
+
+class GroupNorm(_AffineNorm):
+    """int8 group norm: `num_groups` groups of channels, each normalised with its own statistics."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 scale: float = 1.0, zero_point: int = 0) -> None:
+        super().__init__(num_channels, eps, affine, scale, zero_point)
+        self.num_groups = num_groups
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, {self._output_repr()}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.scale,
+                                              self.zero_point)
+
+    @classmethod
+    def from_float(cls, norm: nn.GroupNorm, output_scale: float, output_zero_point: int) -> "GroupNorm":
+        """Copy a float GroupNorm's groups, eps and affine parameters."""
+        if not isinstance(norm, nn.GroupNorm):
+            raise TypeError(f"fxq.nn.quantized.GroupNorm.from_float expects nn.GroupNorm, got {type(norm).__name__}.")
+        module = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine, output_scale, output_zero_point)
+        module._copy_affine(norm)
         return module
