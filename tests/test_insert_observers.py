@@ -1,0 +1,59 @@
+"""passes/insert_observers.py: where observers go, checked on the converted graph's quantize calls and numbers."""
+import pytest
+import torch
+from torch import fx, nn
+
+import fxq
+from conftest import sqnr, torch_ao
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+class FloatActivationSqueezeExcite(nn.Module):
+    """EfficientNet's SE after a SiLU that stays float: the pool and the int8 mul both read the SiLU output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 8, 3), nn.SiLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        x = self.act(self.conv(x))
+        return self.fc(self.pool(x)) * x
+
+
+def quantize_calls(gm: fx.GraphModule) -> int:
+    return sum(node.op == "call_function" and node.target is torch.quantize_per_tensor for node in gm.graph.nodes)
+
+
+def quantized(prepare, convert, mapping, model, batches):
+    prepared = prepare(model, mapping, batches[0])
+    with torch.no_grad():
+        for batch in batches:
+            prepared(*batch)
+    return convert(prepared)
+
+
+def test_pool_shares_the_quantize_of_a_float_value_another_reader_quantizes():
+    # one quantize for the SiLU output, read by both the pool and the mul (before the fix: a second one after the pool)
+    model = FloatActivationSqueezeExcite().eval()
+    batches = [(torch.randn(4, 3, 10, 10),) for _ in range(3)]
+    converted = quantized(fxq.prepare_fx, fxq.convert_fx, fxq.get_default_qconfig_mapping("x86"), model, batches)
+    pool = next(node for node in converted.graph.nodes if node.target == "pool")
+    assert pool.args[0].target is torch.quantize_per_tensor, converted.code
+    assert quantize_calls(converted) == 2, converted.code
+    tao = torch_ao()
+    reference = quantized(tao.quantize_fx.prepare_fx, tao.quantize_fx.convert_fx,
+                          tao.quantization.get_default_qconfig_mapping("x86"), model, batches)
+    assert quantize_calls(converted) <= quantize_calls(reference)
+    with torch.no_grad():
+        expected = model(*batches[0])
+        assert sqnr(expected, converted(*batches[0])) >= sqnr(expected, reference(*batches[0])) - 0.5
+
+
+def test_pool_on_a_float_value_nobody_quantizes_stays_float():
+    # the pool reads the model input and feeds only a float op: quantizing it would add an error and a kernel
+    model = nn.Sequential(nn.MaxPool2d(2), nn.GELU()).eval()
+    batches = [(torch.randn(2, 3, 8, 8),)]
+    converted = quantized(fxq.prepare_fx, fxq.convert_fx, fxq.get_default_qconfig_mapping("x86"), model, batches)
+    assert quantize_calls(converted) == 0, converted.code
