@@ -5,8 +5,8 @@ Example:
     >>> len(CASES) >= 40
     True
 """
-# registration order is the table's order: vision, mobile, dense prediction, sequence, newer idioms, forward shapes
-from tools import sweep_vision, sweep_mobile, sweep_dense, sweep_sequence, sweep_modern, sweep_forms  # noqa: F401, I001
+# registration order is the table's order: vision, mobile, dense prediction, sequence, newer and older idioms, forward shapes
+from tools import sweep_vision, sweep_mobile, sweep_dense, sweep_sequence, sweep_modern, sweep_legacy, sweep_forms  # noqa: F401, I001
 from tools.sweep_cases import REGISTRY
 
 CASES = dict(REGISTRY)
