@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the `tools` package impor
 from tools.sweep_cases import SweepCase, build  # noqa: E402
 from tools.sweep_measure import Flow, FlowResult, median_latencies, run_flow  # noqa: E402
 from tools.sweep_models import CASES  # noqa: E402
-from tools.sweep_report import format_table, goal_misses  # noqa: E402
+from tools.sweep_report import format_table, goal_misses, summary  # noqa: E402
 
 SQNR_MARGIN_DB = 0.5
 
@@ -130,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(results), indent=2))
     misses = goal_misses(results)
-    print("\n".join(misses) if misses else f"all goals met on {len(results)} cases")
+    print("\n".join(misses + [summary(results)]))
     return 1 if misses else 0
 
 

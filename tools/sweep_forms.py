@@ -87,7 +87,7 @@ class SplitChunk(nn.Module):
         return self.fc(mixed[:, 0] + mixed[:, -1])
 
 
-@case("forward_kwargs", "forward shape", images(16), "forward(x, scale=2.0, shift=None): defaults used")
+@case("forward_kwargs", "forward shape", images(16), "forward(x, scale=2.0, shift=0.5): defaults used")
 class ForwardKwargs(nn.Module):
     def __init__(self):
         super().__init__()

@@ -1,4 +1,5 @@
 """The sweep's table (terminal or README markdown) and its list of missed goals."""
+import re
 from pathlib import Path
 from typing import List
 
@@ -15,10 +16,12 @@ def _qdq(result) -> str:
     return "-" if result is None or not result.ok else f"{result.quantize}/{result.dequantize}"
 
 
-def _status(result) -> str:
+def _status(result, width: int = 70) -> str:
+    """The status on one short line: a PassError keeps the pass's name and the error under it."""
     if result is None:
         return "n/a (no torch.ao)"
-    return result.status if len(result.status) <= 70 else result.status[:67] + "..."
+    status = re.sub(r"PassError: pass '(\w+)' failed \(after \[.*?\]\): ", r"(pass \1) ", result.status)
+    return status if len(status) <= width else status[:width - 3] + "..."
 
 
 def _ratio(latency: dict, name: str) -> str:
@@ -59,7 +62,7 @@ def _note(result) -> str:
     theirs = result.torch_ao
     note = result.case.note
     if theirs is not None and not theirs.ok:
-        note += f"; torch.ao fails at {theirs.status}"
+        note += f"; torch.ao fails at {_status(theirs, 60)}"
     return note.replace("|", "/")
 
 
@@ -74,3 +77,13 @@ def goal_misses(results: List) -> List[str]:
                              f"q/dq {_qdq(result.fxq)}, unchanged {result.fxq.unchanged}; torch.ao "
                              f"{_status(theirs)}, sqnr {_number(theirs and theirs.sqnr)}, q/dq {_qdq(theirs)})")
     return lines
+
+
+def summary(results: List) -> str:
+    """One line of totals: how many cases each implementation converts and runs, and how many meet every goal."""
+    fxq_ok = sum(r.fxq.ok for r in results)
+    torch_ao_ok = sum(r.torch_ao is not None and r.torch_ao.ok for r in results)
+    only_fxq = sum(r.fxq.ok and r.torch_ao is not None and not r.torch_ao.ok for r in results)
+    met = sum(not any(m is False for m in r.goals().values()) for r in results)
+    return (f"{len(results)} cases: fxq runs {fxq_ok}, torch.ao runs {torch_ao_ok} ({only_fxq} only fxq); "
+            f"every goal met on {met}")
