@@ -141,7 +141,7 @@ def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, 
     """The output (and, for cat, every input) uses the first observed input's observer instance."""
     values = [v for v in inserter.input_values(node, observe.inputs) if isinstance(v, fx.Node)]
     first = next((v for v in values if v in inserter.observer_nodes), None)
-    if first is None and len(values) == 1 and _quantized_elsewhere(inserter, node, values[0]):
+    if first is None and len(values) == 1 and _quantized_elsewhere(inserter, node, values[0], last):
         first = inserter.observe_input(node, values[0], qconfig.activation)
     if first is None:
         return  # the input is float: so is this op
@@ -153,12 +153,15 @@ def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, 
     inserter.ctx.count("shared observers")
 
 
-def _quantized_elsewhere(inserter: _Inserter, node: fx.Node, value: fx.Node) -> bool:
-    """True when another reader of the float ``value`` quantizes it anyway, as the int8 ``mul`` beside the pool of
-    a squeeze-excite block after a float SiLU does: quantizing it once for both keeps ``node`` int8 and saves the
-    second quantize its output would need. Looks only at ``value``'s readers, so the pass stays linear."""
-    return any(user is not node and (user in inserter.observer_nodes or _quantizes_float_input(inserter, user, value))
-               for user in value.users)
+def _quantized_elsewhere(inserter: _Inserter, node: fx.Node, value: fx.Node, last: fx.Node) -> bool:
+    """True when another reader of the float ``value`` quantizes it anyway and a reader of ``node``'s output
+    (``last``) would quantize that too, as around the pool of a squeeze-excite block after a float SiLU: quantizing
+    ``value`` once for both keeps ``node`` int8 and saves the quantize after it. When ``node``'s readers stay float,
+    ``node`` does too: an int8 detour would only add a rounding. Looks only at direct readers, so it stays linear."""
+    quantized_by_another = any(
+        user is not node and (user in inserter.observer_nodes or _quantizes_float_input(inserter, user, value))
+        for user in value.users)
+    return quantized_by_another and any(_quantizes_float_input(inserter, user, last) for user in last.users)
 
 
 def _quantizes_float_input(inserter: _Inserter, user: fx.Node, value: fx.Node) -> bool:

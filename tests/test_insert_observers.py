@@ -1,6 +1,7 @@
 """passes/insert_observers.py: where observers go, checked on the converted graph's quantize calls and numbers."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 import fxq
@@ -49,6 +50,26 @@ def test_pool_shares_the_quantize_of_a_float_value_another_reader_quantizes():
     with torch.no_grad():
         expected = model(*batches[0])
         assert sqnr(expected, converted(*batches[0])) >= sqnr(expected, reference(*batches[0])) - 0.5
+
+
+class PoolIntoFloatOp(nn.Module):
+    """The input feeds a conv (quantized) and a pool whose only reader, GELU, runs in float."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.conv(x).mean() + F.gelu(self.pool(x)).mean()
+
+
+def test_pool_read_by_a_float_op_stays_float_even_when_its_input_is_quantized_for_another_reader():
+    # an int8 pool there would only add a rounding and a dequantize in front of the GELU
+    model = PoolIntoFloatOp().eval()
+    batches = [(torch.randn(2, 3, 8, 8),)]
+    converted = quantized(fxq.prepare_fx, fxq.convert_fx, fxq.get_default_qconfig_mapping("x86"), model, batches)
+    pool = next(node for node in converted.graph.nodes if node.target == "pool")
+    assert pool.args[0].op == "placeholder", converted.code
 
 
 def test_pool_on_a_float_value_nobody_quantizes_stays_float():
