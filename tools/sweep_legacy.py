@@ -93,3 +93,16 @@ class SequentialReused(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+@case("functional_layers", "forward shape", images(3, 8, 8), "F.conv2d / F.linear on nn.Parameters, as custom layers do")
+class FunctionalLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_weight = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
+        self.conv_bias = nn.Parameter(torch.zeros(8))
+        self.weight, self.bias = nn.Parameter(torch.randn(4, 8) * 0.3), nn.Parameter(torch.randn(4) * 0.1)
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.conv_weight, self.conv_bias, padding=1))
+        return F.linear(x.mean((2, 3)), self.weight, self.bias)
