@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import fx, nn
 
 from conftest import torch_ao
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, where the `tools` package lives
 from tools.sweep import run_sweep, to_json  # noqa: E402
 from tools.sweep_models import CASES  # noqa: E402
+from tools.sweep_measure import quantize_dequantize_counts, same_snapshot, snapshot  # noqa: E402
 from tools.sweep_report import format_table, goal_misses  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -93,3 +96,25 @@ def test_table_and_json_report_every_case(results):
     rows = json.loads(json.dumps(to_json(list(results.values()))))
     assert {row["case"] for row in rows} == set(CASES)
     assert all(row["fxq"]["stages"] for row in rows)
+
+
+def test_snapshot_notices_a_one_ulp_change_to_the_users_model():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).eval()
+    inputs = (torch.randn(3, 4),)
+    before = snapshot(model, inputs)
+    assert same_snapshot(before, snapshot(model, inputs))
+    with torch.no_grad():
+        model[1].running_mean[0] = torch.nextafter(model[1].running_mean[0], torch.tensor(1.0))
+    assert not same_snapshot(before, snapshot(model, inputs))
+
+
+class QuantizeTwice(nn.Module):
+    def forward(self, x):
+        q = torch.quantize_per_tensor(x, 0.1, 0, torch.quint8)
+        return torch.quantize_per_tensor(q.dequantize() * 2, 0.1, 0, torch.quint8).dequantize()
+
+
+def test_quantize_and_dequantize_calls_are_counted_in_nested_graphs_too():
+    outer = nn.Sequential(fx.symbolic_trace(QuantizeTwice()), fx.symbolic_trace(QuantizeTwice()))
+    assert quantize_dequantize_counts(fx.symbolic_trace(QuantizeTwice())) == (2, 2)
+    assert quantize_dequantize_counts(outer) == (4, 4)
