@@ -91,7 +91,7 @@ def run_case(sweep_case: SweepCase, flows: Dict[str, Optional[Flow]], rounds: in
     return CaseResult(sweep_case, results["fxq"], results["torch.ao"], latency)
 
 
-def run_sweep(names: Optional[List[str]] = None, rounds: int = 5, threads: int = 1) -> List[CaseResult]:
+def run_sweep(names: Optional[List[str]] = None, rounds: int = 6, threads: int = 1) -> List[CaseResult]:
     """Run the named cases (all by default) under the x86 engine and ``threads`` threads; restores both."""
     unknown = sorted(set(names or []) - set(CASES))
     if unknown:
@@ -120,7 +120,8 @@ def to_json(results: List[CaseResult]) -> list:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--rounds", type=int, default=5, help="latency calls per model (0: skip latency)")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="latency calls per model, one per order of fp32, fxq, torch.ao (0: skip latency)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--markdown", action="store_true", help="print the README table instead")
     parser.add_argument("--json", help="write every measurement to this file")
