@@ -23,7 +23,7 @@ from fxq.graph.modes import STATIC
 from fxq.observers import FixedQParamsObserver
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import is_float_tensor
-from fxq.patterns.observation import FIXED, OBSERVATION, SHARED, Observe
+from fxq.patterns.observation import FIXED, OBSERVATION, OWN, SHARED, Observe
 from fxq.graph.tracer import scope_of
 
 OBSERVER_PREFIX = "activation_post_process_"
@@ -40,6 +40,7 @@ class _Inserter:
 
     def __init__(self, gm: fx.GraphModule, ctx: PassContext):
         self.gm, self.ctx = gm, ctx
+        self.modules = modules_of(gm)
         self.graph = gm.graph
         self.observer_nodes: set = set()
         self.input_observers: dict = {}  # (value node, activation constructor id) -> observer node
@@ -109,7 +110,7 @@ class _Inserter:
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     inserter = _Inserter(gm, ctx)
-    modules = modules_of(gm)
+    modules = inserter.modules
     absorbed: set = set()  # trailing nodes of a matched chain (the relu of add -> relu)
     for node in list(gm.graph.nodes):
         qconfig = ctx.state.qconfigs.get(node.name)
@@ -152,6 +153,8 @@ def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, 
     """The output (and, for cat, every input) uses the first observed input's observer instance."""
     values = [v for v in inserter.input_values(node, observe.inputs) if isinstance(v, fx.Node)]
     first = next((v for v in values if v in inserter.observer_nodes), None)
+    if first is None and len(values) == 1 and _quantized_elsewhere(inserter, node, values[0], last):
+        first = inserter.observe_input(node, values[0], qconfig.activation)
     if first is None:
         return  # the input is float: so is this op
     for value in values:
@@ -160,3 +163,25 @@ def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, 
             inserter.shared_with[inserter.root(observer.target)] = inserter.root(first.target)
     inserter.observe_output(last, inserter.observer_call(first.target, last, "activation/output"))
     inserter.ctx.count("shared observers")
+
+
+def _quantized_elsewhere(inserter: _Inserter, node: fx.Node, value: fx.Node, last: fx.Node) -> bool:
+    """True when another reader of the float ``value`` quantizes it anyway and a reader of ``node``'s output
+    (``last``) would quantize that too, as around the pool of a squeeze-excite block after a float SiLU: quantizing
+    ``value`` once for both keeps ``node`` int8 and saves the quantize after it. When ``node``'s readers stay float,
+    ``node`` does too: an int8 detour would only add a rounding. Looks only at direct readers, so it stays linear."""
+    quantized_by_another = any(
+        user is not node and (user in inserter.observer_nodes or _quantizes_float_input(inserter, user, value))
+        for user in value.users)
+    return quantized_by_another and any(_quantizes_float_input(inserter, user, last) for user in last.users)
+
+
+def _quantizes_float_input(inserter: _Inserter, user: fx.Node, value: fx.Node) -> bool:
+    if inserter.ctx.state.modes.get(user.name) != STATIC:
+        return False
+    match = next((m for m in OBSERVATION.matches(user, inserter.modules)
+                  if m.rule.action.accepts(m.nodes, inserter.modules)), None)
+    if match is None:
+        return False
+    observe = match.rule.action
+    return observe.kind == OWN and observe.quantize_float_inputs and value in inserter.input_values(user, observe.inputs)

@@ -30,6 +30,10 @@ def _linear_relu(linear, relu):
     return fused.LinearReLU(linear, nn.ReLU())
 
 
+def _linear_bn_relu(linear, bn, relu):
+    return fused.LinearReLU(fused.fold_bn_into_linear(linear, bn), nn.ReLU())
+
+
 def _linear_bn(linear, bn):
     return fused.fold_bn_into_linear(linear, bn)
 
@@ -44,6 +48,7 @@ def _rows():
         yield row(chain(conv, bn), _conv_bn)                      # conv -> bn          =>  conv with bn folded
         yield row(chain(conv, RELU), _conv_relu)                  # conv -> relu        =>  ConvReLU
     yield row(chain(nn.Linear, RELU), _linear_relu)               # linear -> relu      =>  LinearReLU
+    yield row(chain(nn.Linear, nn.BatchNorm1d, RELU), _linear_bn_relu)  # linear -> bn1d -> relu  =>  LinearReLU, bn folded
     yield row(chain(nn.Linear, nn.BatchNorm1d), _linear_bn)       # linear -> bn1d      =>  linear with bn folded
     yield row(chain((nn.BatchNorm2d, nn.BatchNorm3d), RELU), _bn_relu)  # bn -> relu    =>  BNReLU
 

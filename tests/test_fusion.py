@@ -110,6 +110,20 @@ def test_fused_float_modules_equal_the_unfused_ones(fuser):
     assert (fused(x) - model(x)).abs().max() <= 1e-5
 
 
+def test_linear_bn1d_relu_fuses_into_one_linear_relu_as_torch_ao_does():
+    # folded to Linear with a separate ReLU, the linear output was quantized over its negative half too (-1.4 dB)
+    torch.manual_seed(0)
+    model = _randomise_bn(nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)))
+    fused = fxq.fuse_fx(model)
+    assert [type(m).__name__ for m in fused.children()] == ["LinearReLU", "Linear"]
+    calibration = [torch.randn(16, 16) for _ in range(4)]
+    ours, theirs = _both(model, calibration[0], calibration)
+    assert "QuantizedLinearReLU" in repr(ours) and "relu" not in ours.code
+    x = torch.randn(16, 16)
+    with torch.no_grad():
+        assert sqnr(theirs(x), ours(x)) >= 40
+
+
 BOUNDED = {
     "nn.ReLU6": lambda: nn.ReLU6(),
     "F.relu6": lambda: Lambda(F.relu6),
