@@ -39,11 +39,12 @@ import fxq
 import fxq.passes
 import fxq.patterns
 from tools.fuzz_graphs import FuzzNet, GraphSpec, spec_inputs
-from tools.fuzz_torch_ao import compare_with_torch_ao
+from tools.fuzz_torch_ao import compare_with_torch_ao, qconfig_mapping
 
 MIN_SQNR_REFERENCE = 35.0
 MAX_SQNR_LOSS_VS_TORCH_AO = 1.0
 CALIBRATION_BATCHES = 4
+CALIBRATION_BATCH = 8
 _FXQ_SOURCES = tuple(os.path.dirname(module.__file__) + os.sep for module in (fxq, fxq.passes, fxq.patterns))
 
 KINDS = ("passed", "documented_error", "undocumented_exception", "non_finite", "property_failure")
@@ -96,18 +97,20 @@ class _Data:
 
 
 def _data(spec: GraphSpec) -> _Data:
-    """The evaluation batch is one of the calibration batches: SQNR then measures rounding, not how well four
-    tiny batches cover the range of a fifth (both fxq and torch.ao clip what calibration never saw)."""
-    batches = [spec_inputs(spec, index) for index in range(CALIBRATION_BATCHES + 1)]
-    return _Data(batches[0], batches[1:], batches[-1])
+    """Evaluation runs on all the calibration data: SQNR then measures rounding, not how well calibration covered
+    the range of unseen data (fxq and torch.ao both clip what it never saw); and a few dozen output values
+    rather than a handful keep one value rounding the other way from moving SQNR by dBs."""
+    calibration = [spec_inputs(spec, index, CALIBRATION_BATCH) for index in range(1, CALIBRATION_BATCHES + 1)]
+    evaluation = tuple(torch.cat(tensors) for tensors in zip(*calibration))
+    return _Data(spec_inputs(spec, 0), calibration, evaluation)
 
 
-def quantize_with_fxq(model: torch.nn.Module, data: _Data, calibration_scale: float = 1.0):
+def quantize_with_fxq(model: FuzzNet, data: _Data):
     """prepare_fx -> calibrate -> (prepared, convert_fx's model)."""
-    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping("x86"), data.example)
+    prepared = fxq.prepare_fx(model, qconfig_mapping(fxq, model.spec), data.example)
     with torch.no_grad():
         for batch in data.calibration:
-            prepared(*(calibration_scale * tensor for tensor in batch))
+            prepared(*batch)
     return prepared, fxq.convert_fx(prepared)
 
 

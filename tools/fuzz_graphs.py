@@ -66,9 +66,11 @@ class GraphSpec:
     outputs: Tuple[int, ...]
     seed: int = 0
     contiguous: Tuple[bool, ...] = field(default=(), repr=False)
+    float_modules: Tuple[str, ...] = ()  # set_module_name(name, None) for these: float islands in an int8 graph
 
     def __repr__(self) -> str:
-        lines = [f"GraphSpec(seed={self.seed}): v0 = input{self.shapes[0]}"]
+        floats = f", float_modules={self.float_modules}" if self.float_modules else ""
+        lines = [f"GraphSpec(seed={self.seed}{floats}): v0 = input{self.shapes[0]}"]
         lines += [f"  v{i + 1} = {step!r}  # {self.shapes[i + 1]}" for i, step in enumerate(self.steps)]
         lines.append(f"  return {', '.join(f'v{i}' for i in self.outputs)}")
         return "\n".join(lines)
@@ -102,10 +104,10 @@ class FuzzNet(nn.Module):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def spec_inputs(spec: GraphSpec, batch_seed: int) -> tuple:
-    """One batch of example inputs for ``spec``, reproducible from ``batch_seed``."""
+def spec_inputs(spec: GraphSpec, batch_seed: int, batch: int = BATCH) -> tuple:
+    """A batch of inputs for ``spec``, reproducible from ``batch_seed`` (the graph's ops never mix samples)."""
     generator = torch.Generator().manual_seed(spec.seed * 1000 + batch_seed)
-    return (torch.randn(spec.shapes[0], generator=generator),)
+    return (torch.randn((batch,) + spec.shapes[0][1:], generator=generator),)
 
 
 @st.composite
@@ -121,32 +123,36 @@ def graph_specs(draw, max_steps: int = MAX_STEPS) -> GraphSpec:
         shapes.append(tuple(result.shape))
         contiguous.append(result.is_contiguous() and all(contiguous[i] for i in step.inputs))
     outputs = (len(shapes) - 1,)
-    if len(shapes) > 2 and draw(st.integers(0, 4)) == 0:  # sometimes a tuple of two outputs
-        outputs += (draw(st.integers(1, len(shapes) - 2)),)
-    return GraphSpec(tuple(shapes), tuple(steps), outputs, draw(st.integers(0, 999)), tuple(contiguous))
+    if draw(st.integers(0, 4)) == 0:  # sometimes a tuple of two outputs, the second maybe the input itself
+        outputs += (draw(st.integers(0, len(shapes) - 2)),)
+    modules = sorted({step.owner for step in steps if step.spelling == "module"})
+    float_modules = draw(st.lists(st.sampled_from(modules), max_size=2, unique=True)) if modules else []
+    return GraphSpec(tuple(shapes), tuple(steps), outputs, draw(st.integers(0, 999)), tuple(contiguous),
+                     tuple(float_modules))
 
 
 def _draw_step(draw, shapes: List[tuple], contiguous: List[bool], steps: List[Step]) -> Step:
+    reusable = [step for step in steps if _may_reuse(step)]
+    if reusable and draw(st.integers(0, 3)) == 0:  # call an earlier step's module (or weights) again
+        again = draw(st.sampled_from(reusable))
+        sources = [index for index, shape in enumerate(shapes) if shape == shapes[again.inputs[0]]]
+        return Step(again.op, again.spelling, (draw(st.sampled_from(sources[::-1])),), again.params, again.owner)
     source = len(shapes) - 1 - draw(st.integers(0, len(shapes) - 1))  # shrinks toward the latest value
     shape = shapes[source]
-    reusable = [step for step in steps if _may_reuse(step) and shapes[step.inputs[0]] == shape]
     rules = [rule for rule in RULES.values() if len(shape) in rule.ranks and rule.fits(shape)
              and (rule.partner is None or any(rule.partner(shape, other) for other in shapes))]
-    choice = draw(st.sampled_from(rules + reusable))
-    if isinstance(choice, Step):  # call an earlier step's module (or weights) again, on a new input
-        return Step(choice.op, choice.spelling, (source,), choice.params, choice.owner)
-    spellings = [spelling for spelling in choice.spellings if choice.spelling_fits(spelling, shape)
+    rule = draw(st.sampled_from(rules))
+    spellings = [spelling for spelling in rule.spellings if rule.spelling_fits(spelling, shape)
                  and not (spelling == "view" and ("view_after_channels_last_conv" in KNOWN_BUGS
                                                   or not contiguous[source]))]
     spelling = draw(st.sampled_from(spellings))
-    params = tuple(sorted(choice.params(draw, shape, spelling).items()))
+    params = tuple(sorted(rule.params(draw, shape, spelling).items()))
     inputs = (source,)
-    if choice.partner is not None:
-        partners = [index for index, other in enumerate(shapes) if choice.partner(shape, other)]
+    if rule.partner is not None:
+        partners = [index for index, other in enumerate(shapes) if rule.partner(shape, other)]
         inputs += (draw(st.sampled_from(partners[::-1])),)
-    owns_something = choice.make is not None and choice.make(dict(params), shape, spelling) is not None
-    owner = f"m{len(steps) + 1}" if owns_something else None
-    return Step(choice.name, spelling, inputs, params, owner)
+    owns_something = rule.make is not None and rule.make(dict(params), shape, spelling) is not None
+    return Step(rule.name, spelling, inputs, params, f"m{len(steps) + 1}" if owns_something else None)
 
 
 def _may_reuse(step: Step) -> bool:

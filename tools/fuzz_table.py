@@ -1,15 +1,16 @@
 """The table of ops the fuzzer draws from (``RULES``), plus the shape-changing and two-input ops.
 
-Order matters for shrinking: hypothesis shrinks a drawn op toward the first rule that applies, so the
-simplest ops come first. Every rule's spellings are the ways real code writes it (``nn.ReLU()``,
+Order matters for shrinking: hypothesis shrinks a drawn op toward the first rule that applies, so the ops
+every model has (linear, conv, norms, relu) come first and the extras last. Every rule's spellings are the ways real code writes it (``nn.ReLU()``,
 ``F.relu(x)``, ``x.relu()``; ``x + y``, ``torch.add(x, y)``).
 
     >>> [rule.name for rule in RULES.values()][:3]
-    ['relu', 'relu6', 'hardtanh']
+    ['linear', 'conv', 'batch_norm']
 """
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from typing import Dict
 
 import torch
@@ -103,9 +104,7 @@ def _rules() -> Dict[str, OpRule]:
         _unary("gelu", lambda p: nn.GELU(), F.gelu),
         _unary("softmax", lambda p: nn.Softmax(**p), F.softmax, "softmax", params=_softmax_dim),
     ]
-    rules = unary + [
-        _scalar("add_scalar", torch.add), _scalar("mul_scalar", torch.mul),
-        _binary("add", torch.add), _binary("mul", torch.mul),
+    rules = [
         OpRule("linear", (2, 3, 4), ("module", "function"), _linear_call, _linear_params, _linear_make,
                has_reference_module=True),
         OpRule("conv", (3, 4), ("module", "function"), _conv_call, _conv_params, _conv_make,
@@ -114,6 +113,9 @@ def _rules() -> Dict[str, OpRule]:
                make=_batch_norm_make),
         OpRule("layer_norm", (2, 3, 4), ("module", "function"), _layer_norm_call,
                lambda draw, shape, spelling: {"features": shape[-1]}, _layer_norm_make),
+    ] + unary + [
+        _scalar("add_scalar", torch.add), _scalar("mul_scalar", torch.mul),
+        _binary("add", torch.add), _binary("mul", torch.mul),
         _pool("max"), _pool("avg"), _pool("adaptive_avg"),
         OpRule("flatten", (3, 4), ("module", "function", "method"), _flatten_call,
                make=lambda params, shape, spelling: nn.Flatten() if spelling == "module" else None),
@@ -126,7 +128,34 @@ def _rules() -> Dict[str, OpRule]:
                partner=lambda shape, other: shape == other,
                spelling_fits=lambda spelling, shape: spelling != "bmm" or len(shape) == 3),
     ]
-    return {rule.name: rule for rule in rules}
+    return {rule.name: rule for rule in rules + _more_rules()}
+
+
+def _more_rules() -> list:
+    """Ops beyond issue 14's list that real models use between the ones above; last, so graphs shrink away
+    from them."""
+    def chunk(owned, params, spelling, xs):
+        return (xs[0].chunk(2, 1) if spelling == "method" else torch.chunk(xs[0], 2, 1))[0]
+
+    def mean(owned, params, spelling, xs):
+        return xs[0].mean(-1, keepdim=True) if spelling == "method" else torch.mean(xs[0], -1, keepdim=True)
+    return [
+        _unary("tanh", lambda p: nn.Tanh(), torch.tanh, "tanh"),
+        _unary("hardswish", lambda p: nn.Hardswish(), F.hardswish),
+        _unary("silu", lambda p: nn.SiLU(), F.silu),
+        _unary("elu", lambda p: nn.ELU(), F.elu),
+        _unary("leaky_relu", lambda p: nn.LeakyReLU(**p), F.leaky_relu,
+               params=lambda draw, shape, spelling: {"negative_slope": draw(st.sampled_from([0.01, 0.2]))}),
+        _unary("dropout", lambda p: nn.Dropout(p["p"]), F.dropout,
+               params=lambda draw, shape, spelling: {"p": 0.5, "training": False} if spelling == "function"
+               else {"p": 0.5}),
+        OpRule("mean", (2, 3, 4), ("method", "function"), mean, fits=lambda shape: shape[-1] > 1),
+        OpRule("chunk", (2, 3, 4), ("method", "function"), chunk, fits=lambda shape: shape[1] % 2 == 0),
+        OpRule("pad", (3, 4), ("function",), lambda owned, params, spelling, xs: F.pad(xs[0], (1, 1))),
+        replace(_unary("interpolate", lambda p: nn.Upsample(scale_factor=2), F.interpolate, ranks=(4,),
+                       params=lambda draw, shape, spelling: {"scale_factor": 2} if spelling == "function" else {}),
+                fits=lambda shape: max(shape[2:]) <= 8),
+    ]
 
 
 RULES = _rules()

@@ -24,12 +24,20 @@ COMPARED, TORCH_AO_FAILED, FXQ_ROUNDS_MORE, KNOWN_BUG = "compared", "torch.ao fa
 COMPARISONS = (COMPARED, TORCH_AO_FAILED, FXQ_ROUNDS_MORE, KNOWN_BUG)
 
 
-def quantize_with_torch_ao(model: torch.nn.Module, example: tuple, calibration: list) -> Optional[fx.GraphModule]:
-    """torch.ao's converted copy of ``model`` (x86 default mapping), or None where torch.ao fails."""
+def qconfig_mapping(library, spec: GraphSpec):
+    """``library``'s (fxq's or torch.ao.quantization's) x86 default mapping, with spec.float_modules left float."""
+    mapping = library.get_default_qconfig_mapping("x86")
+    for name in spec.float_modules:
+        mapping = mapping.set_module_name(name, None)
+    return mapping
+
+
+def quantize_with_torch_ao(model, example: tuple, calibration: list) -> Optional[fx.GraphModule]:
+    """torch.ao's converted copy of ``model`` (a FuzzNet), or None where torch.ao fails."""
     try:
-        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao import quantization
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), example)
+        prepared = prepare_fx(copy.deepcopy(model), qconfig_mapping(quantization, model.spec), example)
         with torch.no_grad():
             for batch in calibration:
                 prepared(*batch)
