@@ -17,7 +17,8 @@ tools/fuzz_check.py:
 4. SQNR vs float >= torch.ao's - 1 dB, with the same calibration data, where torch.ao converts the graph;
 5. torch.save/load, deepcopy and state_dict round trips give identical outputs;
 6. two runs from scratch (prepare, calibrate, convert) give bit-identical outputs;
-7. the user's model is unchanged.
+7. the user's model is unchanged;
+8. the converted model carries no buffer its graph never reads (tests/test_fuzz_regressions.py has the bug).
 
 CI runs a fixed batch of 200 graphs (derandomized); ``python tools/fuzz.py --graphs 1000`` runs a bigger one.
 Constructs fxq still gets wrong are left out by tools/fuzz_graphs.KNOWN_BUGS until their fixes land. A failing
@@ -35,7 +36,7 @@ import fxq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, where the `tools` package lives
 from tools import fuzz_check  # noqa: E402
 from tools.fuzz_check import check_graph, is_documented  # noqa: E402
-from tools.fuzz_graphs import FuzzNet, GraphSpec, Step, graph_specs, spec_inputs  # noqa: E402
+from tools.fuzz_graphs import GraphSpec, Step, graph_specs  # noqa: E402
 from tools.fuzz_table import RULES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -64,13 +65,12 @@ def test_the_generator_draws_every_op_and_spelling():
     # Without this a table edit could silently stop the fuzzer from drawing an op.
     drawn, reused = set(), []
 
-    @settings(max_examples=300, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=800, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(spec=graph_specs())
     def collect(spec):
         drawn.update((step.op, step.spelling) for step in spec.steps)
         owners = [step.owner for step in spec.steps if step.owner]
         reused.extend(owner for owner in set(owners) if owners.count(owner) > 1)
-        assert FuzzNet(spec)(*spec_inputs(spec, 0)) is not None
 
     collect()
     expected = {(rule.name, spelling) for rule in RULES.values() for spelling in rule.spellings

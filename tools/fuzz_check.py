@@ -10,7 +10,8 @@ For one GraphSpec (tools/fuzz_graphs.py), with the same calibration batches for 
    (tools/fuzz_torch_ao.py: torch.ao converts the graph, and fxq rounds no more values to int8 than it);
 5. torch.save/load, deepcopy and a state_dict loaded into a differently calibrated convert give identical outputs;
 6. a second prepare + calibrate + convert from scratch gives bit-identical outputs;
-7. the user's model is unchanged (module types, state_dict bits, training flag, float output).
+7. the user's model is unchanged (module types, state_dict bits, training flag, float output);
+8. the converted model carries no root buffer its graph never reads (no qparams of dead or lowered-away nodes).
 
 Documented errors are ``fxq.TraceError``; ``fxq.PassError`` raised by fxq itself (a PassError whose
 ``__cause__`` is another exception reports a crash inside a pass, which is a bug); and ``ValueError``,
@@ -141,6 +142,9 @@ def _check(spec: GraphSpec) -> Outcome:
     failures = _numeric_failures(before.output, output, reference, theirs)
     failures += _lifecycle_failures(model, data, prepared, converted, output)
     failures += before.differences(_Snapshot.of(model, data))
+    unread = set(converted._buffers) - {node.target for node in converted.graph.nodes if node.op == "get_attr"}
+    if unread:
+        failures.append(f"the converted model carries buffers its graph never reads: {sorted(unread)}")
     return Outcome("property_failure" if failures else "passed", failures, torch_ao=comparison)
 
 
