@@ -1,7 +1,9 @@
-"""Remove what lowering left behind: dead nodes, unused modules, ``quantize(dequantize(q))`` round trips.
+"""Remove what lowering left behind: dead nodes, unused modules and buffers, ``quantize(dequantize(q))`` round trips.
 
-Requires: a lowered graph. Guarantees: no dead node, no submodule the graph does not call, and no dequantize
-that is immediately re-quantized with the qparams it already has. Position: last in convert.
+Requires: a lowered graph. Guarantees: no dead node, no submodule the graph does not call, no root buffer that
+only dead nodes read (the qparams of an output lowering moved into a quantized module, or of a branch whose
+result nothing uses), and no dequantize that is immediately re-quantized with the qparams it already has.
+Position: last in convert.
 """
 from __future__ import annotations
 
@@ -16,9 +18,18 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if _is_requantize_of_same(gm, node):
             node.replace_all_uses_with(node.args[0].args[0])
             ctx.count("dequantize/quantize pairs removed")
+    read_before = _read_attributes(gm)
     ctx.count("dead nodes removed", eliminate_dead_code(gm))
     delete_unused_submodules(gm)
+    for name in read_before - _read_attributes(gm):  # read only by dead nodes: the state_dict need not carry them
+        if name in gm._buffers:
+            del gm._buffers[name]
+            ctx.count("unread buffers removed")
     return gm
+
+
+def _read_attributes(gm: fx.GraphModule) -> set:
+    return {node.target for node in gm.graph.nodes if node.op == "get_attr"}
 
 
 def _is_requantize_of_same(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -29,7 +29,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                             "its running statistics and apply dropout; call model.eval() before prepare_fx")
         return gm
     modules = modules_of(gm)
-    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    # A call whose result nothing reads does not count: the modules fusion starts from (conv, linear, bn) have no
+    # side effects, so swapping the fused module under a dead call changes nothing that is used.
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module" and n.users)
     erased: set = set()
     for node in list(gm.graph.nodes):
         if node in erased or node.op != "call_module" or calls[node.target] != 1:
