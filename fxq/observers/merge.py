@@ -1,0 +1,228 @@
+"""How each observer's state crosses processes in distributed calibration (the collectives: fxq.debug.distributed).
+
+Calibration runs a first pass over each rank's batches, merges, and, when a histogram needs it, a second pass.
+One merger per observer says what it gives to each bucketed collective and what it takes back:
+
+=============== ============================ ========================================= ==============================
+kind            first pass records           merge                                     equals one process that ...
+=============== ============================ ========================================= ==============================
+minmax          running min / max            all-reduce min and max                    sees all batches, any order
+moving_average  each batch's min / max       all-gather, replay the update in rank     sees the batches in rank order
+                                             order on every rank
+histogram       the range only               all-reduce the range; the second pass     is fed all values at once
+                                             counts into those common bins; all-reduce (``torch.cat``): no re-binning
+                                             the counts (a sum)
+channel_range   min / max, each batch's rows as minmax; rows gathered in rank order;   the same, per part
+                (histogram rows: range only) histogram rows as histogram
+stateless       nothing                      nothing                                   -
+user            what its forward records     all-gather ``state_dict()``s; the class's whatever its method defines
+                                             ``merge_states(states)`` sets the result
+=============== ============================ ========================================= ==============================
+
+A user observer class opts in with ``def merge_states(self, states: list[dict[str, torch.Tensor]]) -> None``: it
+gets every rank's ``state_dict()`` in rank order (its own included) and sets its own state to their merge.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from fxq.observers.base import ObserverBase
+from fxq.observers.histogram import HistogramObserver
+from fxq.observers.minmax import (MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+                                  PerChannelMinMaxObserver)
+from fxq.observers.simple import FixedQParamsObserver, NoopObserver, PlaceholderObserver
+
+MERGE_METHOD = "merge_states"
+
+
+class UnmergeableObserverError(TypeError):
+    """An observer whose state fxq cannot merge across processes, and which has no ``merge_states`` method."""
+
+
+class Merger:
+    """What one observer contributes to each collective. This base merges nothing (observers without statistics).
+
+    ``*_part`` methods return this rank's contribution (1-d float64, or None for no part in that collective);
+    ``set_*`` methods take the merged result, identical on every rank.
+    """
+
+    second_pass = False  # True: counts again over the merged range in a second pass
+
+    def __init__(self, name: str, observer: nn.Module) -> None:
+        self.name, self.observer = name, observer
+
+    def begin_first_pass(self) -> None: ...
+    def end_first_pass(self) -> None: ...
+    def range_part(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]: return None
+    def set_range(self, low: torch.Tensor, high: torch.Tensor) -> None: ...
+    def record_part(self) -> Optional[torch.Tensor]: return None
+    def set_records(self, per_rank: list[torch.Tensor]) -> None: ...
+    def count_part(self) -> Optional[torch.Tensor]: return None
+    def set_counts(self, total: torch.Tensor) -> None: ...
+
+    def begin_second_pass(self) -> None:
+        self.observer.forward = _pass_through  # it merged already: the second pass must not count its data twice
+
+    def end(self) -> None:
+        """Undo every patch; safe to call twice, and after a failure at any point."""
+        self.observer.__dict__.pop("forward", None)
+        self.observer.__dict__.pop("_record", None)
+
+
+def _pass_through(x: Any) -> Any:
+    return x
+
+
+def as_double(values: torch.Tensor) -> torch.Tensor:
+    return values.detach().reshape(-1).to(torch.float64)  # float32 -> float64 -> float32 is exact
+
+
+class MinMaxMerge(Merger):
+    def range_part(self):
+        return as_double(self.observer.min_val), as_double(self.observer.max_val)
+
+    def set_range(self, low, high):
+        if low.numel() == 0:
+            return  # a per-channel observer no rank gave data: keep it empty
+        observer = self.observer
+        for buffer, merged in ((observer.min_val, low), (observer.max_val, high)):
+            if buffer.numel() != merged.numel():
+                buffer.resize_(merged.shape)  # a per-channel observer that saw no data on this rank
+            buffer.copy_(merged.reshape(buffer.shape).to(buffer.dtype))
+
+
+class MovingAverageMerge(Merger):
+    """Replays every batch's (min, max) through the observer's own update, in rank order: the same float
+    operations one process would run, so the state is bit-identical."""
+
+    def begin_first_pass(self):
+        refuse_earlier_data(self)
+        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.observer._record = lambda low, high: (self.records.append((low.clone(), high.clone())),
+                                                   type(self.observer)._record(self.observer, low, high))
+
+    def end_first_pass(self):
+        self.observer.__dict__.pop("_record", None)
+
+    def record_part(self):
+        if not self.records:
+            return torch.zeros(0, dtype=torch.float64)
+        lows, highs = (torch.stack([as_double(r[i]) for r in self.records]) for i in (0, 1))
+        return torch.cat([torch.tensor([float(lows.shape[1])], dtype=torch.float64), lows.reshape(-1), highs.reshape(-1)])
+
+    def set_records(self, per_rank):
+        observer, per_tensor = self.observer, not isinstance(self.observer, PerChannelMinMaxObserver)
+        observer.reset_min_max_vals()
+        dtype = observer.min_val.dtype
+        for part in per_rank:
+            if part.numel() == 0:
+                continue
+            width = int(part[0])
+            lows, highs = part[1:].reshape(2, -1, width).to(dtype)
+            for low, high in zip(lows, highs):
+                type(observer)._record(observer, low.reshape(()) if per_tensor else low, high.reshape(()) if per_tensor else high)
+
+
+class HistogramMerge(Merger):
+    """First pass: the range only. Merged range, then a second pass counts every value into the same bins on every
+    rank, so the summed counts are the histogram of all values at once (integers: the sum is exact)."""
+
+    second_pass = True
+
+    def begin_first_pass(self):
+        refuse_earlier_data(self)
+        observer = self.observer
+
+        def record_range(x: torch.Tensor) -> torch.Tensor:
+            if x.numel():
+                values, low, high = observer._finite_values(x.detach())  # raises on NaN, drops infinities, as forward
+                if values.numel():
+                    observer.min_val.fill_(min(low, observer.min_val.item()))
+                    observer.max_val.fill_(max(high, observer.max_val.item()))
+            return x
+        observer.forward = record_range
+
+    def end_first_pass(self):
+        self.observer.__dict__.pop("forward", None)
+
+    range_part = MinMaxMerge.range_part
+
+    def set_range(self, low, high):
+        self.observer.min_val.fill_(float(low[0]))
+        self.observer.max_val.fill_(float(high[0]))
+        self.observer.histogram.zero_()
+
+    def begin_second_pass(self):
+        if not self.observer.has_data():
+            super().begin_second_pass()  # no rank saw data: nothing to count
+
+    def count_part(self):
+        return as_double(self.observer.histogram)
+
+    def set_counts(self, total):
+        self.observer.histogram.copy_(total.reshape(self.observer.histogram.shape))
+
+
+class UserMerge(Merger):
+    """A user observer class with ``merge_states``: every rank's state_dict, in rank order, goes to that method."""
+
+    def state_part(self) -> dict:
+        return {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value
+                for key, value in self.observer.state_dict().items()}
+
+    def set_states(self, states: list[dict]) -> None:
+        getattr(self.observer, MERGE_METHOD)(states)
+
+
+# Most derived first: a class takes the merge of the first entry it is an instance of.
+BUILT_IN = ((MovingAveragePerChannelMinMaxObserver, MovingAverageMerge), (PerChannelMinMaxObserver, MinMaxMerge),
+             (MovingAverageMinMaxObserver, MovingAverageMerge), (MinMaxObserver, MinMaxMerge),
+             (HistogramObserver, HistogramMerge), (PlaceholderObserver, Merger), (NoopObserver, Merger), (FixedQParamsObserver, Merger))
+_UPDATE_METHODS = ("forward", "_record")  # a subclass overriding these records something fxq cannot know
+
+
+def observer_mergers(model: nn.Module, table: tuple = BUILT_IN) -> list[Merger]:
+    """A merger for every observer in ``model``, in ``named_modules`` order (the same on every rank). ``table``:
+    (observer class, merger class) rows, most derived first; fxq.debug.distributed adds equalization's.
+
+    Raises UnmergeableObserverError naming the first observer class fxq cannot merge and lacking ``merge_states``.
+
+    >>> from fxq.observers import HistogramObserver, MinMaxObserver
+    >>> [type(m).__name__ for m in observer_mergers(torch.nn.ModuleList([MinMaxObserver(), HistogramObserver()]))]
+    ['MinMaxMerge', 'HistogramMerge']
+    """
+    mergers = []
+    for name, module in model.named_modules():
+        merger = merger_for(name, module, table)
+        if merger is not None:
+            mergers.append(merger)
+    return mergers
+
+
+def merger_for(name: str, module: nn.Module, table: tuple = BUILT_IN) -> Optional[Merger]:
+    """The merger of one module; None for modules that are not observers."""
+    if callable(getattr(type(module), MERGE_METHOD, None)):
+        return UserMerge(name, module)
+    for base, merge in table:
+        if isinstance(module, base):
+            if all(getattr(type(module), method, None) is getattr(base, method, None) for method in _UPDATE_METHODS):
+                return merge(name, module)
+            break
+    if not isinstance(module, (ObserverBase, *(base for base, _ in table))) and not hasattr(module, "calculate_qparams"):
+        return None
+    cls = type(module)
+    raise UnmergeableObserverError(
+        f"{cls.__module__}.{cls.__qualname__} (observer '{name}') cannot be merged across processes: fxq does not "
+        f"know how its state combines. Give the class a method `{MERGE_METHOD}(self, states: list[dict]) -> None` "
+        f"that sets its state from every rank's state_dict() (rank order), or calibrate with distributed=False.")
+
+
+def refuse_earlier_data(merger: Merger) -> None:
+    if merger.observer.has_data():
+        raise ValueError(
+            f"observer '{merger.name}' ({type(merger.observer).__name__}) already holds statistics; distributed "
+            f"calibration merges it exactly only from an empty state. Calibrate all the data in one fxq.calibrate "
+            f"call on a freshly prepared model (or reset the observer first).")

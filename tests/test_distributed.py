@@ -1,0 +1,161 @@
+"""Distributed calibration and sensitivity on 2 and 3 gloo processes on loopback: every rank ends with observer
+state bit-identical to one process on the same data, converted outputs too; uneven and empty shards; a failing
+rank fails every rank with its error; a rank that dies makes the others fail by the group's timeout, not hang."""
+import copy
+import multiprocessing
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import fxq
+from fxq.debug.distributed import calibrate_on_ranks, shard
+from fxq.observers import HistogramObserver
+from fxq.observers.merge import UnmergeableObserverError, observer_mergers
+
+import distributed_workers as workers
+
+SPAWN_TIMEOUT = 120  # seconds for a whole run; the scenarios themselves take a few
+
+
+def _spawn(world: int, scenario: str, sizes: list, tmp_path) -> list:
+    context = multiprocessing.get_context("spawn")
+    port = workers.free_port()
+    processes = [context.Process(target=workers.worker, args=(rank, world, port, scenario, str(tmp_path), sizes))
+                 for rank in range(world)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    hung = [rank for rank, process in enumerate(processes) if process.is_alive()]
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    assert not hung, f"ranks {hung} still running after {SPAWN_TIMEOUT} s"
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) if (tmp_path / f"rank{rank}.pt").exists()
+            else None for rank in range(world)]
+
+
+def _world_of_one(kind: str, equalize: bool = False) -> dict:
+    prepared = workers.prepare(kind, equalize)
+    fxq.calibrate(prepared, workers.batches(), progress=False, distributed=True)  # no process group: a world of one
+    return workers.model_result(prepared)
+
+
+def _plain(kind: str, equalize: bool = False) -> dict:
+    prepared = workers.prepare(kind, equalize)
+    fxq.calibrate(prepared, workers.batches(), progress=False)
+    return workers.model_result(prepared)
+
+
+def _assert_identical(result: dict, reference: dict) -> None:
+    assert result["state"].keys() == reference["state"].keys()
+    for key, value in reference["state"].items():
+        assert torch.equal(result["state"][key], value), key
+    for got, expected in zip(result["outputs"], reference["outputs"], strict=True):
+        assert torch.equal(got, expected)
+
+
+def _bare_reference() -> dict:
+    observers = workers.bare_observers()
+    calibrate_on_ranks(observers, workers.vector_batches(), lambda batches: workers.run_bare(observers, batches))
+    return observers.state_dict()
+
+
+@pytest.mark.parametrize("world, sizes", [(2, [5, 2]), (3, [4, 0, 3])])  # uneven; rank 1 of 3 has no data
+def test_ranks_end_bit_identical_to_one_process(world, sizes, tmp_path):
+    results = _spawn(world, "merge_everything", sizes, tmp_path)
+    for rank, result in enumerate(results):
+        assert "error" not in result, result.get("traceback")
+    references = {"histogram": _world_of_one("histogram"), "moving_average": _plain("moving_average"),
+                  "equalized_histogram": _world_of_one("histogram", equalize=True),
+                  "equalized_moving_average": _plain("moving_average", equalize=True)}
+    # moving averages: one process seeing the batches in rank order, with the ordinary single-process calibrate
+    assert references["moving_average"]["state"].keys() == _world_of_one("moving_average")["state"].keys()
+    bare = _bare_reference()
+    model, data = workers.build_model(), workers.batches()
+    score = lambda m: -float(sum((m(x) - model(x)).pow(2).mean() for x in data[:2]))  # noqa: E731
+    ranking = fxq.sensitivity(model, workers.qconfig_mapping("histogram"), data[:3], score)
+    for result in results:  # every rank, not only rank 0
+        for kind, reference in references.items():
+            _assert_identical(result[kind], reference)
+        for key, value in bare.items():
+            assert torch.equal(result["bare"][key], value), key
+        assert result["sensitivity"] == [(entry.layer, entry.metric, entry.change) for entry in ranking]
+
+
+def test_moving_average_merge_equals_one_process_in_rank_order():
+    merged, plain = _world_of_one("moving_average"), _plain("moving_average")
+    _assert_identical(merged, plain)
+
+
+def test_histogram_merge_equals_one_observer_fed_all_values_at_once():
+    prepared = workers.prepare("histogram")
+    fxq.calibrate(prepared, workers.batches(), progress=False, distributed=True)
+    recorded = workers.prepare("histogram")
+    inputs = {}
+    for name, module in recorded.named_modules():
+        if isinstance(module, HistogramObserver):
+            module.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, []).append(args[0]))
+    fxq.calibrate(recorded, workers.batches(), progress=False, distributed=False)
+    modules = dict(prepared.named_modules())
+    assert len(inputs) >= 3
+    for name, values in inputs.items():
+        alone = HistogramObserver(quant_min=0, quant_max=127)
+        alone(torch.cat([v.reshape(-1) for v in values]))
+        for buffer in ("histogram", "min_val", "max_val"):
+            assert torch.equal(getattr(alone, buffer), getattr(modules[name], buffer)), (name, buffer)
+        # seen one batch at a time, the observer re-bins as the range grows: a different (approximate) histogram
+        assert not torch.equal(dict(recorded.named_modules())[name].histogram, alone.histogram)
+
+
+def test_a_failing_rank_fails_every_rank_with_its_error(tmp_path):
+    results = _spawn(2, "one_rank_raises", [4, 3], tmp_path)
+    for result in results:
+        assert result["error"].startswith("DistributedError: fxq.calibrate: rank 1 of 2 failed: ValueError: "
+                                          "HistogramObserver got NaN values"), result["error"]
+
+
+def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
+    start = time.monotonic()
+    results = _spawn(2, "one_rank_dies", [4, 3], tmp_path)
+    assert results[1] is None
+    assert "error" in results[0] and time.monotonic() - start < 60
+
+
+def test_an_observer_without_merge_states_is_named():
+    class Peak(nn.Module):
+        def forward(self, x):
+            return x
+
+        def calculate_qparams(self):
+            return torch.tensor([1.0]), torch.tensor([0])
+
+    with pytest.raises(UnmergeableObserverError, match=r"test_distributed\..*Peak \(observer 'obs'\).*merge_states"):
+        observer_mergers(nn.ModuleDict({"obs": Peak()}))
+
+
+def test_a_subclass_that_records_differently_needs_merge_states():
+    class Clipped(fxq.observers.MinMaxObserver):
+        def forward(self, x):
+            return super().forward(x.clamp(-1, 1))
+
+    with pytest.raises(UnmergeableObserverError, match="Clipped"):
+        observer_mergers(nn.ModuleDict({"obs": Clipped()}))
+
+
+def test_distributed_calibration_refuses_observers_that_hold_data():
+    prepared = workers.prepare("histogram")
+    fxq.calibrate(prepared, workers.batches(2), progress=False)
+    with pytest.raises(ValueError, match="already holds statistics"):
+        fxq.calibrate(prepared, workers.batches(2), progress=False, distributed=True)
+    assert "forward" not in vars(dict(prepared.named_modules())["activation_post_process_0"])  # patches undone
+
+
+@pytest.mark.parametrize("count, world", [(7, 2), (7, 3), (2, 3), (0, 2)])
+def test_shards_are_contiguous_and_cover_everything(count, world):
+    items = list(range(count))
+    shards = [shard(items, rank, world) for rank in range(world)]
+    assert sum(shards, []) == items and max(map(len, shards)) - min(map(len, shards)) <= 1
