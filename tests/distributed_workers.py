@@ -7,6 +7,7 @@ single-process reference itself. A rank writes what it ends with (observer state
 import copy
 import os
 import socket
+import time
 import traceback
 from datetime import timedelta
 
@@ -120,19 +121,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker(rank: int, world: int, port: int, scenario: str, out_dir: str, sizes: list) -> None:
+def worker(rank: int, world: int, port: int, scenarios: list, out_dir: str, sizes: list) -> None:
+    """Run ``scenarios`` in order on one process group; after each, save {scenario: result or its error}."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                          world_size=world, timeout=timedelta(seconds=8))
-    result = {}
-    try:
-        SCENARIOS[scenario](rank, sizes, result)
-    except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        result["traceback"] = traceback.format_exc()
-    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    if "error" not in result:
-        torch.distributed.destroy_process_group()
+    results = {}
+    for scenario in scenarios:
+        result = results[scenario] = {}
+        try:
+            SCENARIOS[scenario](rank, sizes, result)
+        except Exception as error:
+            result["error"] = f"{type(error).__name__}: {error}"
+            result["traceback"] = traceback.format_exc()
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def merge_everything(rank: int, sizes: list, result: dict) -> None:
@@ -147,6 +149,8 @@ def merge_everything(rank: int, sizes: list, result: dict) -> None:
     observers = bare_observers()
     calibrate_on_ranks(observers, split(vector_batches(), sizes)[rank], lambda shard: run_bare(observers, shard))
     result["bare"] = observers.state_dict()
+    if len(sizes) < 3:
+        return  # sensitivity once, on 3 ranks: 4 trials split unevenly
     data = batches()
     score = lambda model: -float(sum((model(x) - build_model()(x)).pow(2).mean() for x in data[:2]))  # noqa: E731
     ranking = fxq.sensitivity(build_model(), qconfig_mapping("histogram"), data[:3], score, distributed=True)
@@ -163,7 +167,11 @@ def one_rank_raises(rank: int, sizes: list, result: dict) -> None:
 def one_rank_dies(rank: int, sizes: list, result: dict) -> None:
     if rank == 1:
         os._exit(3)  # no exception, no goodbye: only the process group's timeout can tell the others
-    fxq.calibrate(prepare("histogram"), split(batches(), sizes)[rank], progress=False)
+    start = time.monotonic()
+    try:
+        fxq.calibrate(prepare("histogram"), split(batches(), sizes)[rank], progress=False)
+    finally:
+        result["seconds"] = time.monotonic() - start
 
 
 SCENARIOS = {"merge_everything": merge_everything, "one_rank_raises": one_rank_raises, "one_rank_dies": one_rank_dies}
