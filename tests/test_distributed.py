@@ -4,6 +4,8 @@ rank fails every rank with its error; a rank that dies makes the others fail by 
 import functools
 import multiprocessing
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -178,3 +180,21 @@ def test_shards_are_contiguous_and_cover_everything(count, world):
     items = list(range(count))
     shards = [shard(items, rank, world) for rank in range(world)]
     assert sum(shards, []) == items and max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.slow
+def test_torchrun_quantize_distributed_saves_what_one_process_makes(tmp_path):
+    from fxq.cli.demo import load_demo, save_calibration, to_input
+    save_calibration(str(tmp_path / "calib.pt"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fxq.cli",
+               "quantize", "fxq.cli.demo:trained_model", "--input-shape", "1,1,8,8", "--calib", "calib.pt",
+               "--out", "int8.pt", "--distributed", "--timeout", "60"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=SPAWN_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "on 2 ranks" in done.stdout
+    model, data = load_demo()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping("x86"), (torch.randn(1, 1, 8, 8),))
+    fxq.calibrate(prepared, list(to_input(data["calib_images"]).split(32)), progress=False, distributed=True)
+    images = to_input(data["test_images"])
+    saved = torch.load(tmp_path / "int8.pt", weights_only=False)
+    assert torch.equal(saved(images), fxq.convert_fx(prepared)(images))
