@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import fxq
-from fxq.debug.distributed import calibrate_on_ranks, shard
+from fxq.debug.distributed import calibrate_on_ranks
+from fxq.debug.ranks import shard
 from fxq.observers import HistogramObserver
 from fxq.observers.merge import UnmergeableObserverError, observer_mergers
 
@@ -198,3 +199,12 @@ def test_torchrun_quantize_distributed_saves_what_one_process_makes(tmp_path):
     images = to_input(data["test_images"])
     saved = torch.load(tmp_path / "int8.pt", weights_only=False)
     assert torch.equal(saved(images), fxq.convert_fx(prepared)(images))
+
+
+def test_quantize_distributed_outside_torchrun_is_a_usage_error(capsys, monkeypatch):
+    from fxq.cli.main import main
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["quantize", "fxq.cli.demo:trained_model", "--input-shape", "1,1,8,8", "--random-calib",
+                 "--out", "never.pt", "--distributed"]) == 2
+    assert "launch with `torchrun --nproc-per-node 2 -m fxq.cli quantize" in capsys.readouterr().err

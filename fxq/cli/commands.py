@@ -104,6 +104,12 @@ def quantize(args: argparse.Namespace) -> int:
     if not args.calib and not args.random_calib:
         raise CommandError("no calibration data: pass --calib FILE.pt (a tensor or a list of batches), or "
                            "--random-calib for a smoke test on random inputs", exit_code=2)
+    if args.distributed:
+        from fxq.cli.launch import missing_torchrun_variables
+        if missing_torchrun_variables():
+            raise CommandError(f"--distributed needs the environment torchrun sets ("
+                               f"{', '.join(missing_torchrun_variables())} missing): launch with "
+                               f"`torchrun --nproc-per-node 2 -m fxq.cli quantize ... --distributed`", exit_code=2)
     model = load_factory(args.factory)
     if args.calib:
         batches = batches_from(load_file(args.calib, "--calib file"), args.calib)
@@ -116,7 +122,7 @@ def quantize(args: argparse.Namespace) -> int:
     if not args.distributed:
         return _calibrate_and_save(args, prepared, batches, rank=0)
     from fxq.cli.launch import process_group
-    from fxq.debug.distributed import shard
+    from fxq.debug.ranks import shard
     with process_group(args.timeout) as rank:
         return _calibrate_and_save(args, prepared, shard(batches), rank)
 

@@ -15,19 +15,17 @@ from typing import Iterator
 
 import torch.distributed as dist
 
-from fxq.cli.commands import CommandError
-
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def missing_torchrun_variables() -> list[str]:
+    """The variables torchrun would have set that this process's environment lacks."""
+    return [name for name in TORCHRUN_VARIABLES if name not in os.environ]
 
 
 @contextlib.contextmanager
 def process_group(timeout_seconds: float) -> Iterator[int]:
     """Initialise gloo from torchrun's environment for the block; yields this process's rank."""
-    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
-    if missing:
-        raise CommandError(f"--distributed needs the environment torchrun sets ({', '.join(missing)} missing): "
-                           f"launch with `torchrun --nproc-per-node 2 -m fxq.cli quantize ... --distributed`",
-                           exit_code=2)
     dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_seconds))
     try:
         yield dist.get_rank()

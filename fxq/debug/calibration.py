@@ -11,7 +11,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import fx
 
-from fxq.debug.distributed import calibrate_on_ranks, process_group_ready, rank_and_world
+from fxq.debug.distributed import calibrate_on_ranks
+from fxq.debug.ranks import process_group_ready, rank_and_world
 from fxq.observers import ObserverBase
 
 _INT8 = (torch.quint8, torch.qint8)  # float16 and dynamic observers need no calibration data
@@ -20,12 +21,14 @@ _INT8 = (torch.quint8, torch.qint8)  # float16 and dynamic observers need no cal
 @dataclass
 class CalibrationSummary:
     """What calibration did: ``batches`` run (on all ranks), ``without_data``: observer name -> the node it watches;
-    with ``distributed``, ``ranks`` and ``merge_seconds`` (this rank's time in the merges)."""
+    with ``distributed``, ``ranks``, ``merge_seconds`` (this rank's time merging) and ``wait_seconds`` (its time
+    in the status exchanges, mostly waiting for slower ranks)."""
 
     batches: int = 0
     without_data: dict = field(default_factory=dict)
     ranks: int = 1
     merge_seconds: float = 0.0
+    wait_seconds: float = 0.0
 
     def __str__(self) -> str:
         if not self.without_data:
@@ -66,7 +69,9 @@ def calibrate(prepared: fx.GraphModule, batches: Iterable[Any], progress: bool =
     if distributed:
         rank, summary.ranks = rank_and_world()
         run = functools.partial(_run_batches, prepared, progress=progress and rank == 0)
-        summary.batches, summary.merge_seconds = calibrate_on_ranks(prepared, list(batches), run)
+        merged = calibrate_on_ranks(prepared, list(batches), run)
+        summary.batches, summary.merge_seconds, summary.wait_seconds = (merged["batches"], merged["merge_seconds"],
+                                                                        merged["wait_seconds"])
     else:
         summary.batches = _run_batches(prepared, batches, progress)
     summary.without_data = _observers_without_data(prepared)

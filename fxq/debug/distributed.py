@@ -12,20 +12,26 @@ The protocol (what each observer gives and takes: fxq.observers.merge):
 Without a process group it runs as a world of one: the same passes, so one process gets what N ranks get.
 
     >>> import torch
-    >>> shard(list(range(5)), rank=1, world_size=2)
-    [3, 4]
+    >>> from fxq.observers import HistogramObserver
+    >>> histogram, batches = HistogramObserver(bins=4), [torch.tensor([0.0, 1.0]), torch.tensor([3.0])]
+    >>> calibrate_on_ranks(histogram, batches, lambda shard: len([histogram(x) for x in shard]))["batches"]
+    2
+    >>> histogram.histogram.tolist()  # the bins of [0, 3] from the start: no re-binning when 3 arrives
+    [1.0, 1.0, 0.0, 1.0]
 """
 from __future__ import annotations
 
+import contextlib
 import time
-import traceback
 import zlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fxq.debug.ranks import (DistributedError, all_gather_object, guarded, process_group_ready, raise_failures,
+                             rank_and_world, shard)
 from fxq.equalization.merge import ChannelRangeMerge
 from fxq.equalization.observers import ChannelRangeObserver
 from fxq.observers.merge import BUILT_IN, Merger, UserMerge, observer_mergers
@@ -33,89 +39,57 @@ from fxq.observers.merge import BUILT_IN, Merger, UserMerge, observer_mergers
 MERGE_TABLE = BUILT_IN + ((ChannelRangeObserver, ChannelRangeMerge),)
 
 
-class DistributedError(RuntimeError):
-    """A rank failed; every rank raises this, naming the failing rank and its error."""
-
-
-def process_group_ready() -> bool:
-    """True when torch.distributed has an initialised default process group (fxq.calibrate then merges)."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if process_group_ready() else (0, 1)
-
-
-def shard(batches: Sequence[Any], rank: Optional[int] = None, world_size: Optional[int] = None) -> list:
-    """This rank's contiguous share of ``batches``: shares differ by at most one batch, earlier ranks get more.
-    Contiguous, so rank order is the original order (what moving-average observers replay)."""
-    default_rank, default_world = rank_and_world()
-    rank = default_rank if rank is None else rank
-    world_size = default_world if world_size is None else world_size
-    size, extra = divmod(len(batches), world_size)
-    start = rank * size + min(rank, extra)
-    return list(batches[start:start + size + (rank < extra)])
-
-
-def calibrate_on_ranks(prepared: nn.Module, batches: list, run_batches: Callable[[list], int]) -> tuple[int, float]:
-    """Run ``run_batches(batches)`` on this rank, merge the observers across ranks; (batches on all ranks, seconds
-    spent merging). Every rank ends with identical observer state."""
+def calibrate_on_ranks(prepared: nn.Module, batches: list, run_batches: Callable[[list], int]) -> dict:
+    """Run ``run_batches(batches)`` on this rank, merge the observers across ranks; every rank ends with identical
+    observer state. Returns ``batches`` (on all ranks), ``merge_seconds`` (this rank's time in the merges) and
+    ``wait_seconds`` (its time in the status exchanges: mostly waiting for slower ranks)."""
     mergers = observer_mergers(prepared, MERGE_TABLE)
     signature = zlib.crc32("|".join(f"{m.name}:{type(m).__name__}" for m in mergers).encode())
-    merge_seconds = 0.0
+    clock = {"merge_seconds": 0.0, "wait_seconds": 0.0}
     try:
         for merger in mergers:
             merger.begin_first_pass()
-        count, error = _guarded(run_batches, batches)
+        count, error = guarded(run_batches, batches)
         for merger in mergers:
             merger.end_first_pass()
-        start = time.perf_counter()
-        statuses = _exchange_status(error, count, signature, mergers)
-        _merge_ranges(mergers, statuses)
-        _merge_records(mergers, statuses)
-        _merge_user_states(mergers)
-        merge_seconds += time.perf_counter() - start
+        records = [(merger, merger.record_part()) for merger in mergers]
+        records = [(merger, part) for merger, part in records if part is not None]
+        with _timed(clock, "wait_seconds"):
+            statuses = _exchange_status(error, count, signature, mergers, records)
+        with _timed(clock, "merge_seconds"):
+            _merge_ranges(mergers, statuses)
+            _merge_records(records, statuses)
+            _merge_user_states(mergers)
         if any(merger.second_pass for merger in mergers):
             for merger in mergers:
                 merger.begin_second_pass()
-            _, error = _guarded(run_batches, batches)
-            start = time.perf_counter()
-            _exchange_status(error, count, signature, [])
-            _merge_counts(mergers)
-            merge_seconds += time.perf_counter() - start
+            _, error = guarded(run_batches, batches)
+            with _timed(clock, "wait_seconds"):
+                _exchange_status(error, count, signature, [], [])
+            with _timed(clock, "merge_seconds"):
+                _merge_counts(mergers)
     finally:
         for merger in mergers:
             merger.end()
-    return sum(status["batches"] for status in statuses), merge_seconds
+    return {"batches": sum(status["batches"] for status in statuses), **clock}
 
 
-def gather_results(compute: Callable[[], dict], what: str) -> dict:
-    """Every rank's ``compute()`` dict merged in rank order (keys must not clash); a failure anywhere raises
-    DistributedError on every rank."""
-    result, error = _guarded(compute)
-    gathered = _all_gather_object({"error": error, "result": result})
-    _raise_failures(gathered, what)
-    merged = {}
-    for part in gathered:
-        merged.update(part["result"])
-    return merged
-
-
-def _guarded(function: Callable, *args: Any) -> tuple[Any, Optional[tuple]]:
-    """function(*args), or (None, the error) so the other ranks hear of it instead of waiting forever."""
+@contextlib.contextmanager
+def _timed(clock: dict, key: str) -> Iterator[None]:
+    start = time.perf_counter()
     try:
-        return function(*args), None
-    except Exception as error:  # reported to every rank, then raised on this one too (_raise_failures)
-        return None, (f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error)), error)
+        yield
+    finally:
+        clock[key] += time.perf_counter() - start
 
 
-def _exchange_status(error: Optional[tuple], count: Optional[int], signature: int, mergers: list[Merger]) -> list:
-    ranges = [_numel(merger.range_part()) for merger in mergers]
-    records = [_numel(merger.record_part()) for merger in mergers]
+def _exchange_status(error: Optional[tuple], count: Optional[int], signature: int, mergers: list[Merger],
+                     records: list) -> list:
     status = {"error": error[:2] if error else None, "batches": count or 0, "signature": signature,
-              "ranges": ranges, "records": records}
-    statuses = _all_gather_object(status)
-    _raise_failures(statuses, "fxq.calibrate", error)
+              "ranges": [_numel(merger.range_part()) for merger in mergers],
+              "records": [part.numel() for _, part in records]}
+    statuses = all_gather_object(status)
+    raise_failures(statuses, "fxq.calibrate", error)
     if len({s["signature"] for s in statuses}) > 1:
         raise DistributedError("fxq.calibrate: the ranks hold different prepared models (their observers differ); "
                                "prepare the same model with the same qconfig on every rank")
@@ -124,17 +98,6 @@ def _exchange_status(error: Optional[tuple], count: Optional[int], signature: in
 
 def _numel(part: Any) -> int:
     return 0 if part is None else (part[0].numel() if isinstance(part, tuple) else part.numel())
-
-
-def _raise_failures(statuses: list, what: str, own_error: Optional[tuple] = None) -> None:
-    failed = [(rank, s["error"]) for rank, s in enumerate(statuses) if s["error"]]
-    if not failed:
-        return
-    rank, (message, trace) = failed[0]
-    others = f" (ranks {', '.join(str(r) for r, _ in failed[1:])} failed too)" if failed[1:] else ""
-    cause = own_error[2] if own_error else None
-    raise DistributedError(f"{what}: rank {rank} of {len(statuses)} failed: {message}{others}\n"
-                           f"rank {rank}'s traceback:\n{trace}") from cause
 
 
 def _merge_ranges(mergers: list[Merger], statuses: list) -> None:
@@ -163,12 +126,12 @@ def _agreed_size(merger: Merger, sizes: list[int]) -> int:
     return seen.pop() if seen else 0
 
 
-def _merge_records(mergers: list[Merger], statuses: list) -> None:
-    recording = [(i, merger) for i, merger in enumerate(mergers) if merger.record_part() is not None]
-    if not recording:
+def _merge_records(records: list[tuple[Merger, torch.Tensor]], statuses: list) -> None:
+    """One all_gather of every (merger, this rank's records) part, padded to the longest rank's total."""
+    if not records:
         return
-    lengths = [[s["records"][i] for i, _ in recording] for s in statuses]  # [rank][merger]
-    local = torch.cat([merger.record_part() for _, merger in recording])
+    lengths = [status["records"] for status in statuses]  # [rank][merger]
+    local = torch.cat([part for _, part in records])
     longest = max(sum(row) for row in lengths)
     padded = torch.cat([local, torch.zeros(longest - local.numel(), dtype=torch.float64)])
     gathered = [padded]
@@ -176,14 +139,14 @@ def _merge_records(mergers: list[Merger], statuses: list) -> None:
         gathered = [torch.empty_like(padded) for _ in statuses]
         dist.all_gather(gathered, padded)
     per_rank = [list(part[:sum(row)].split(row)) for part, row in zip(gathered, lengths)]
-    for j, (_, merger) in enumerate(recording):
+    for j, (merger, _) in enumerate(records):
         merger.set_records([parts[j] for parts in per_rank])
 
 
 def _merge_user_states(mergers: list[Merger]) -> None:
     users = [merger for merger in mergers if isinstance(merger, UserMerge)]
     if users:
-        gathered = _all_gather_object([merger.state_part() for merger in users])
+        gathered = all_gather_object([merger.state_part() for merger in users])
         for j, merger in enumerate(users):
             merger.set_states([states[j] for states in gathered])
 
@@ -198,11 +161,3 @@ def _merge_counts(mergers: list[Merger]) -> None:
         dist.all_reduce(bucket, op=dist.ReduceOp.SUM)
     for (merger, _), total in zip(parts, bucket.split([part.numel() for _, part in parts])):
         merger.set_counts(total)
-
-
-def _all_gather_object(value: Any) -> list:
-    if not process_group_ready():
-        return [value]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered

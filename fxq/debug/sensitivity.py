@@ -70,7 +70,7 @@ def sensitivity(prepared_or_float: nn.Module, qconfig_mapping: Any, calibration:
 
     trials = [None, *layers]  # None: the baseline, every layer quantized
     if distributed:
-        from fxq.debug.distributed import gather_results, rank_and_world
+        from fxq.debug.ranks import gather_results, rank_and_world
         rank, world = rank_and_world()
         metrics = gather_results(lambda: {i: quantized_metric(trials[i]) for i in range(rank, len(trials), world)},
                                  "fxq.sensitivity")

@@ -101,8 +101,12 @@ class MovingAverageMerge(Merger):
     def begin_first_pass(self):
         refuse_earlier_data(self)
         self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.observer._record = lambda low, high: (self.records.append((low.clone(), high.clone())),
-                                                   type(self.observer)._record(self.observer, low, high))
+        observer, update = self.observer, type(self.observer)._record
+
+        def record_then_update(low: torch.Tensor, high: torch.Tensor) -> None:
+            self.records.append((low.clone(), high.clone()))
+            update(observer, low, high)
+        observer._record = record_then_update
 
     def end_first_pass(self):
         self.observer.__dict__.pop("_record", None)
