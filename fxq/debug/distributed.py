@@ -111,8 +111,7 @@ def _merge_ranges(mergers: list[Merger], statuses: list) -> None:
     highs = [high if high.numel() else torch.full((size,), float("-inf"), dtype=torch.float64)
              for (_, _, (_, high)), size in zip(parts, sizes)]
     bucket = torch.cat(lows + [-high for high in highs])  # one MIN reduction serves both: max(x) = -min(-x)
-    if process_group_ready():
-        dist.all_reduce(bucket, op=dist.ReduceOp.MIN)
+    bucket = _all_reduce(bucket, dist.ReduceOp.MIN)
     merged_lows, merged_highs = bucket.split(sum(sizes))[0].split(sizes), (-bucket[sum(sizes):]).split(sizes)
     for (_, merger, _), low, high in zip(parts, merged_lows, merged_highs):
         merger.set_range(low, high)
@@ -136,8 +135,10 @@ def _merge_records(records: list[tuple[Merger, torch.Tensor]], statuses: list) -
     padded = torch.cat([local, torch.zeros(longest - local.numel(), dtype=torch.float64)])
     gathered = [padded]
     if process_group_ready():
-        gathered = [torch.empty_like(padded) for _ in statuses]
-        dist.all_gather(gathered, padded)
+        device = _collective_device()
+        gathered = [torch.empty_like(padded, device=device) for _ in statuses]
+        dist.all_gather(gathered, padded.to(device))
+        gathered = [part.cpu() for part in gathered]
     per_rank = [list(part[:sum(row)].split(row)) for part, row in zip(gathered, lengths)]
     for j, (merger, _) in enumerate(records):
         merger.set_records([parts[j] for parts in per_rank])
@@ -157,7 +158,21 @@ def _merge_counts(mergers: list[Merger]) -> None:
     if not parts:
         return
     bucket = torch.cat([part for _, part in parts])  # integer counts in float64: the sum is exact
-    if process_group_ready():
-        dist.all_reduce(bucket, op=dist.ReduceOp.SUM)
+    bucket = _all_reduce(bucket, dist.ReduceOp.SUM)
     for (merger, _), total in zip(parts, bucket.split([part.numel() for _, part in parts])):
         merger.set_counts(total)
+
+
+def _all_reduce(bucket: torch.Tensor, op: Any) -> torch.Tensor:
+    if not process_group_ready():
+        return bucket
+    moved = bucket.to(_collective_device())
+    dist.all_reduce(moved, op=op)
+    return moved.cpu()
+
+
+def _collective_device() -> torch.device:
+    """nccl reduces only CUDA tensors; gloo (and mpi) take CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

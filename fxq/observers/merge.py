@@ -77,7 +77,7 @@ def _pass_through(x: Any) -> Any:
 
 
 def as_double(values: torch.Tensor) -> torch.Tensor:
-    return values.detach().reshape(-1).to(torch.float64)  # float32 -> float64 -> float32 is exact
+    return values.detach().reshape(-1).to("cpu", torch.float64)  # float32 -> float64 -> float32 is exact
 
 
 class MinMaxMerge(Merger):
@@ -125,7 +125,7 @@ class MovingAverageMerge(Merger):
             if part.numel() == 0:
                 continue
             width = int(part[0])
-            lows, highs = part[1:].reshape(2, -1, width).to(dtype)
+            lows, highs = part[1:].reshape(2, -1, width).to(observer.min_val.device, dtype)
             for low, high in zip(lows, highs):
                 type(observer)._record(observer, low.reshape(()) if per_tensor else low, high.reshape(()) if per_tensor else high)
 
