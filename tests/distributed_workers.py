@@ -94,7 +94,8 @@ def qconfig_mapping(kind: str):
     if kind == "histogram":
         return fxq.get_default_qconfig_mapping("x86")
     activation = MovingAverageMinMaxObserver.with_args(averaging_constant=0.25, quant_min=0, quant_max=127)
-    return fxq.QConfigMapping().set_global(fxq.QConfig(activation=activation, weight=fxq.default_per_channel_qconfig.weight))
+    weight = fxq.default_per_channel_qconfig.weight
+    return fxq.QConfigMapping().set_global(fxq.QConfig(activation=activation, weight=weight))
 
 
 def prepare(kind: str, equalize: bool = False):

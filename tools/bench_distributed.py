@@ -8,13 +8,14 @@ only the calibration: ranks start together after a barrier; the wall time is the
 turns round by round, so load from other work on the machine hits them alike; the table shows medians.
 
     1 proc x 1 thread     plain fxq.calibrate (one pass; a histogram re-bins as its range grows)
-    1 proc x 1 thread, exact   fxq.calibrate(distributed=True) as a world of one (histograms: two passes)
+    1 proc x 1 thread (exact)   fxq.calibrate(distributed=True) as a world of one (histograms: two passes)
     1 proc x 2 threads    plain fxq.calibrate
     2 procs x 1 thread    fxq.calibrate on a gloo group, each rank half the batches
 """
 import argparse
 import multiprocessing
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -30,7 +31,7 @@ from tools.zoo import MODELS  # noqa: E402
 
 SETTINGS = {  # name: (processes, threads per process, distributed)
     "1 proc x 1 thread": (1, 1, False),
-    "1 proc x 1 thread, exact": (1, 1, True),
+    "1 proc x 1 thread (exact)": (1, 1, True),
     "1 proc x 2 threads": (1, 2, False),
     "2 procs x 1 thread": (2, 1, True),
 }
@@ -54,7 +55,7 @@ def qconfig_mapping(kind: str):
 
 def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, kind: str, setting: str) -> None:
     import fxq
-    from fxq.debug.distributed import shard
+    from fxq.debug.ranks import shard
     processes, threads, distributed = SETTINGS[setting]
     torch.set_num_threads(threads)
     model, _ = MODELS[args.model]()
@@ -111,17 +112,27 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--qconfigs", default="histogram,minmax")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="comma-separated; on a loaded machine '1 proc x 2 threads' can take 10x longer")
     args = parser.parse_args()
+    settings = args.settings.split(",")
     args.out_dir = tempfile.mkdtemp(prefix="fxq_bench_distributed_")
+    try:
+        report(args, settings)
+    finally:
+        shutil.rmtree(args.out_dir)
+
+
+def report(args: argparse.Namespace, settings: list) -> None:
     print(f"{args.model}, {args.samples} samples of 3x{args.image_size}x{args.image_size} in batches of {args.batch}, "
           f"{args.rounds} rounds; {os.cpu_count()} CPUs; ISA: {isa_flags()}")
     for kind in args.qconfigs.split(","):
-        runs = {setting: [] for setting in SETTINGS}
+        runs = {setting: [] for setting in settings}
         for _ in range(args.rounds):
-            for setting in SETTINGS:
+            for setting in settings:
                 runs[setting].append(run_setting(args, kind, setting))
         base = statistics.median(r["seconds"] for r in runs["1 proc x 1 thread"])
-        exact = runs["1 proc x 1 thread, exact"][0]["state"]
+        exact = runs["1 proc x 1 thread (exact)"][0]["state"]
         print(f"\n{kind} activation observers")
         print(f"  {'setting':28} {'calibrate s':>12} {'vs 1x1':>7} {'merge s':>8} {'merge %':>8} {'wait s':>7}  "
               f"state == exact 1 proc")

@@ -30,8 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fxq.debug.ranks import (DistributedError, all_gather_object, guarded, process_group_ready, raise_failures,
-                             rank_and_world, shard)
+from fxq.debug.ranks import DistributedError, all_gather_object, guarded, process_group_ready, raise_failures
 from fxq.equalization.merge import ChannelRangeMerge
 from fxq.equalization.observers import ChannelRangeObserver
 from fxq.observers.merge import BUILT_IN, Merger, UserMerge, observer_mergers

@@ -115,19 +115,19 @@ class MovingAverageMerge(Merger):
         if not self.records:
             return torch.zeros(0, dtype=torch.float64)
         lows, highs = (torch.stack([as_double(r[i]) for r in self.records]) for i in (0, 1))
-        return torch.cat([torch.tensor([float(lows.shape[1])], dtype=torch.float64), lows.reshape(-1), highs.reshape(-1)])
+        width = torch.tensor([float(lows.shape[1])], dtype=torch.float64)  # leads the part: how to cut it again
+        return torch.cat([width, lows.reshape(-1), highs.reshape(-1)])
 
     def set_records(self, per_rank):
-        observer, per_tensor = self.observer, not isinstance(self.observer, PerChannelMinMaxObserver)
+        observer, update = self.observer, type(self.observer)._record
+        shape = (-1,) if isinstance(observer, PerChannelMinMaxObserver) else ()  # per-tensor records are 0-d
         observer.reset_min_max_vals()
-        dtype = observer.min_val.dtype
         for part in per_rank:
             if part.numel() == 0:
                 continue
-            width = int(part[0])
-            lows, highs = part[1:].reshape(2, -1, width).to(observer.min_val.device, dtype)
+            lows, highs = part[1:].reshape(2, -1, int(part[0])).to(observer.min_val.device, observer.min_val.dtype)
             for low, high in zip(lows, highs):
-                type(observer)._record(observer, low.reshape(()) if per_tensor else low, high.reshape(()) if per_tensor else high)
+                update(observer, low.reshape(shape), high.reshape(shape))
 
 
 class HistogramMerge(Merger):
@@ -184,7 +184,8 @@ class UserMerge(Merger):
 # Most derived first: a class takes the merge of the first entry it is an instance of.
 BUILT_IN = ((MovingAveragePerChannelMinMaxObserver, MovingAverageMerge), (PerChannelMinMaxObserver, MinMaxMerge),
              (MovingAverageMinMaxObserver, MovingAverageMerge), (MinMaxObserver, MinMaxMerge),
-             (HistogramObserver, HistogramMerge), (PlaceholderObserver, Merger), (NoopObserver, Merger), (FixedQParamsObserver, Merger))
+             (HistogramObserver, HistogramMerge),
+             (PlaceholderObserver, Merger), (NoopObserver, Merger), (FixedQParamsObserver, Merger))  # nothing to merge
 _UPDATE_METHODS = ("forward", "_record")  # a subclass overriding these records something fxq cannot know
 
 
@@ -215,7 +216,8 @@ def merger_for(name: str, module: nn.Module, table: tuple = BUILT_IN) -> Optiona
             if all(getattr(type(module), method, None) is getattr(base, method, None) for method in _UPDATE_METHODS):
                 return merge(name, module)
             break
-    if not isinstance(module, (ObserverBase, *(base for base, _ in table))) and not hasattr(module, "calculate_qparams"):
+    known = (ObserverBase, *(base for base, _ in table))
+    if not isinstance(module, known) and not hasattr(module, "calculate_qparams"):
         return None
     cls = type(module)
     raise UnmergeableObserverError(
