@@ -141,8 +141,9 @@ def worker(rank: int, world: int, port: int, scenarios: list, out_dir: str, size
 def merge_everything(rank: int, sizes: list, result: dict) -> None:
     for kind in ("histogram", "moving_average"):
         prepared = prepare(kind)
-        fxq.calibrate(prepared, split(batches(), sizes)[rank], progress=False)  # distributed: a group is initialised
+        summary = fxq.calibrate(prepared, split(batches(), sizes)[rank], progress=False)  # a group is initialised
         result[kind] = model_result(prepared)
+        result[f"{kind}_summary"] = (summary.batches, summary.ranks, summary.without_data)
     for kind in ("histogram", "moving_average"):
         prepared = prepare(kind, equalize=True)
         fxq.calibrate(prepared, split(batches(), sizes)[rank], progress=False, distributed=True)

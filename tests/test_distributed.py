@@ -90,6 +90,7 @@ def test_ranks_end_bit_identical_to_one_process(world):
                   "equalized_moving_average": _plain("moving_average", equalize=True)}
     bare = _bare_reference()
     for result in results:  # every rank, not only rank 0
+        assert result["histogram_summary"] == result["moving_average_summary"] == (7, world, {})
         for kind, reference in references.items():
             _assert_identical(result[kind], reference)
         for key, value in bare.items():
@@ -208,3 +209,18 @@ def test_quantize_distributed_outside_torchrun_is_a_usage_error(capsys, monkeypa
     assert main(["quantize", "fxq.cli.demo:trained_model", "--input-shape", "1,1,8,8", "--random-calib",
                  "--out", "never.pt", "--distributed"]) == 2
     assert "launch with `torchrun --nproc-per-node 2 -m fxq.cli quantize" in capsys.readouterr().err
+
+
+def test_histogram_counts_stay_exact_past_float32_integers():
+    # float32 adds 1 to 2**24 as 0: counted batch by batch in float32, a split of the same data into other shares
+    # (ranks) would round differently. The merge counts in float64 and rounds the total once.
+    observer = HistogramObserver(bins=4)
+    first = torch.cat([torch.zeros(2**24 - 1), torch.ones(1)])
+    batches = [first] + [torch.zeros(1)] * 3
+    calibrate_on_ranks(observer, batches, lambda shard: len([observer(x) for x in shard]))
+    assert observer.histogram.dtype == torch.float32
+    assert observer.histogram.tolist() == [float(torch.tensor(2**24 + 2, dtype=torch.float32)), 0.0, 0.0, 1.0]
+    one_by_one = HistogramObserver(bins=4)
+    for x in batches:
+        one_by_one(x)
+    assert one_by_one.histogram[0] == 2**24  # each later 1 was lost

@@ -4,8 +4,10 @@
     python tools/bench_distributed.py --image-size 112 --rounds 3 --qconfigs histogram,minmax
 
 Each setting runs in fresh spawned processes (each builds the same seeded model and data, prepares, then times
-only the calibration: ranks start together after a barrier; the wall time is the slowest rank's). Settings take
-turns round by round, so load from other work on the machine hits them alike; the table shows medians.
+only the calibration: ranks start together after a barrier; the wall time is the slowest rank's, and "CPU s" the
+largest CPU time of a rank, which is what the wall time would be on otherwise idle cores). Settings take turns round
+by round, so load from other work on the machine hits them alike; the table shows medians. "merge" is the time in
+the merges themselves, "wait" the time in the status exchanges (waiting for the slowest rank).
 
     1 proc x 1 thread     plain fxq.calibrate (one pass; a histogram re-bins as its range grows)
     1 proc x 1 thread (exact)   fxq.calibrate(distributed=True) as a world of one (histograms: two passes)
@@ -67,11 +69,12 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, kind: 
         torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                              world_size=world, timeout=timedelta(seconds=1800))
         torch.distributed.barrier()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     summary = fxq.calibrate(prepared, shard(data, rank, world), progress=False, distributed=distributed)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     observers = {k: v for k, v in prepared.state_dict().items() if "post_process" in k}
-    torch.save({"seconds": seconds, "merge": summary.merge_seconds, "wait": summary.wait_seconds, "state": observers},
+    torch.save({"seconds": seconds, "cpu": cpu, "merge": summary.merge_seconds, "wait": summary.wait_seconds,
+                "state": observers},
                Path(args.out_dir) / f"{kind}-{setting}-{rank}.pt")
     if processes > 1:
         torch.distributed.destroy_process_group()
@@ -90,7 +93,7 @@ def run_setting(args: argparse.Namespace, kind: str, setting: str) -> dict:
             raise RuntimeError(f"{setting}: a rank exited with {process.exitcode}")
     ranks = [torch.load(Path(args.out_dir) / f"{kind}-{setting}-{rank}.pt") for rank in range(world)]
     return {"seconds": max(r["seconds"] for r in ranks), "merge": max(r["merge"] for r in ranks),
-            "wait": max(r["wait"] for r in ranks),
+            "wait": max(r["wait"] for r in ranks), "cpu": max(r["cpu"] for r in ranks),
             "state": ranks[0]["state"]}
 
 
@@ -132,18 +135,19 @@ def report(args: argparse.Namespace, settings: list) -> None:
             for setting in settings:
                 runs[setting].append(run_setting(args, kind, setting))
         base = statistics.median(r["seconds"] for r in runs["1 proc x 1 thread"])
+        base_cpu = statistics.median(r["cpu"] for r in runs["1 proc x 1 thread"])
         exact = runs["1 proc x 1 thread (exact)"][0]["state"]
         print(f"\n{kind} activation observers")
-        print(f"  {'setting':28} {'calibrate s':>12} {'vs 1x1':>7} {'merge s':>8} {'merge %':>8} {'wait s':>7}  "
-              f"state == exact 1 proc")
+        print(f"  {'setting':28} {'calibrate s':>12} {'vs 1x1':>7} {'CPU s':>7} {'vs 1x1':>7} {'merge s':>8} "
+              f"{'merge %':>8} {'wait s':>7}  state == exact 1 proc")
         for setting, results in runs.items():
             seconds = statistics.median(r["seconds"] for r in results)
+            cpu = statistics.median(r["cpu"] for r in results)
             merge = statistics.median(r["merge"] for r in results)
             wait = statistics.median(r["wait"] for r in results)
             same = all(same_state(r["state"], exact) for r in results)
-            print(f"  {setting:28} {seconds:12.2f} {seconds / base:7.2f} {merge:8.3f} {100 * merge / seconds:8.2f} "
-                  f"{wait:7.2f}  "
-                  f"{'yes' if same else 'no'}")
+            print(f"  {setting:28} {seconds:12.2f} {seconds / base:7.2f} {cpu:7.2f} {cpu / base_cpu:7.2f} {merge:8.3f} "
+                  f"{100 * merge / seconds:8.2f} {wait:7.2f}  {'yes' if same else 'no'}")
 
 
 if __name__ == "__main__":

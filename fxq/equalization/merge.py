@@ -52,7 +52,7 @@ class ChannelRangeMerge(Merger):
             return super().begin_second_pass()
         rows = observer.row_range()[0].numel()
         observer.bins = bins_for(rows, self.bins)  # as its first batch would choose
-        observer.histogram = torch.zeros(rows, observer.bins)
+        observer.histogram = torch.zeros(rows, observer.bins, dtype=torch.float64)  # exact past 2**24 counts
         observer.keep_batches = False  # the rows were gathered after the first pass
 
     def count_part(self):
@@ -63,6 +63,7 @@ class ChannelRangeMerge(Merger):
 
     def end(self):
         super().end()
+        self.observer.histogram = self.observer.histogram.float()  # float64 only while counting
         if hasattr(self, "bins"):
             self.observer.keep_batches = self.keep_batches
             if not self.observer.histogram.numel():

@@ -10,8 +10,8 @@ minmax          running min / max            all-reduce min and max             
 moving_average  each batch's min / max       all-gather, replay the update in rank     sees the batches in rank order
                                              order on every rank
 histogram       the range only               all-reduce the range; the second pass     is fed all values at once
-                                             counts into those common bins; all-reduce (``torch.cat``): no re-binning
-                                             the counts (a sum)
+                                             counts into those common bins (float64); (``torch.cat``): no re-binning
+                                             all-reduce the counts (a sum)             (counts exact, rounded once)
 channel_range   min / max, each batch's rows as minmax; rows gathered in rank order;   the same, per part
                 (histogram rows: range only) histogram rows as histogram
 stateless       nothing                      nothing                                   -
@@ -157,17 +157,24 @@ class HistogramMerge(Merger):
     def set_range(self, low, high):
         self.observer.min_val.fill_(float(low[0]))
         self.observer.max_val.fill_(float(high[0]))
-        self.observer.histogram.zero_()
 
     def begin_second_pass(self):
         if not self.observer.has_data():
-            super().begin_second_pass()  # no rank saw data: nothing to count
+            return super().begin_second_pass()  # no rank saw data: nothing to count
+        # Count in float64: float32 stops counting exactly past 2**24 per bin (ReLU zeros reach that on ResNet-50),
+        # and then the sum would depend on how the batches were split. Each batch's counts stay float32, as forward's.
+        self.observer.histogram = torch.zeros_like(self.observer.histogram, dtype=torch.float64)
 
     def count_part(self):
         return as_double(self.observer.histogram)
 
     def set_counts(self, total):
-        self.observer.histogram.copy_(total.reshape(self.observer.histogram.shape))
+        self.observer.histogram = total.to(torch.float32)  # the exact total, rounded once
+
+    def end(self):
+        super().end()
+        if self.observer.histogram.dtype != torch.float32:  # a failure between the passes
+            self.observer.histogram = self.observer.histogram.to(torch.float32)
 
 
 class UserMerge(Merger):
