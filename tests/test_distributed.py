@@ -18,7 +18,7 @@ import fxq
 from fxq.debug.distributed import calibrate_on_ranks
 from fxq.debug.ranks import shard
 from fxq.observers import HistogramObserver
-from fxq.observers.merge import UnmergeableObserverError, observer_mergers
+from fxq.observers.merge_table import UnmergeableObserverError, observer_mergers
 
 import distributed_workers as workers
 

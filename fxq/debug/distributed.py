@@ -33,7 +33,8 @@ from torch import nn
 from fxq.debug.ranks import DistributedError, all_gather_object, guarded, process_group_ready, raise_failures
 from fxq.equalization.merge import ChannelRangeMerge
 from fxq.equalization.observers import ChannelRangeObserver
-from fxq.observers.merge import BUILT_IN, Merger, UserMerge, observer_mergers
+from fxq.observers.merge import Merger
+from fxq.observers.merge_table import BUILT_IN, UserMerge, observer_mergers
 
 MERGE_TABLE = BUILT_IN + ((ChannelRangeObserver, ChannelRangeMerge),)
 
