@@ -104,18 +104,37 @@ def quantize(args: argparse.Namespace) -> int:
     if not args.calib and not args.random_calib:
         raise CommandError("no calibration data: pass --calib FILE.pt (a tensor or a list of batches), or "
                            "--random-calib for a smoke test on random inputs", exit_code=2)
+    if args.distributed:
+        from fxq.cli.launch import missing_torchrun_variables
+        if missing_torchrun_variables():
+            raise CommandError(f"--distributed needs the environment torchrun sets ("
+                               f"{', '.join(missing_torchrun_variables())} missing): launch with "
+                               f"`torchrun --nproc-per-node 2 -m fxq.cli quantize ... --distributed`", exit_code=2)
     model = load_factory(args.factory)
     if args.calib:
         batches = batches_from(load_file(args.calib, "--calib file"), args.calib)
     else:
         print("fxq quantize: warning: calibrating on random data; the int8 model's accuracy means nothing",
               file=sys.stderr)
-        batches = [torch.randn(*args.input_shape) for _ in range(8)]
+        generator = torch.Generator().manual_seed(0)  # the same batches on every rank of a distributed run
+        batches = [torch.randn(*args.input_shape, generator=generator) for _ in range(8)]
     prepared = _prepare(args, model)
-    summary = fxq.calibrate(prepared, batches, progress=sys.stderr.isatty())
-    quantized = fxq.convert_fx(prepared)
-    torch.save(quantized, args.out)
-    print(f"fxq quantize: {summary}; wrote {args.out}")
+    if not args.distributed:
+        return _calibrate_and_save(args, prepared, batches, rank=0)
+    from fxq.cli.launch import process_group
+    from fxq.debug.ranks import shard
+    with process_group(args.timeout) as rank:
+        return _calibrate_and_save(args, prepared, shard(batches), rank)
+
+
+def _calibrate_and_save(args: argparse.Namespace, prepared: Any, batches: list, rank: int) -> int:
+    import fxq
+    summary = fxq.calibrate(prepared, batches, progress=sys.stderr.isatty() and rank == 0,
+                            distributed=args.distributed)
+    if rank == 0:  # every rank holds the same observers after the merge: one converts and saves
+        torch.save(fxq.convert_fx(prepared), args.out)
+        ranks = f" on {summary.ranks} ranks (merging took {summary.merge_seconds:.2f} s)" if args.distributed else ""
+        print(f"fxq quantize: {summary}{ranks}; wrote {args.out}")
     return 0
 
 

@@ -49,6 +49,16 @@ def load_demo() -> tuple[DigitsNet, dict]:
     return model.eval(), data
 
 
+def trained_model() -> DigitsNet:
+    """The trained net, for ``fxq quantize fxq.cli.demo:trained_model``."""
+    return load_demo()[0]
+
+
+def save_calibration(path: str) -> None:
+    """Write the shipped calibration images as an input tensor (N, 1, 8, 8), for ``fxq quantize --calib``."""
+    torch.save(to_input(load_demo()[1]["calib_images"]), path)
+
+
 def serialized_kb(model: nn.Module) -> float:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)

@@ -4,6 +4,7 @@ Examples::
 
     fxq demo                                               # a CNN trained on digits: float vs int8
     fxq quantize mypkg.models:build --input-shape 1,3,224,224 --calib calib.pt --out model_int8.pt
+    torchrun --nproc-per-node 2 -m fxq.cli quantize mypkg.models:build --input-shape 1,3,224,224 --calib calib.pt --out model_int8.pt --distributed
     fxq dump mypkg.models:build --input-shape 1,3,32,32 --stage prepared --format table
     fxq dump model_int8.pt --format json
     fxq compare mypkg.models:build model_int8.pt --input-shape 8,3,224,224
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--config", metavar="QCONFIG.json",
                           help='JSON: {"backend": "x86", "float_modules": ["head", ...]} (modules left float)')
     quantize.add_argument("--out", required=True, metavar="MODEL.pt", help="where to torch.save the int8 model")
+    quantize.add_argument("--distributed", action="store_true",
+                          help="under torchrun: each process calibrates its share of the batches, the observers merge "
+                               "(gloo), rank 0 saves")
+    quantize.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                          help="with --distributed: how long a rank waits for the others before failing")
 
     dump = commands.add_parser("dump", help="print the graph of a model at a stage, or of a saved model")
     dump.add_argument("target", metavar="MODULE:FACTORY|FILE.pt")

@@ -31,13 +31,16 @@ class Sensitivity:
 
 
 def sensitivity(prepared_or_float: nn.Module, qconfig_mapping: Any, calibration: Sequence[Any],
-                eval_fn: Callable[[nn.Module], float], layers: Optional[Sequence[str]] = None) -> list[Sensitivity]:
+                eval_fn: Callable[[nn.Module], float], layers: Optional[Sequence[str]] = None, *,
+                distributed: bool = False) -> list[Sensitivity]:
     """Rank layers by how much the metric recovers when only that layer is left in float, most sensitive first.
 
     ``prepared_or_float`` is the float model or the model prepare_fx returned (its observers are dropped; it is
     not modified). ``eval_fn(model) -> float`` is higher-is-better (e.g. accuracy). ``layers`` are module paths;
     by default every Linear and Conv (fused ones included). Costs one prepare + calibrate + convert + eval per
-    layer, plus one for the baseline with every layer quantized.
+    layer, plus one for the baseline with every layer quantized. ``distributed=True`` (call it on every rank of a
+    torch.distributed process group, each with the same arguments) splits those trials round-robin over the ranks
+    and gathers one ranking, the same on every rank and the same as one process's.
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
@@ -62,12 +65,19 @@ def sensitivity(prepared_or_float: nn.Module, qconfig_mapping: Any, calibration:
         if float_layer is not None:
             layer_mapping.set_module_name(float_layer, None)
         prepared = prepare(model, layer_mapping, example)
-        calibrate(prepared, calibration, progress=False)
+        calibrate(prepared, calibration, progress=False, distributed=False)  # each trial sees all the data
         return float(eval_fn(convert(prepared)))
 
-    baseline = quantized_metric(None)
-    ranking = [Sensitivity(layer, metric, metric - baseline) for layer in layers
-               for metric in (quantized_metric(layer),)]
+    trials = [None, *layers]  # None: the baseline, every layer quantized
+    if distributed:
+        from fxq.debug.ranks import gather_results, rank_and_world
+        rank, world = rank_and_world()
+        metrics = gather_results(lambda: {i: quantized_metric(trials[i]) for i in range(rank, len(trials), world)},
+                                 "fxq.sensitivity")
+    else:
+        metrics = {i: quantized_metric(trial) for i, trial in enumerate(trials)}
+    baseline = metrics[0]
+    ranking = [Sensitivity(layer, metrics[i], metrics[i] - baseline) for i, layer in enumerate(layers, start=1)]
     ranking.sort(key=lambda s: (-s.change, s.layer))
     return ranking
 
