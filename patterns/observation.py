@@ -17,6 +17,7 @@ from torch import nn
 
 from fxq.nn import fused
 from fxq.patterns.matcher import Table, chain, row
+from fxq.nn.qat import intrinsic
 from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, CONV_MODULES, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
                               LEAKY_RELU, MATMUL, MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
 
@@ -52,7 +53,7 @@ class Observe:
 _WEIGHTED_MODULES = (nn.Linear, fused.LinearReLU) + CONV_MODULES + (fused.ConvReLU1d, fused.ConvReLU2d,
                                                                     fused.ConvReLU3d)
 _OWN_MODULES = _WEIGHTED_MODULES + (nn.BatchNorm2d, nn.BatchNorm3d, fused.BNReLU2d, fused.BNReLU3d, nn.LayerNorm,
-                                    nn.Hardswish, nn.ELU, nn.LeakyReLU)
+                                    nn.Hardswish, nn.ELU, nn.LeakyReLU) + tuple(intrinsic.CONSTITUENTS)
 _UNFUSED_WEIGHTED = (nn.Linear,) + CONV_MODULES
 
 
