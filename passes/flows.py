@@ -25,7 +25,7 @@ from fxq.graph import node_meta
 from fxq.graph.gc_pause import collector_paused
 from fxq.graph.lazy_code import make_eager
 from fxq.graph.leaves import trace_for_prepare
-from fxq.graph.module_copy import copy_module
+from fxq.graph.module_copy import copy_module, own_parameters
 from fxq.graph.qat_module import as_qat_module
 from fxq.graph.state import FxqState, clear_state, get_state, set_state
 from fxq.passes import fold_linear_chains, fuse, pipeline
@@ -44,6 +44,8 @@ def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepa
     prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
     check_configs(prepare_config)
     gm = trace_copy(model, prepare_config)
+    if qat:  # training steps write into the parameters: the copy's must not share the user's storage
+        own_parameters(gm)
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
                       state=state, equalization_mapping=equalization_mapping, qat=qat)

@@ -170,9 +170,18 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         self._set_plain(is_symmetric_quant=self.qscheme in qp.SYMMETRIC_QSCHEMES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fake_quant_enabled[0] == 0 and self.observer_enabled[0] == 1:
+            # The kernel writes scale / zero_point only while fake-quantizing, so an observe-only phase would leave
+            # them stale (pytorch/ao#2138, pytorch/pytorch PR 194815): run it fake-quantizing and drop the result,
+            # so the buffers follow the statistics, with the kernel's own qparams formula.
+            self._run_kernel(x.detach(), torch.ones_like(self.fake_quant_enabled))
+            return x
+        return self._run_kernel(x, self.fake_quant_enabled)
+
+    def _run_kernel(self, x: torch.Tensor, fake_quant_enabled: torch.Tensor) -> torch.Tensor:
         observer = self.activation_post_process
         return torch.fused_moving_avg_obs_fake_quant(
-            x, self.observer_enabled, self.fake_quant_enabled, observer.min_val, observer.max_val, self.scale,
+            x, self.observer_enabled, fake_quant_enabled, observer.min_val, observer.max_val, self.scale,
             self.zero_point, observer.averaging_constant, self.quant_min, self.quant_max, self.ch_axis,
             self.is_per_channel, self.is_symmetric_quant)
 

@@ -71,7 +71,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     def frozen_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The scale and integer zero point the kernel uses (scale kept above eps, zero point rounded and clamped)."""
         scale = self.scale.detach().clamp(min=float(self.eps)).clone()
-        zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max)
+        zero_point = torch.zeros_like(self.zero_point) if self.is_symmetric else self.zero_point.detach()
+        zero_point = zero_point.round().clamp(self.quant_min, self.quant_max)
         return scale, zero_point.to(torch.long if self.is_per_channel else torch.int)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,16 +81,15 @@ class LearnableFakeQuantize(FakeQuantizeBase):
             self._initialize_from(x)
         if self.fake_quant_enabled[0] == 0:
             return x
-        with torch.no_grad():
-            self.scale.clamp_(min=float(self.eps))
-            if self.is_symmetric:
-                self.zero_point.zero_()
+        # out of place: a quantizer shared by two ops is used twice in one graph, and autograd saved the first use
+        scale = self.scale.clamp(min=float(self.eps))
+        zero_point = torch.zeros_like(self.zero_point) if self.is_symmetric else self.zero_point
         grad_factor = 1.0 / math.sqrt(x.numel() * self.quant_max) if self.use_grad_scaling else 1.0
         if self.is_per_channel:
             return torch._fake_quantize_learnable_per_channel_affine(
-                x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max, grad_factor)
+                x, scale, zero_point, self.ch_axis, self.quant_min, self.quant_max, grad_factor)
         return torch._fake_quantize_learnable_per_tensor_affine(
-            x, self.scale, self.zero_point, self.quant_min, self.quant_max, grad_factor)
+            x, scale, zero_point, self.quant_min, self.quant_max, grad_factor)
 
     def _initialize_from(self, x: torch.Tensor) -> None:
         self.activation_post_process(x.detach())
