@@ -12,6 +12,15 @@ from fxq.observers import FakeQuantize, FusedMovingAvgObsFakeQuantize, MovingAve
 from fxq.observers import MovingAveragePerChannelMinMaxObserver
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train faster on one thread than with threads contending on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class ConvNet(nn.Module):
     """Conv2d + BN + ReLU, Conv2d + BN, flatten, Linear + BN1d, ReLU, Linear: every QAT module kind of a CNN."""
 

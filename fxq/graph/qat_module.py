@@ -1,7 +1,7 @@
 """The GraphModule prepare_qat_fx returns: the switches users look for, as methods (pytorch/pytorch#120983).
 
     prepared.disable_observer()                                   # every fake-quant, weights included
-    prepared.disable_fake_quant("**/[qtag:activation/*]")         # only the activation quantizers
+    prepared.disable_fake_quant("**/[qtag:activation]")         # only the activation quantizers
     prepared.freeze_bn_stats()                                    # every fused batch norm, Linear+BN1d too
 
 A query selects the quantizer nodes ``fxq.find_quantizers(prepared, query)`` selects, plus the weight fake-quants
