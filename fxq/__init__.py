@@ -19,6 +19,7 @@ from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConf
                         float16_dynamic_qconfig, get_default_dynamic_qconfig_mapping, get_default_qconfig,
                         get_default_qconfig_mapping, get_weight_only_qconfig, get_weight_only_qconfig_mapping)
 from fxq.config.qat import default_qat_qconfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping
+from fxq.config.spec import LayerSpec, QuantizerSpec, SpecError
 from fxq.observers import (FakeQuantize, FakeQuantizeBase, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize,
                            LearnableFakeQuantize, disable_fake_quant, disable_observer, enable_fake_quant,
                            enable_observer)
@@ -76,4 +77,4 @@ __all__ += ["find_untraceable", "register_custom_module", "unregister_custom_mod
 __all__ += ["prepare_qat_fx", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "default_qat_qconfig",
             "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",
             "LearnableFakeQuantize", "enable_fake_quant", "disable_fake_quant", "enable_observer", "disable_observer",
-            "freeze_bn_stats", "update_bn_stats", "QATGraphModule"]
+            "freeze_bn_stats", "update_bn_stats", "QATGraphModule", "QuantizerSpec", "LayerSpec", "SpecError"]

@@ -31,8 +31,11 @@ class PassContext:
 
 
 def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
-    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree)."""
-    return dict(gm.named_modules())
+    """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree).
+
+    Every name a module is reachable by: a quantizer shared between places (``initialize(..., shared=True)``) is
+    one module under several names, and graph nodes call it by each."""
+    return dict(gm.named_modules(remove_duplicate=False))
 
 
 def attribute_value(gm: fx.GraphModule, target: str):
