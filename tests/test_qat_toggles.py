@@ -123,3 +123,21 @@ def test_per_tensor_checkpoint_into_per_channel_quantizer_names_it():
                                     (torch.randn(4, 1, 8, 8),))
     with pytest.raises(RuntimeError, match=r"conv\.weight_fake_quant"):
         per_tensor.load_state_dict(per_channel.state_dict())
+
+
+def test_float_checkpoint_into_qat_model_reinitialises_quantizers_with_one_warning():
+    """Quantizer state missing from a checkpoint re-initialises from statistics; one warning names them."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).train()
+    prepared = fxq.prepare_qat_fx(model, fxq.get_default_qat_qconfig_mapping("x86"), (torch.randn(2, 4),))
+    prepared(torch.randn(16, 4) * 50)  # statistics the checkpoint must replace
+    float_checkpoint = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).state_dict()
+    with pytest.warns(UserWarning, match=r"no state for 5 quantizer\(s\) \(0\.weight_fake_quant") as caught:
+        prepared.load_state_dict(float_checkpoint)
+    assert len([w for w in caught if "quantizer" in str(w.message)]) == 1
+    assert torch.equal(prepared.get_submodule("0").weight, float_checkpoint["0.weight"])
+    x = torch.randn(16, 4)
+    prepared(x)  # re-initialised from this batch, not averaged with the x50 one
+    observer = prepared.activation_post_process_0.activation_post_process
+    assert float(observer.max_val) == float(x.max()) and float(observer.min_val) == float(x.min())
+    with pytest.raises(RuntimeError, match="unexpected keys"):
+        prepared.load_state_dict({**float_checkpoint, "extra.weight": torch.zeros(1)})

@@ -10,7 +10,8 @@ The class survives ``copy.deepcopy`` and ``torch.save`` / ``torch.load``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import warnings
+from typing import Any, Mapping, Optional
 
 from torch import fx, nn
 
@@ -18,7 +19,7 @@ from fxq.mpath import find_quantizers, search
 from fxq.nn.qat import batchnorm
 from fxq.observers.fake_quantize import FakeQuantizeBase
 
-__all__ = ["QATGraphModule", "as_qat_module", "quantizer_modules"]
+__all__ = ["QATGraphModule", "as_qat_module", "quantizer_modules", "reinitialize"]
 
 
 def quantizer_modules(gm: fx.GraphModule, query: Optional[str] = None) -> list[FakeQuantizeBase]:
@@ -68,9 +69,40 @@ class QATGraphModule(fx.GraphModule):
         self.apply(batchnorm.update_bn_stats)
         return self
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, except that quantizers with no state in the checkpoint (a float checkpoint
+        into a QAT model, or one saved before quantizers were added) re-initialise from the next batches'
+        statistics, with one warning naming them, instead of failing strict loading."""
+        absent = [name for name, module in self.named_modules(remove_duplicate=False)
+                  if isinstance(module, FakeQuantizeBase)
+                  and not any(key.startswith(f"{name}.") for key in state_dict)]
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        absent_prefixes = tuple(f"{name}." for name in absent)
+        missing = [key for key in result.missing_keys if not key.startswith(absent_prefixes)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                               f"unexpected keys {result.unexpected_keys}")
+        for name in absent:
+            reinitialize(self.get_submodule(name))
+        if absent:
+            warnings.warn(f"fxq: the checkpoint has no state for {len(absent)} quantizer(s) ({', '.join(absent[:8])}"
+                          f"{' ...' if len(absent) > 8 else ''}); they re-initialise from the next batches' "
+                          f"statistics", stacklevel=2)
+        return type(result)(missing, result.unexpected_keys)
+
     def __reduce__(self) -> tuple:
         # torch.fx rebuilds a plain GraphModule on load; rebuild it, then give it this class back
         return (_rebuilt_as_qat, super().__reduce__())
+
+
+def reinitialize(quantizer: FakeQuantizeBase) -> None:
+    """Forget a quantizer's statistics and qparams: the next batch it observes sets them afresh."""
+    observer = getattr(quantizer, "activation_post_process", None)
+    if hasattr(observer, "reset_min_max_vals"):
+        observer.reset_min_max_vals()
+    if hasattr(quantizer, "initialized"):  # LSQ: re-take its scale from the observer
+        quantizer.initialized.zero_()
+    quantizer.enable_observer()
 
 
 def _rebuilt_as_qat(rebuild: Any, args: tuple) -> QATGraphModule:
