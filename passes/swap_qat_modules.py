@@ -1,9 +1,10 @@
 """Swap float weighted modules (and QAT-fused chains) for their QAT modules, per patterns/qat.py.
 
-Requires: qconfigs assigned (assign_qconfig); QAT fusion done. Guarantees: every call_module whose qconfig is
-static and whose module type has a row in ``QAT_MODULES`` now calls a QAT module that fake-quantizes its weight
-with ``qconfig.weight()`` (sharing the float parameters, so the optimizer trains them); batch norms of fused
-chains live on inside it. Position: after insert_observers (whose table matches the float chains), so the observers go where prepare_fx
+Requires: qconfigs assigned (assign_qconfig); QAT fusion done.
+Guarantees: every call_module whose qconfig is static and whose module type has a row in ``QAT_MODULES`` now
+calls a QAT module that fake-quantizes its weight with ``qconfig.weight()`` (same Parameter objects, so an
+optimizer built on the prepared model trains them); batch norms of fused chains live on inside it.
+Position: after insert_observers (whose table matches the float chains), so the observers go where prepare_fx
 puts them.
 
 Before / after::

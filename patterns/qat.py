@@ -14,19 +14,35 @@ from fxq.patterns.matcher import Table, chain, row
 from fxq.patterns.ops import BATCH_NORMS, RELU
 
 _CONV_BN = {nn.Conv1d: intrinsic.ConvBn1d, nn.Conv2d: intrinsic.ConvBn2d, nn.Conv3d: intrinsic.ConvBn3d}
-_CONV_BN_RELU = {nn.Conv1d: intrinsic.ConvBnReLU1d, nn.Conv2d: intrinsic.ConvBnReLU2d, nn.Conv3d: intrinsic.ConvBnReLU3d}
+_CONV_BN_RELU = {nn.Conv1d: intrinsic.ConvBnReLU1d, nn.Conv2d: intrinsic.ConvBnReLU2d,
+                 nn.Conv3d: intrinsic.ConvBnReLU3d}
 _CONV_RELU = {nn.Conv1d: fused.ConvReLU1d, nn.Conv2d: fused.ConvReLU2d, nn.Conv3d: fused.ConvReLU3d}
+
+
+def _conv_bn_relu(conv, bn, relu):
+    return _CONV_BN_RELU[type(conv)](conv, bn, nn.ReLU())
+
+
+def _conv_bn(conv, bn):
+    return _CONV_BN[type(conv)](conv, bn)
+
+
+def _conv_relu(conv, relu):
+    return _CONV_RELU[type(conv)](conv, nn.ReLU())
+
+
+def _bn_relu(bn, relu):
+    return {nn.BatchNorm2d: fused.BNReLU2d, nn.BatchNorm3d: fused.BNReLU3d}[type(bn)](bn, nn.ReLU())
 
 
 def _fusion_rows():
     for conv, bn in BATCH_NORMS.items():
-        yield row(chain(conv, bn, RELU), lambda c, b, r: _CONV_BN_RELU[type(c)](c, b, nn.ReLU()))  # conv -> bn -> relu  =>  ConvBnReLU
-        yield row(chain(conv, bn), lambda c, b: _CONV_BN[type(c)](c, b))                          # conv -> bn          =>  ConvBn
-        yield row(chain(conv, RELU), lambda c, r: _CONV_RELU[type(c)](c, nn.ReLU()))              # conv -> relu        =>  ConvReLU
-    yield row(chain(nn.Linear, RELU), lambda linear, r: fused.LinearReLU(linear, nn.ReLU()))      # linear -> relu      =>  LinearReLU
-    yield row(chain(nn.Linear, nn.BatchNorm1d), lambda linear, bn: intrinsic.LinearBn1d(linear, bn))  # linear -> bn1d  =>  LinearBn1d
-    yield row(chain((nn.BatchNorm2d, nn.BatchNorm3d), RELU),                                      # bn -> relu          =>  BNReLU
-              lambda bn, r: {nn.BatchNorm2d: fused.BNReLU2d, nn.BatchNorm3d: fused.BNReLU3d}[type(bn)](bn, nn.ReLU()))
+        yield row(chain(conv, bn, RELU), _conv_bn_relu)                 # conv -> bn -> relu  =>  ConvBnReLU
+        yield row(chain(conv, bn), _conv_bn)                            # conv -> bn          =>  ConvBn
+        yield row(chain(conv, RELU), _conv_relu)                        # conv -> relu        =>  ConvReLU
+    yield row(chain(nn.Linear, RELU), lambda linear, relu: fused.LinearReLU(linear, nn.ReLU()))  # => LinearReLU
+    yield row(chain(nn.Linear, nn.BatchNorm1d), intrinsic.LinearBn1d)  # linear -> bn1d      =>  LinearBn1d
+    yield row(chain((nn.BatchNorm2d, nn.BatchNorm3d), RELU), _bn_relu)  # bn -> relu          =>  BNReLU
 
 
 FUSION_QAT = Table("fusion_qat", _fusion_rows())

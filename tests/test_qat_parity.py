@@ -28,7 +28,8 @@ class Net(nn.Module):
         super().__init__()
         self.conv, self.bn, self.relu = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU()
         self.conv2, self.bn2 = nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)
-        self.fc, self.bn3, self.relu2, self.fc2 = nn.Linear(8 * 4 * 4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)
+        self.fc, self.bn3, self.relu2 = nn.Linear(8 * 4 * 4, 16), nn.BatchNorm1d(16), nn.ReLU()
+        self.fc2 = nn.Linear(16, 10)
 
     def forward(self, x):
         x = self.bn2(self.conv2(self.relu(self.bn(self.conv(x)))))
@@ -58,8 +59,8 @@ def test_twenty_training_steps_agree_with_torch_ao(backend, version):
     test = torch.randn(64, 1, 8, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = trained(tao.quantize_fx.prepare_qat_fx, tao.quantization.get_default_qat_qconfig_mapping(backend, version),
-                         model, data)
+        their_mapping = tao.quantization.get_default_qat_qconfig_mapping(backend, version)
+        theirs = trained(tao.quantize_fx.prepare_qat_fx, their_mapping, model, data)
         ours = trained(fxq.prepare_qat_fx, fxq.get_default_qat_qconfig_mapping(backend, version), model, data)
         theirs.apply(tao.quantization.disable_observer)
         ours.disable_observer()

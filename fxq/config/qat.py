@@ -28,8 +28,9 @@ _REDUCED_RANGE_BACKENDS = ("x86", "fbgemm")
 def get_default_qat_qconfig(backend: str = "x86", version: int = 1) -> QConfig:
     """The QAT qconfig PyTorch AO picks for ``backend`` and ``version`` (0: FakeQuantize, 1: fused kernel).
 
-    >>> get_default_qat_qconfig("onednn", version=0).short()
-    'QConfig(act=FakeQuantize(observer=MovingAverageMinMaxObserver(), quant_max=255, quant_min=0), w=FakeQuantize(qint8, per_channel_symmetric, ch_axis=0, observer=MovingAveragePerChannelMinMaxObserver(), quant_max=127, quant_min=-128, reduce_range=False))'
+    >>> qconfig = get_default_qat_qconfig("onednn", version=0)
+    >>> type(qconfig.activation()).__name__, qconfig.activation().quant_max, qconfig.weight().qscheme
+    ('FakeQuantize', 255, torch.per_channel_symmetric)
     """
     check_backend(backend)
     if version not in (0, 1):

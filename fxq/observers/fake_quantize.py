@@ -65,7 +65,7 @@ class FakeQuantize(FakeQuantizeBase):
     >>> fq = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-8, quant_max=7,
     ...                             dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)()
     >>> fq(torch.tensor([-1.0, 0.26, 1.0]))
-    tensor([-1.0000,  0.2857,  0.8571])
+    tensor([-0.9333,  0.2667,  0.9333])
     """
 
     def __init__(self, observer: Any = MovingAverageMinMaxObserver, quant_min: Optional[int] = None,
