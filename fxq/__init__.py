@@ -13,11 +13,18 @@ import sys
 
 from fxq import mpath, observers
 from fxq.mpath import find_quantizers
-from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx
+from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx, prepare_qat_fx
 from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfig, QConfigMapping,
                         default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
                         float16_dynamic_qconfig, get_default_dynamic_qconfig_mapping, get_default_qconfig,
                         get_default_qconfig_mapping, get_weight_only_qconfig, get_weight_only_qconfig_mapping)
+from fxq.config.qat import default_qat_qconfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping
+from fxq.config.spec import LayerSpec, QuantizerSpec, SpecError
+from fxq.observers import (FakeQuantize, FakeQuantizeBase, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize,
+                           LearnableFakeQuantize, disable_fake_quant, disable_observer, enable_fake_quant,
+                           enable_observer)
+from fxq.nn.qat import freeze_bn_stats, update_bn_stats
+from fxq.graph.qat_module import QATGraphModule
 from fxq.passes.pipeline import PassError
 from fxq.debug.dump import dump, to_networkx
 from fxq.debug.calibration import calibrate
@@ -67,3 +74,7 @@ __all__ = [
 ]
 __all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization"]
 __all__ += ["find_untraceable", "register_custom_module", "unregister_custom_module"]
+__all__ += ["prepare_qat_fx", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "default_qat_qconfig",
+            "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",
+            "LearnableFakeQuantize", "enable_fake_quant", "disable_fake_quant", "enable_observer", "disable_observer",
+            "freeze_bn_stats", "update_bn_stats", "QATGraphModule", "QuantizerSpec", "LayerSpec", "SpecError"]

@@ -51,6 +51,40 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
                          debug_dump_dir)
 
 
+def prepare_qat_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tuple,
+                   prepare_custom_config: ConfigLike = None, backend_config: Any = None,
+                   debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
+    """Prepare a copy of ``model`` (in training mode) for quantization-aware training.
+
+    Conv / linear + batch norm (+ relu) fuse into QAT modules whose batch norm keeps training; weighted layers
+    fake-quantize their weights with ``qconfig.weight()``; fake-quant modules (``qconfig.activation()``) go where
+    prepare_fx puts observers. Train the result as the float model, then ``fxq.convert_fx`` it: convert freezes
+    every quantizer first and uses the qparams training last used, so the int8 model computes what the
+    fake-quant model computes in eval mode. The result has the switches as methods (``prepared.disable_observer()``,
+    ``prepared.freeze_bn_stats()``, with an optional mpath query).
+
+    >>> import torch, fxq
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).train()
+    >>> prepared = fxq.prepare_qat_fx(model, fxq.get_default_qat_qconfig_mapping("x86"), (torch.randn(2, 1, 8, 8),))
+    >>> loss = prepared(torch.randn(4, 1, 8, 8)).sum(); loss.backward()      # a training step
+    >>> quantized = fxq.convert_fx(prepared.eval())
+    >>> quantized(torch.randn(1, 1, 8, 8)).shape
+    torch.Size([1, 4, 6, 6])
+    """
+    _reject_unsupported(None, backend_config)
+    _check_arguments("prepare_qat_fx", model, example_inputs)
+    return flows.prepare(model, qconfig_mapping, example_inputs, prepare_custom_config, None, debug_dump_dir,
+                         qat=True)
+
+
+def _check_arguments(caller: str, model: Any, example_inputs: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller} expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, tuple):
+        raise TypeError(f"example_inputs must be a tuple of the forward's arguments, got "
+                        f"{type(example_inputs).__name__}; write example_inputs=(x,) for one input")
+
+
 def convert_fx(graph_module: fx.GraphModule, convert_custom_config: ConfigLike = None,
                _remove_qconfig: bool = True, qconfig_mapping: ConfigLike = None, backend_config: Any = None,
                debug_dump_dir: Optional[str] = None) -> fx.GraphModule:

@@ -23,6 +23,7 @@ class PassContext:
     convert_config: Any = None
     example_inputs: tuple = ()
     equalization_mapping: Any = None  # QConfigMapping of EqualizationQConfig (prepare's _equalization_config)
+    qat: bool = False  # prepare_qat_fx: QAT fusion and module swaps
     state: Any = None  # the fxq state stored on the observed GraphModule (fxq.graph.state.FxqState)
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
@@ -35,8 +36,9 @@ class PassContext:
 def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
     """Qualified name -> module. Build it once per pass, never per node (it walks the whole module tree).
 
-    Every name, also the second name of a module registered twice (to_reference gives each call of a reused
-    weightless module such as a MaxPool2d its own name, bound to the same object).
+    Every name a module is reachable by: a quantizer shared between places (``initialize(..., shared=True)``) is
+    one module under several names, and graph nodes call it by each; to_reference gives each call of a reused
+    weightless module such as a MaxPool2d its own name, bound to the same object.
     """
     return dict(gm.named_modules(remove_duplicate=False))
 

@@ -26,7 +26,8 @@ from fxq.graph import node_meta
 from fxq.graph.gc_pause import collector_paused
 from fxq.graph.lazy_code import make_eager
 from fxq.graph.leaves import trace_for_prepare
-from fxq.graph.module_copy import copy_module
+from fxq.graph.module_copy import copy_module, own_parameters
+from fxq.graph.qat_module import as_qat_module
 from fxq.graph.state import FxqState, clear_state, get_state, set_state
 from fxq.graph.tracer import preserve_attributes
 from fxq.passes import fold_linear_chains, fuse, pipeline
@@ -35,22 +36,27 @@ from fxq.passes.context import PassContext
 
 @collector_paused()
 def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepare_custom_config: Any = None,
-            equalization_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
-    """Trace a copy of ``model`` and run the prepare passes; the observed GraphModule carries fxq's state."""
+            equalization_config: Any = None, debug_dump_dir: Optional[str] = None, qat: bool = False) -> fx.GraphModule:
+    """Trace a copy of ``model`` and run the prepare passes; the observed GraphModule carries fxq's state.
+
+    ``qat``: fuse keeping batch norm trainable, swap weighted layers for QAT modules, and return a
+    :class:`~fxq.graph.qat_module.QATGraphModule` (its switches as methods)."""
     mapping = QConfigMapping.coerce(qconfig_mapping)
     model, equalization_mapping = apply_equalization_config(model, equalization_config)  # CLE returns a copy
     prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
     check_configs(prepare_config)
     gm = trace_copy(model, prepare_config)
+    if qat:  # training steps write into the parameters: the copy's must not share the user's storage
+        own_parameters(gm)
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
-                      state=state, equalization_mapping=equalization_mapping)
+                      state=state, equalization_mapping=equalization_mapping, qat=qat)
     ctx.warnings.extend(_unknown_module_names(mapping, model))
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
     set_state(gm, state)
     node_meta.keep(gm)
     emit_warnings(ctx)
-    return gm
+    return as_qat_module(gm) if qat else gm
 
 
 @collector_paused()

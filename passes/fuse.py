@@ -1,7 +1,8 @@
 """Fuse chains of float modules (conv -> bn -> relu, linear -> relu, ...) into one module, per patterns/fusion.py.
 
 Requires: a traced GraphModule in eval mode (batch norm is folded into the preceding weights, which is only
-exact with frozen statistics). Guarantees: the fused module replaces the first module of the chain at the same
+exact with frozen statistics); or, under prepare_qat_fx (``ctx.qat``), in training mode, with patterns/qat.py's
+table, which keeps batch norm as a module of the fused chain. Guarantees: the fused module replaces the first module of the chain at the same
 path; the other nodes of the chain are gone; the float outputs are unchanged up to rounding.
 Position: after record_values, before assign_qconfig.
 
@@ -19,15 +20,22 @@ from torch import fx
 from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSION
 from fxq.patterns.matcher import op_of
+from fxq.patterns.qat import FUSION_QAT
 
 log = logging.getLogger(__name__)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    if ctx.qat:  # prepare_qat_fx: batch norm keeps training inside the fused chain (patterns/qat.py)
+        return _fuse_with(gm, ctx, FUSION_QAT)
     if gm.training:
         ctx.warnings.append("the model is in training mode: batch norm is not folded, and calibrating would update "
                             "its running statistics and apply dropout; call model.eval() before prepare_fx")
         return gm
+    return _fuse_with(gm, ctx, FUSION)
+
+
+def _fuse_with(gm: fx.GraphModule, ctx: PassContext, table) -> fx.GraphModule:
     modules = modules_of(gm)
     # A call whose result nothing reads does not count: the modules fusion starts from (conv, linear, bn) have no
     # side effects, so swapping the fused module under a dead call changes nothing that is used.
@@ -36,9 +44,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
         if node in erased or node.op != "call_module" or calls[node.target] != 1:
             continue  # erased by an earlier fusion, or a module called from several places (fusing would change them all)
-        match = FUSION.match(node, modules)
+        match = table.match(node, modules)
         if match is None:
-            _log_if_users_block_fusion(node, modules)
+            _log_if_users_block_fusion(node, modules, table)
             continue
         parts = [modules[n.target] if n.op == "call_module" else None for n in match.nodes]
         fused = match.rule.action(*parts)
@@ -47,16 +55,19 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             extra.replace_all_uses_with(node)
             gm.graph.erase_node(extra)
             erased.add(extra)
+            if extra.op == "call_module" and calls[extra.target] == 1:  # a QAT chain holds the bn: named_modules
+                # would hide its old path from delete_unused_submodules
+                gm.delete_submodule(extra.target)
         ctx.count(f"fused {match.rule.name}")
     delete_unused_submodules(gm)
     return gm
 
 
-def _log_if_users_block_fusion(node: fx.Node, modules: dict) -> None:
+def _log_if_users_block_fusion(node: fx.Node, modules: dict, table) -> None:
     """A pattern that would have matched but for a value with other users is skipped: say so at debug level."""
     if len(node.users) < 2:
         return
-    for rule in FUSION.rules_for(op_of(node, modules)):
+    for rule in table.rules_for(op_of(node, modules)):
         blocked = [u for u in node.users if len(rule.pattern) > 1 and u.args and u.args[0] is node
                    and op_of(u, modules) in rule.ops_at(1)]
         if blocked:

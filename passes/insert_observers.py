@@ -20,7 +20,7 @@ from typing import Any, Optional
 from torch import fx
 
 from fxq.graph.modes import STATIC
-from fxq.observers import FixedQParamsObserver
+from fxq.observers import FixedQParamsFakeQuantize, FixedQParamsObserver
 from fxq.passes.context import PassContext, modules_of
 from fxq.passes.record_values import is_float_tensor
 from fxq.patterns.observation import FIXED, OBSERVATION, OWN, SHARED, Observe
@@ -145,6 +145,8 @@ def _observe_own(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, obs
     if observe.kind == FIXED:
         scale, zero_point = observe.fixed
         constructor = FixedQParamsObserver.with_args(scale=scale, zero_point=zero_point)
+        if inserter.ctx.qat:  # trained with the fixed range applied, as it will be at convert
+            constructor = FixedQParamsFakeQuantize.with_args(observer=constructor)
     inserter.observe_output(last, inserter.new_observer(constructor, last, "activation/output"))
     inserter.ctx.count("output observers")
 

@@ -26,6 +26,7 @@ from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, 
                         quantize_custom_modules, quantized_io)
 from fxq.passes import cost_model, equalize, insert_equalization_observers, reshape_views
 from fxq.passes import functionalize_inplace, tag_declared_quantizers, warn_nothing_quantized
+from fxq.passes import convert_qat_modules, swap_qat_modules
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -37,6 +38,7 @@ PREPARE = [
     assign_qconfig.run,
     cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
     insert_observers.run,
+    swap_qat_modules.run,  # prepare_qat_fx only; after insert_observers, whose table matches the float chains
     insert_equalization_observers.run,  # after insert_observers: equalization observers sit behind input observers
     observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs
     prepare_standalone.run,
@@ -46,6 +48,7 @@ PREPARE = [
 ]
 
 CONVERT = [
+    convert_qat_modules.run,  # first: freezes fake-quants and hands QAT modules over as reference modules
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels

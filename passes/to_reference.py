@@ -21,6 +21,7 @@ from torch import fx, nn
 from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
 from fxq.nn import reference, reference_recurrent
 from fxq.observers import ObserverBase
+from fxq.observers.fake_quantize import FakeQuantizeBase, is_narrow_range
 from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
@@ -51,6 +52,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             dequantized = gm.graph.call_method("dequantize", (quantized,))
         for new in (quantized, dequantized):
             new.meta.update(node.meta)
+        if isinstance(observer, FakeQuantizeBase) and is_narrow_range(observer) and not observer.is_per_channel:
+            _clamp_to_quant_range(gm, quantized, dequantized, qparams_cache[node.target], observer)
         node.replace_all_uses_with(dequantized)
         gm.graph.erase_node(node)
         ctx.count("quantize/dequantize pairs")
@@ -106,8 +109,8 @@ def _quantize_node(gm: fx.GraphModule, node: fx.Node, observer: ObserverBase, ca
 
     Buffers (not constants in the code) so that a converted model's state_dict carries its activation qparams.
     """
-    if node.target not in cache:
-        cache[node.target] = observer.calculate_qparams()
+    if node.target not in cache:  # a fake-quant converts with the qparams its forward used, not fresh ones
+        cache[node.target] = getattr(observer, "frozen_qparams", observer.calculate_qparams)()
     return _quantize(gm, node.args[0], observer, cache[node.target], node)
 
 
@@ -120,6 +123,19 @@ def _quantize(gm: fx.GraphModule, value: fx.Node, observer: ObserverBase, qparam
         return gm.graph.call_function(torch.quantize_per_channel, args)
     args = (value, scale_node, zero_point_node, observer.dtype)
     return gm.graph.call_function(torch.quantize_per_tensor, args)
+
+
+def _clamp_to_quant_range(gm: fx.GraphModule, quantized: fx.Node, dequantized: fx.Node, qparams: tuple,
+                          quantizer: FakeQuantizeBase) -> None:
+    """A fake-quant clamps to [quant_min, quant_max] (0..127 under reduce_range, 0..15 at 4 bits) where the int8
+    tensor would hold 0..255: clamp the quantized tensor too, so the converted model saturates where training did
+    (the outputs of PyTorch AO's QAT and converted models disagree there: pytorch/pytorch#88800, #108639)."""
+    scale, zero_point = float(qparams[0]), int(qparams[1])
+    low, high = (quantizer.quant_min - zero_point) * scale, (quantizer.quant_max - zero_point) * scale
+    with gm.graph.inserting_after(quantized):
+        clamped = gm.graph.call_function(torch.clamp, (quantized, low, high))
+    clamped.meta.update({k: v for k, v in quantized.meta.items() if not k.startswith("fxq_qtag")})
+    dequantized.replace_input_with(quantized, clamped)
 
 
 def _register_tensor(gm: fx.GraphModule, name: str, tensor: torch.Tensor, user_site: fx.Node) -> fx.Node:

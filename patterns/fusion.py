@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from fxq.nn import fused
+from fxq.nn.qat import intrinsic
 from fxq.patterns.matcher import Table, chain, row
 from fxq.patterns.ops import BATCH_NORMS, RELU
 
@@ -64,3 +65,4 @@ FUSED_CONSTITUENTS = {
     fused.BNReLU2d: (nn.BatchNorm2d, nn.ReLU),
     fused.BNReLU3d: (nn.BatchNorm3d, nn.ReLU),
 }
+FUSED_CONSTITUENTS.update(intrinsic.CONSTITUENTS)  # QAT fusion's conv / linear + bn chains

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.nn import fused
+from fxq.nn.qat import intrinsic
 from fxq.patterns.matcher import Table, chain, row
 from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, CONV_MODULES, CONV_TRANSPOSE_MODULES, ELU,
                               HARDSIGMOID, HARDSWISH, INSTANCE_NORMS, LAYER_NORM, LEAKY_RELU, MATMUL, MUL, RELU,
@@ -54,7 +55,7 @@ _WEIGHTED_MODULES = (nn.Linear, fused.LinearReLU) + CONV_MODULES + (fused.ConvRe
                                                                     fused.ConvReLU3d)
 _OWN_MODULES = _WEIGHTED_MODULES + CONV_TRANSPOSE_MODULES + INSTANCE_NORMS + (
     nn.BatchNorm2d, nn.BatchNorm3d, fused.BNReLU2d, fused.BNReLU3d, nn.LayerNorm, nn.GroupNorm, nn.Hardswish, nn.ELU,
-    nn.LeakyReLU, nn.PReLU)
+    nn.LeakyReLU, nn.PReLU) + tuple(intrinsic.CONSTITUENTS)
 _UNFUSED_WEIGHTED = (nn.Linear,) + CONV_MODULES
 
 

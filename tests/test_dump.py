@@ -72,8 +72,8 @@ def test_qconfig_column_names_each_ops_assignment_in_every_stage(tmp_path):
     converted = fxq.convert_fx(prepared, debug_dump_dir=str(tmp_path))
     short = "act=MinMax(quant_max=127, quant_min=0), w=MinMax(qint8, pt_symmetric)"
     tables = {"prepared": fxq.dump(prepared), "converted": fxq.dump(converted),
-              "prepare pass": (tmp_path / "prepare" / "06-insert_observers.txt").read_text(),
-              "convert pass": (tmp_path / "convert" / "03-lower.txt").read_text()}
+              "prepare pass": next((tmp_path / "prepare").glob("*-insert_observers.txt")).read_text(),
+              "convert pass": next((tmp_path / "convert").glob("*-lower.txt")).read_text()}  # numbered by position
     for stage, table in tables.items():
         rows = {line.split()[1]: line for line in table.splitlines() if re.match(r"\d+ ", line)}
         assert short in rows["conv"] and short in rows["mean"], stage
@@ -183,7 +183,7 @@ def test_dump_directory_has_one_file_per_pass_in_order_and_a_timing_table(tmp_pa
     assert re.search(r"^fuse\s+[\d.]+\s+fused Conv2d -> BatchNorm2d -> ReLU\S*: 1$", prepare_timing, re.M)
     assert re.search(r"^insert_observers\s.*output observers: 3", prepare_timing, re.M)
     assert re.search(r"^cleanup\s.*dead nodes removed: \d+", (tmp_path / "convert" / "timing.txt").read_text(), re.M)
-    lowered = (tmp_path / "convert" / "03-lower.txt").read_text()
+    lowered = next((tmp_path / "convert").glob("*-lower.txt")).read_text()
     assert re.search(r"^\d+\s+fc\s+call_module\s", lowered, re.M) and "def forward(self, x)" in lowered
 
 

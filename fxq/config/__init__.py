@@ -16,6 +16,7 @@ from fxq.config.qconfig import (BACKENDS, QConfig, QConfigAny, constructor_parts
                                 describe_constructor, float16_dynamic_qconfig, float_qparams_weight_only_qconfig,
                                 get_default_qconfig, per_channel_dynamic_qconfig)
 from fxq.config.qconfig_mapping import QCONFIG_DICT_KEYS, QConfigMapping
+from fxq.config.qat import default_qat_qconfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping
 from fxq.config.weight_only import get_weight_only_qconfig, get_weight_only_qconfig_mapping
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "float16_dynamic_qconfig", "per_channel_dynamic_qconfig", "float_qparams_weight_only_qconfig",
     "fixed_qparams_observers", "constructor_parts", "constructors_equal", "describe_constructor", "BACKENDS",
     "QUANT_MODES", "QCONFIG_DICT_KEYS", "get_weight_only_qconfig", "get_weight_only_qconfig_mapping",
+    "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "default_qat_qconfig",
 ]

@@ -79,3 +79,22 @@ def _copies_plainly(cls: type) -> bool:
                  and not any("__slots__" in vars(base) for base in cls.__mro__[:-1]))
         _plain_classes[cls] = plain
     return plain
+
+
+def own_parameters(model: nn.Module) -> None:
+    """Give ``model`` (a :func:`copy_module` copy) parameters with storage of their own, for copies that will be
+    trained in place (prepare_qat_fx): the user's model must not move with them. Shared parameters stay shared.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 2)
+    >>> copied = copy_module(model); own_parameters(copied)
+    >>> copied.weight.data_ptr() == model.weight.data_ptr()
+    False
+    """
+    clones: dict = {}
+    for module in model.modules():
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                if id(parameter) not in clones:
+                    clones[id(parameter)] = nn.Parameter(parameter.detach().clone(), parameter.requires_grad)
+                module._parameters[name] = clones[id(parameter)]

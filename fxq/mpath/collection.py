@@ -184,6 +184,32 @@ class QuantizerCollection(NodeCollection):
         return self
 
 
+    # ---- QAT switches (fake-quant modules only; plain observers have nothing to switch) ----
+    def _switch(self, method: str) -> "QuantizerCollection":
+        for module in {id(m): m for m in self.modules if hasattr(m, "fake_quant_enabled")}.values():
+            getattr(module, method)()
+        return self
+
+    def enable_fake_quant(self) -> "QuantizerCollection":
+        """Fake-quantize again at every matched quantizer. Returns self."""
+        return self._switch("enable_fake_quant")
+
+    def disable_fake_quant(self) -> "QuantizerCollection":
+        """Let values through unquantized at every matched quantizer (statistics still update). Returns self."""
+        return self._switch("disable_fake_quant")
+
+    def enable_observer(self) -> "QuantizerCollection":
+        """Update statistics and qparams again at every matched quantizer. Returns self."""
+        return self._switch("enable_observer")
+
+    def disable_observer(self) -> "QuantizerCollection":
+        """Freeze the qparams of every matched quantizer. Returns self.
+
+        >>> # fxq.find_quantizers(prepared, "**/[qtag:activation/output]").disable_observer()
+        """
+        return self._switch("disable_observer")
+
+
 def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
     parent, _, name = target.rpartition(".")
     setattr(gm.get_submodule(parent) if parent else gm, name, module)

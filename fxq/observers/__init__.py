@@ -26,6 +26,12 @@ from fxq.observers.minmax import (
 )
 from fxq.observers.qparams import quant_range
 from fxq.observers.simple import FixedQParamsObserver, NoopObserver, PlaceholderObserver
+from fxq.observers.fake_quantize import (FakeQuantize, FakeQuantizeBase, FixedQParamsFakeQuantize,
+                                         FusedMovingAvgObsFakeQuantize, disable_fake_quant, disable_observer,
+                                         enable_fake_quant, enable_observer)
+from fxq.observers.learnable import LearnableFakeQuantize
+from fxq.observers import qat_defaults
+from fxq.observers.qat_defaults import *  # noqa: F401,F403  (PyTorch AO's default fake-quant names)
 
 __all__ = [
     "ObserverBase",
@@ -56,7 +62,10 @@ __all__ = [
     "default_fixed_qparams_range_neg1to1_observer",
     "default_symmetric_fixed_qparams_observer",
     "default_affine_fixed_qparams_observer",
+    "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",
+    "LearnableFakeQuantize", "enable_fake_quant", "disable_fake_quant", "enable_observer", "disable_observer",
 ]
+__all__ += qat_defaults.__all__
 
 # The defaults below carry PyTorch AO's names and settings, so configs written for PyTorch AO read the same.
 
