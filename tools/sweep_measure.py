@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import fx, nn
 
+from tools.fuzz_torch_ao import rounding_count
 from tools.sweep_cases import SweepCase, build
 
 STAGES = ("prepare", "calibrate", "convert", "run")
@@ -39,6 +40,7 @@ class FlowResult:
     dequantize: Optional[int] = None
     warnings: List[str] = field(default_factory=list)
     unchanged: bool = True
+    roundings: Optional[int] = None  # tensors the converted model rounds to int8 on one evaluation batch
     converted: Optional[nn.Module] = field(default=None, repr=False)
 
     @property
@@ -157,6 +159,7 @@ def run_flow(flow: Flow, sweep_case: SweepCase) -> FlowResult:
             result.stages["run"] = _one_line(error)
             return result
         result.quantize, result.dequantize = quantize_dequantize_counts(state["converted"])
+        result.roundings = rounding_count(state["converted"], evaluation[0])
         result.converted = state["converted"]
     return result
 
