@@ -17,6 +17,7 @@ from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx, pr
 from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfig, QConfigMapping,
                         default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
                         float16_dynamic_qconfig, get_default_dynamic_qconfig_mapping, get_default_qconfig,
+                        get_transformer_qconfig_mapping,
                         get_default_qconfig_mapping, get_weight_only_qconfig, get_weight_only_qconfig_mapping)
 from fxq.config.qat import default_qat_qconfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping
 from fxq.config.spec import LayerSpec, QuantizerSpec, SpecError
@@ -29,10 +30,11 @@ from fxq.passes.pipeline import PassError
 from fxq.debug.dump import dump, to_networkx
 from fxq.debug.calibration import calibrate
 from fxq.debug.numeric import compare, sensitivity
+from fxq.debug.budget import BudgetResult, quantize_with_budget
 from fxq.graph.tracer import TraceError
 from fxq.graph.leaves import find_untraceable
 from fxq.config.registry import register_custom_module, unregister_custom_module
-from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, cross_layer_equalize,
+from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, SmoothQuant, cross_layer_equalize,
                               default_equalization_qconfig)
 
 __version__ = "0.1.0"
@@ -72,7 +74,8 @@ __all__ = [
     "get_weight_only_qconfig_mapping", "observers", "mpath", "find_quantizers", "TraceError", "PassError",
     "dump", "to_networkx", "calibrate", "compare", "sensitivity",
 ]
-__all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization"]
+__all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization",
+            "SmoothQuant", "get_transformer_qconfig_mapping", "quantize_with_budget", "BudgetResult"]
 __all__ += ["find_untraceable", "register_custom_module", "unregister_custom_module"]
 __all__ += ["prepare_qat_fx", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "default_qat_qconfig",
             "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",

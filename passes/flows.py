@@ -20,8 +20,9 @@ from torch import fx, nn
 
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
 from fxq.config.registry import check_configs
-from fxq.equalization import apply_equalization_config
 from fxq.debug import provenance
+from fxq.equalization import apply_equalization_config
+from fxq.equalization.smoothing import SmoothQuant
 from fxq.graph import node_meta
 from fxq.graph.gc_pause import collector_paused
 from fxq.graph.lazy_code import make_eager
@@ -50,7 +51,8 @@ def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepa
         own_parameters(gm)
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
-                      state=state, equalization_mapping=equalization_mapping, qat=qat)
+                      state=state, equalization_mapping=equalization_mapping, qat=qat,
+                      smoothing=equalization_config if isinstance(equalization_config, SmoothQuant) else None)
     ctx.warnings.extend(_unknown_module_names(mapping, model))
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
     set_state(gm, state)

@@ -24,8 +24,8 @@ from fxq.debug import provenance
 from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
-from fxq.passes import cost_model, equalize, insert_equalization_observers, reshape_views
-from fxq.passes import functionalize_inplace, tag_declared_quantizers, warn_nothing_quantized
+from fxq.passes import cost_model, equalize, insert_equalization_observers, insert_smoothing_observers, smooth
+from fxq.passes import functionalize_inplace, reshape_views, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes import convert_qat_modules, swap_qat_modules
 from fxq.passes.context import PassContext
 
@@ -38,7 +38,8 @@ PREPARE = [
     assign_qconfig.run,
     cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
     insert_observers.run,
-    swap_qat_modules.run,  # prepare_qat_fx only; after insert_observers, whose table matches the float chains
+    insert_smoothing_observers.run,  # after insert_observers: records sit behind norms' output observers
+    swap_qat_modules.run,  # prepare_qat_fx only; after the observers, whose table matches the float chains
     insert_equalization_observers.run,  # after insert_observers: equalization observers sit behind input observers
     observe_custom_modules.run,  # after insert_observers: reuses the observers already on its inputs
     prepare_standalone.run,
@@ -49,6 +50,7 @@ PREPARE = [
 
 CONVERT = [
     convert_qat_modules.run,  # first: freezes fake-quants and hands QAT modules over as reference modules
+    smooth.run,            # before to_reference: rescales weights and rebuilds the norms' output observers
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels

@@ -9,7 +9,7 @@
 from fxq.config.custom_config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig,
                                       StandaloneModuleConfigEntry)
 from fxq.config.defaults import (fixed_qparams_observers, get_default_dynamic_qconfig_mapping,
-                                 get_default_qconfig_mapping)
+                                 get_default_qconfig_mapping, get_transformer_qconfig_mapping)
 from fxq.config.legacy import QUANT_MODES
 from fxq.config.qconfig import (BACKENDS, QConfig, QConfigAny, constructor_parts, constructors_equal,
                                 default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
@@ -22,7 +22,7 @@ from fxq.config.weight_only import get_weight_only_qconfig, get_weight_only_qcon
 __all__ = [
     "QConfig", "QConfigAny", "QConfigMapping", "PrepareCustomConfig", "ConvertCustomConfig", "FuseCustomConfig",
     "StandaloneModuleConfigEntry", "get_default_qconfig", "get_default_qconfig_mapping",
-    "get_default_dynamic_qconfig_mapping", "default_qconfig", "default_per_channel_qconfig", "default_dynamic_qconfig",
+    "get_default_dynamic_qconfig_mapping", "get_transformer_qconfig_mapping", "default_qconfig", "default_per_channel_qconfig", "default_dynamic_qconfig",
     "float16_dynamic_qconfig", "per_channel_dynamic_qconfig", "float_qparams_weight_only_qconfig",
     "fixed_qparams_observers", "constructor_parts", "constructors_equal", "describe_constructor", "BACKENDS",
     "QUANT_MODES", "QCONFIG_DICT_KEYS", "get_weight_only_qconfig", "get_weight_only_qconfig_mapping",

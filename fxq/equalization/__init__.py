@@ -15,13 +15,15 @@ from torch import nn
 
 from fxq.equalization.cle import cross_layer_equalize
 from fxq.equalization.observers import ChannelRangeObserver, InputEqualizationObserver, WeightEqualizationObserver
+from fxq.equalization.smoothing import SmoothQuant, SmoothingObserver
 from fxq.equalization.qconfig import (CrossLayerEqualization, EqualizationQConfig, default_equalization_qconfig,
                                       input_equalization_observer, split_equalization_config,
                                       weight_equalization_observer)
 
 __all__ = ["EqualizationQConfig", "default_equalization_qconfig", "InputEqualizationObserver",
            "WeightEqualizationObserver", "ChannelRangeObserver", "CrossLayerEqualization", "cross_layer_equalize",
-           "input_equalization_observer", "weight_equalization_observer", "apply_equalization_config"]
+           "input_equalization_observer", "weight_equalization_observer", "apply_equalization_config", "SmoothQuant",
+           "SmoothingObserver"]
 
 
 def apply_equalization_config(model: nn.Module, config: Any) -> tuple[nn.Module, Optional[Any]]:

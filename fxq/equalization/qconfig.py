@@ -77,7 +77,11 @@ class CrossLayerEqualization:
 
 
 def split_equalization_config(config: Any) -> tuple[Optional[CrossLayerEqualization], Any]:
-    """(cross-layer options or None, input-weight QConfigMapping-like or None) from ``_equalization_config``."""
+    """(cross-layer options or None, input-weight QConfigMapping-like or None) from ``_equalization_config``.
+    A :class:`fxq.SmoothQuant` config contributes its ``input_weight`` mapping (smoothing is read separately)."""
+    from fxq.equalization.smoothing import SmoothQuant
     if isinstance(config, CrossLayerEqualization):
         return config, config.input_weight
+    if isinstance(config, SmoothQuant):
+        return None, config.input_weight
     return None, config
