@@ -3,10 +3,11 @@
 The kernels take per-tensor weights only (x86, fbgemm and qnnpack refuse per-channel ones for transposed
 convolutions), which is why the default x86 mapping gives these layers a per-tensor weight observer;
 :meth:`accepts` turns a per-channel reference away, and that layer then runs as its reference module.
-On the x86 and onednn engines the weight is packed for fbgemm: torch 2.13's oneDNN transposed-conv kernel
-returns garbage whenever in_channels != out_channels (-2 dB SQNR against float; PyTorch AO's converted
-ConvTranspose2d has the same bug), and a packed weight runs on its own engine's kernel whatever the global
-engine is.
+torch 2.13's transposed-conv kernels return garbage for some layer shapes, which shapes depending on the engine
+and the CPU (PyTorch AO's converted ConvTranspose2d has the same bug, at -2 dB SQNR against float). So each
+layer packs for the first engine whose kernel :mod:`._transpose_probe` finds correct for its shape on this
+machine, its own engine first (a packed weight runs on its own engine's kernel whatever the global engine is);
+when none is, the layer computes in float between its int8 input and output, and says so once.
 
     >>> import torch
     >>> from fxq.nn import reference
@@ -17,6 +18,7 @@ engine is.
     >>> up(torch.quantize_per_tensor(torch.randn(1, 8, 5, 5), 0.02, 128, torch.quint8)).shape
     torch.Size([1, 4, 10, 10])
 """
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -25,11 +27,13 @@ from torch import nn
 from fxq.nn import reference
 from fxq.nn.quantized._base import WeightedQuantizedModule
 from fxq.nn.quantized._packing import pack_conv_transpose, unpack_conv_transpose
+from fxq.nn.quantized._transpose_probe import correct_engine, float_conv_transpose
 from fxq.nn.quantized.conv import Size, _expand
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
-_BROKEN_ENGINES = ("x86", "onednn")  # their transposed-conv kernel (oneDNN) is wrong for in != out channels
+_PREFERRED_ENGINES = ("fbgemm", "x86", "onednn", "qnnpack")  # fastest first, where several are correct
+_WARNED_SHAPES = set()
 
 
 class _ConvTransposeNd(WeightedQuantizedModule):
@@ -51,18 +55,44 @@ class _ConvTransposeNd(WeightedQuantizedModule):
             _weight_bias = (weight, torch.zeros(out_channels) if bias else None)
         self.set_weight_bias(*_weight_bias, engine)
 
+    def _geometry(self) -> tuple:
+        return self.stride, self.padding, self.output_padding, self.dilation, self.groups
+
     def _pack(self, weight: torch.Tensor, bias: Optional[torch.Tensor], engine: str):
-        geometry = (self.stride, self.padding, self.output_padding, self.dilation, self.groups)
-        if engine in _BROKEN_ENGINES and "fbgemm" in torch.backends.quantized.supported_engines:
-            engine = "fbgemm"
-        return pack_conv_transpose(weight, bias, geometry, engine)
+        supported = torch.backends.quantized.supported_engines
+        others = [name for name in _PREFERRED_ENGINES if name in supported and name != engine]
+        self.kernel_engine = correct_engine(weight, self._geometry(), [engine, *others])
+        if self.kernel_engine is None:  # kept unpacked: some engines' unpack does not even return the weight
+            self._weight_bias = (weight, bias)
+            self._warn_float_fallback(weight, [engine, *others])
+            return None
+        return pack_conv_transpose(weight, bias, self._geometry(), self.kernel_engine)
+
+    def _warn_float_fallback(self, weight: torch.Tensor, probed: list) -> None:
+        key = (type(self).__name__, tuple(weight.shape), self._geometry())
+        if key not in _WARNED_SHAPES:
+            _WARNED_SHAPES.add(key)
+            warnings.warn(f"fxq: no int8 transposed-conv kernel of this torch computes {type(self).__name__}"
+                          f"({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                          f"stride={self.stride}) correctly on this CPU (checked {', '.join(probed)}); such layers "
+                          "compute in float between their int8 input and output.", stacklevel=2)
+
+    def _run(self, x: torch.Tensor, kernel) -> torch.Tensor:
+        if self.kernel_engine is not None:
+            return kernel(x, self._packed_params, self.scale, self.zero_point)
+        weight, bias = self._weight_bias
+        y = float_conv_transpose(x.dequantize(), weight.dequantize(), bias, self._geometry())
+        return torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8)
 
     def _unpack(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.kernel_engine is None:
+            return self._weight_bias
         return unpack_conv_transpose(self._packed_params, self._dims)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, output_padding={self.output_padding}, {self._output_repr()}")
+                f"padding={self.padding}, output_padding={self.output_padding}, {self._output_repr()}, "
+                f"kernel={self.kernel_engine or 'float'}")
 
     @classmethod
     def accepts(cls, ref: nn.Module) -> bool:
@@ -89,7 +119,7 @@ class ConvTranspose1d(_ConvTransposeNd):
     _dims, _reference_type = 1, reference.ConvTranspose1d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.conv_transpose1d(x, self._packed_params, self.scale, self.zero_point)
+        return self._run(x, torch.ops.quantized.conv_transpose1d)
 
 
 class ConvTranspose2d(_ConvTransposeNd):
@@ -98,7 +128,7 @@ class ConvTranspose2d(_ConvTransposeNd):
     _dims, _reference_type = 2, reference.ConvTranspose2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.conv_transpose2d(x, self._packed_params, self.scale, self.zero_point)
+        return self._run(x, torch.ops.quantized.conv_transpose2d)
 
 
 class ConvTranspose3d(_ConvTransposeNd):
@@ -107,4 +137,4 @@ class ConvTranspose3d(_ConvTransposeNd):
     _dims, _reference_type = 3, reference.ConvTranspose3d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.conv_transpose3d(x, self._packed_params, self.scale, self.zero_point)
+        return self._run(x, torch.ops.quantized.conv_transpose3d)
