@@ -52,6 +52,15 @@ def attribute_value(gm: fx.GraphModule, target: str):
     return value
 
 
+def register_new_buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
+    """Register a copy of ``tensor`` under ``name`` (dots become underscores; '_' appended until the name is free)."""
+    name = name.replace(".", "_")
+    while hasattr(gm, name):
+        name += "_"
+    gm.register_buffer(name, tensor.detach().clone())
+    return name
+
+
 def delete_unused_submodules(gm: fx.GraphModule) -> None:
     """Drop submodules no node calls or reads (nor any of their parents or children).
 

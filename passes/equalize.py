@@ -35,7 +35,7 @@ from fxq.equalization import graph as eqg
 from fxq.equalization.observers import ChannelRangeObserver, WeightEqualizationObserver
 from fxq.equalization import requantize
 from fxq.equalization.scales import along, equalization_scale, scale_weight, tied_scale
-from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
+from fxq.passes.context import PassContext, delete_unused_submodules, modules_of, register_new_buffer
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -49,7 +49,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             continue
         per_channel, scale = _scales(record, ranges)
         columns[layer] = scale
-        _register(gm, f"{layer.name}_equalization_scale", scale)
+        register_new_buffer(gm, f"{layer.name}_equalization_scale", scale)
         chain = eqg.previous_layer(layer, modules, calls) if per_channel is not None else None
         if chain is not None and _rescale_chain(gm, chain, (record, scale, per_channel), modules):
             rows[chain.layer] = per_channel
@@ -142,7 +142,7 @@ def _insert_mul(gm: fx.GraphModule, input_observer: fx.Node, layer: fx.Node, sca
     value = input_observer.args[0]
     shape_like = along(scale, 1, _weight(gm, layer, modules).ndim) if eqg.channel_axis(layer, modules) == 1 else scale
     with gm.graph.inserting_before(input_observer):
-        factor = gm.graph.get_attr(_register(gm, f"{layer.name}_input_equalization_scale", shape_like))
+        factor = gm.graph.get_attr(register_new_buffer(gm, f"{layer.name}_input_equalization_scale", shape_like))
         mul = gm.graph.call_function(torch.mul, (value, factor))
     mul.meta.update({k: v for k, v in value.meta.items() if k in ("fxq_scope", "fxq_value")})
     input_observer.replace_input_with(value, mul)
@@ -165,10 +165,10 @@ def _rescale_weight(gm: fx.GraphModule, layer: fx.Node, column, row, modules: di
         return
     attr = eqg.weight_attr(layer)
     weight = scale_weight(getattr(gm, attr.target), column, row, eqg.groups_of(layer, modules))
-    attr.target = _register(gm, f"{attr.target}_equalized", weight)
+    attr.target = register_new_buffer(gm, f"{attr.target}_equalized", weight)
     bias = eqg.argument(layer, 2, "bias")
     if row is not None and bias is not None:
-        bias.target = _register(gm, f"{bias.target}_equalized", getattr(gm, bias.target).detach() * row)
+        bias.target = register_new_buffer(gm, f"{bias.target}_equalized", getattr(gm, bias.target).detach() * row)
     _reobserve_weight(gm, layer, weight, modules, ctx)
 
 
@@ -184,14 +184,6 @@ def _reobserve_weight(gm: fx.GraphModule, layer: fx.Node, weight: torch.Tensor, 
             setattr(gm, value.target, observer)
             modules[value.target] = observer
         value = value.args[0]
-
-
-def _register(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
-    name = name.replace(".", "_")
-    while hasattr(gm, name):
-        name += "_"
-    gm.register_buffer(name, tensor.detach().clone())
-    return name
 
 
 def _remove_equalization_nodes(gm: fx.GraphModule, modules: dict) -> None:

@@ -24,7 +24,7 @@ from fxq.equalization import graph as eqg
 from fxq.equalization import requantize
 from fxq.equalization.smoothing import (ALPHA_GRID, SmoothingObserver, choose_alpha, is_producer, producer_module,
                                        scale_consumer, scale_producer, smoothing_scale)
-from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
+from fxq.passes.context import PassContext, delete_unused_submodules, modules_of, register_new_buffer
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -62,7 +62,7 @@ def _fold(gm: fx.GraphModule, node: fx.Node, consumers: list, modules: dict) -> 
         return False
     w_absmax = torch.stack([m.weight.detach().abs().amax(dim=0) for m in linears]).amax(dim=0)
     scale = smoothing_scale(x_absmax, w_absmax, alpha)
-    name = _register(gm, f"{producer.name}_smoothing_scale", scale)
+    name = register_new_buffer(gm, f"{producer.name}_smoothing_scale", scale)
     if is_producer(producer, modules):
         scale_producer(producer_module(modules[producer.target]), scale)
         _restore(gm, producer, [u for u in producer.users if u is not observer], producer, name)
@@ -96,11 +96,3 @@ def _restore(gm: fx.GraphModule, value: fx.Node, users: list, replaced: fx.Node,
     restored.meta.update({k: v for k, v in value.meta.items() if k in ("fxq_scope", "fxq_value")})
     for user in users:
         user.replace_input_with(replaced, restored)
-
-
-def _register(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
-    name = name.replace(".", "_")
-    while hasattr(gm, name):
-        name += "_"
-    gm.register_buffer(name, tensor.detach().clone())
-    return name

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,21 +47,31 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     known output range (sigmoid, tanh, ...) get fixed qparams.
     """
     qconfig = get_default_qconfig(check_backend(backend))
-    per_tensor_transpose = backend in ("x86", "fbgemm")
-    transpose = QConfig(qconfig.activation, obs.default_weight_observer) if per_tensor_transpose else qconfig
-    layer_norm = QConfig(qconfig.activation, obs.default_placeholder_observer)
-    mapping = QConfigMapping().set_global(qconfig)
+    transpose_weight = obs.default_weight_observer if backend in ("x86", "fbgemm") else None
+    mapping = mapping_with_op_exceptions(qconfig, transpose_weight,
+                                         lambda observer: QConfig(observer, obs.default_weight_observer))
     reuse_input = getattr(obs, "ReuseInputObserver", None)
     if reuse_input is not None:  # absent from fxq.observers so far; reshape then follows the global qconfig
         mapping.set_object_type("reshape", QConfig(reuse_input, obs.NoopObserver))
+    return mapping
+
+
+def mapping_with_op_exceptions(qconfig: QConfig, transpose_weight: Optional[Callable],
+                               fixed_qconfig: Callable[[Callable], QConfig]) -> QConfigMapping:
+    """``qconfig`` globally with torch.ao's per-op exceptions, shared by the PTQ and QAT defaults: conv-transpose
+    weights by ``transpose_weight`` (None: the global weight), float layer-norm weights, a quint8 PReLU weight, and
+    ``fixed_qconfig(observer)`` for the ops whose output range is known."""
+    mapping = QConfigMapping().set_global(qconfig)
+    transpose = QConfig(qconfig.activation, transpose_weight) if transpose_weight is not None else qconfig
     for op in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
         mapping.set_object_type(op, transpose)
+    layer_norm = QConfig(qconfig.activation, obs.default_placeholder_observer)
     mapping.set_object_type(F.layer_norm, layer_norm)
     mapping.set_object_type(nn.LayerNorm, layer_norm)
     mapping.set_object_type(nn.PReLU, QConfig(obs.HistogramObserver, obs.MinMaxObserver))
     for op, observer in fixed_qparams_observers().items():
-        mapping.set_object_type(op, QConfig(observer, obs.default_weight_observer))
+        mapping.set_object_type(op, fixed_qconfig(observer))
     return mapping
 
 

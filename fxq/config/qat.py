@@ -10,12 +10,8 @@ Version 0 uses FakeQuantize around a moving-average observer; version 1 (the def
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from fxq import observers as obs
-from fxq.config.defaults import fixed_qparams_observers
+from fxq.config.defaults import mapping_with_op_exceptions
 from fxq.config.qconfig import QConfig, check_backend
 from fxq.config.qconfig_mapping import QConfigMapping
 
@@ -58,20 +54,9 @@ def get_default_qat_qconfig_mapping(backend: str = "x86", version: int = 1) -> Q
     'FixedQParamsFakeQuantize'
     """
     qconfig = get_default_qat_qconfig(backend, version)
-    transpose = QConfig(qconfig.activation, obs.default_weight_fake_quant) if backend in _REDUCED_RANGE_BACKENDS \
-        else qconfig
-    layer_norm = QConfig(qconfig.activation, obs.default_placeholder_observer)
-    mapping = QConfigMapping().set_global(qconfig)
-    for op in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-               F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
-        mapping.set_object_type(op, transpose)
-    mapping.set_object_type(F.layer_norm, layer_norm)
-    mapping.set_object_type(nn.LayerNorm, layer_norm)
-    mapping.set_object_type(nn.PReLU, QConfig(obs.HistogramObserver, obs.MinMaxObserver))
-    for op, observer in fixed_qparams_observers().items():
-        fixed = obs.FixedQParamsFakeQuantize.with_args(observer=observer)
-        mapping.set_object_type(op, QConfig(fixed, obs.default_weight_fake_quant))
-    return mapping
+    transpose_weight = obs.default_weight_fake_quant if backend in _REDUCED_RANGE_BACKENDS else None
+    return mapping_with_op_exceptions(qconfig, transpose_weight, lambda observer: QConfig(
+        obs.FixedQParamsFakeQuantize.with_args(observer=observer), obs.default_weight_fake_quant))
 
 
 default_qat_qconfig = QConfig(obs.default_fake_quant, obs.default_weight_fake_quant)
