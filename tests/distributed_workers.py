@@ -111,6 +111,12 @@ def model_result(prepared) -> dict:
     return {"state": prepared.state_dict(), "outputs": outputs}
 
 
+def histogram_qparams(prepared) -> dict:
+    """{observer name: (scale, zero point)} of every HistogramObserver."""
+    return {name: tuple(float(v) for v in module.calculate_qparams()) for name, module in prepared.named_modules()
+            if isinstance(module, HistogramObserver)}
+
+
 def split(items: list, sizes: list) -> list:
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return [items[start:start + size] for start, size in zip(starts, sizes)]
@@ -148,6 +154,9 @@ def merge_everything(rank: int, sizes: list, result: dict) -> None:
         prepared = prepare(kind, equalize=True)
         fxq.calibrate(prepared, split(batches(), sizes)[rank], progress=False, distributed=True)
         result[f"equalized_{kind}"] = model_result(prepared)
+    prepared = prepare("histogram")
+    fxq.calibrate(prepared, split(batches(), sizes)[rank], progress=False, exact_histograms=False)
+    result["one_pass_histogram"] = {**model_result(prepared), "qparams": histogram_qparams(prepared)}
     observers = bare_observers()
     calibrate_on_ranks(observers, split(vector_batches(), sizes)[rank], lambda shard: run_bare(observers, shard))
     result["bare"] = observers.state_dict()

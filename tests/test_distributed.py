@@ -21,6 +21,7 @@ from fxq.observers import HistogramObserver
 from fxq.observers.merge_table import UnmergeableObserverError, observer_mergers
 
 import distributed_workers as workers
+from conftest import sqnr
 
 SPAWN_TIMEOUT = 120  # seconds for a whole run; the scenarios themselves take a few
 
@@ -225,3 +226,28 @@ def test_histogram_counts_stay_exact_past_float32_integers():
     for x in batches:
         one_by_one(x)
     assert one_by_one.histogram[0] == 2**24  # each later 1 was lost
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_one_pass_histograms_merge_close_to_exact_and_identical_on_every_rank(world):
+    """exact_histograms=False: one pass; every rank re-bins its histogram onto the common range and the sum is
+    approximate. Bound: each scale within 3% of the exact merge's, zero points within 3, outputs >= 30 dB."""
+    results = [result["merge_everything"]["one_pass_histogram"] for result in _spawn(world)]
+    for result in results[1:]:
+        _assert_identical(result, results[0])
+    exact = workers.prepare("histogram")
+    fxq.calibrate(exact, workers.batches(), progress=False, distributed=True)
+    exact_qparams, exact_outputs = workers.histogram_qparams(exact), workers.model_result(exact)["outputs"]
+    assert results[0]["qparams"].keys() == exact_qparams.keys()
+    for name, (scale, zero_point) in results[0]["qparams"].items():
+        assert abs(scale / exact_qparams[name][0] - 1) <= 0.03 and abs(zero_point - exact_qparams[name][1]) <= 3
+    for got, expected in zip(results[0]["outputs"], exact_outputs):
+        assert sqnr(expected, got) >= 30
+
+
+@pytest.mark.parametrize("exact, passes", [(True, 2), (False, 1)])
+def test_one_pass_histograms_run_each_batch_once(exact, passes):
+    prepared, calls = workers.prepare("histogram"), []
+    prepared.register_forward_pre_hook(lambda module, args: calls.append(1))
+    fxq.calibrate(prepared, workers.batches(), progress=False, distributed=True, exact_histograms=exact)
+    assert len(calls) == passes * len(workers.batches())

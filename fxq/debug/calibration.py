@@ -42,7 +42,7 @@ class CalibrationSummary:
 
 
 def calibrate(prepared: fx.GraphModule, batches: Iterable[Any], progress: bool = True,
-              distributed: Optional[bool] = None) -> CalibrationSummary:
+              distributed: Optional[bool] = None, exact_histograms: bool = True) -> CalibrationSummary:
     """Run ``prepared`` (from prepare_fx) on every batch without gradients; return a summary.
 
     A batch is a tensor or a tuple of the forward's arguments. ``progress`` shows a tqdm bar on stderr.
@@ -53,6 +53,9 @@ def calibrate(prepared: fx.GraphModule, batches: Iterable[Any], progress: bool =
     same state: min/max exactly, moving averages as one process seeing the shares in rank order, histograms as
     one process fed all values at once (a second pass over the batches counts them into common bins). Call it on
     every rank. Without a process group, ``distributed=True`` runs those passes as a world of one.
+    ``exact_histograms=False`` skips the second pass: each rank counts its histograms as one process would and the
+    merge re-binning them onto the common range is approximate (its qparams within a few percent of the exact ones),
+    for about half the calibration time on histogram observers.
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4)).eval()
@@ -69,7 +72,7 @@ def calibrate(prepared: fx.GraphModule, batches: Iterable[Any], progress: bool =
     if distributed:
         rank, summary.ranks = rank_and_world()
         run = functools.partial(_run_batches, prepared, progress=progress and rank == 0)
-        merged = calibrate_on_ranks(prepared, list(batches), run)
+        merged = calibrate_on_ranks(prepared, list(batches), run, exact_histograms)
         summary.batches, summary.merge_seconds, summary.wait_seconds = (merged["batches"], merged["merge_seconds"],
                                                                         merged["wait_seconds"])
     else:

@@ -7,7 +7,9 @@ The protocol (what each observer gives and takes: fxq.observers.merge):
    count and the sizes of what it will send, so uneven and empty shards pad to one shape;
 3. one ``all_reduce(MIN)`` of every min and minus every max, one ``all_gather`` of every moving-average record, one
    ``all_gather_object`` of user observers' state_dicts (each only when some observer needs it);
-4. if a histogram needs it, a second pass counts into the merged ranges; a status exchange; one ``all_reduce(SUM)``.
+4. if a histogram needs it, a second pass counts into the merged ranges, and a status exchange;
+5. one ``all_reduce(SUM)`` of every histogram (counted in the second pass, or in the only one when
+   ``exact_histograms=False``: fxq.observers.merge_one_pass).
 
 Without a process group it runs as a world of one: the same passes, so one process gets what N ranks get.
 
@@ -34,16 +36,19 @@ from fxq.debug.ranks import DistributedError, all_gather_object, guarded, proces
 from fxq.equalization.merge import ChannelRangeMerge
 from fxq.equalization.observers import ChannelRangeObserver
 from fxq.observers.merge import Merger
-from fxq.observers.merge_table import BUILT_IN, UserMerge, observer_mergers
+from fxq.observers.merge_table import BUILT_IN, ONE_PASS, UserMerge, observer_mergers
 
 MERGE_TABLE = BUILT_IN + ((ChannelRangeObserver, ChannelRangeMerge),)
+ONE_PASS_TABLE = ONE_PASS + ((ChannelRangeObserver, ChannelRangeMerge),)
 
 
-def calibrate_on_ranks(prepared: nn.Module, batches: list, run_batches: Callable[[list], int]) -> dict:
+def calibrate_on_ranks(prepared: nn.Module, batches: list, run_batches: Callable[[list], int],
+                       exact_histograms: bool = True) -> dict:
     """Run ``run_batches(batches)`` on this rank, merge the observers across ranks; every rank ends with identical
     observer state. Returns ``batches`` (on all ranks), ``merge_seconds`` (this rank's time in the merges) and
-    ``wait_seconds`` (its time in the status exchanges: mostly waiting for slower ranks)."""
-    mergers = observer_mergers(prepared, MERGE_TABLE)
+    ``wait_seconds`` (its time in the status exchanges: mostly waiting for slower ranks). ``exact_histograms=False``
+    merges histograms after one pass, approximately (fxq.observers.merge_one_pass)."""
+    mergers = observer_mergers(prepared, MERGE_TABLE if exact_histograms else ONE_PASS_TABLE)
     signature = zlib.crc32("|".join(f"{m.name}:{type(m).__name__}" for m in mergers).encode())
     clock = {"merge_seconds": 0.0, "wait_seconds": 0.0}
     try:
@@ -66,8 +71,8 @@ def calibrate_on_ranks(prepared: nn.Module, batches: list, run_batches: Callable
             _, error = guarded(run_batches, batches)
             with _timed(clock, "wait_seconds"):
                 _exchange_status(error, count, signature, [], [])
-            with _timed(clock, "merge_seconds"):
-                _merge_counts(mergers)
+        with _timed(clock, "merge_seconds"):
+            _merge_counts(mergers)  # after the second pass, or after the only one (one-pass histograms)
     finally:
         for merger in mergers:
             merger.end()

@@ -14,6 +14,7 @@ from torch import nn
 from fxq.observers.base import ObserverBase
 from fxq.observers.histogram import HistogramObserver
 from fxq.observers.merge import HistogramMerge, Merger, MinMaxMerge, MovingAverageMerge
+from fxq.observers.merge_one_pass import OnePassHistogramMerge
 from fxq.observers.minmax import (MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
                                   PerChannelMinMaxObserver)
 from fxq.observers.simple import FixedQParamsObserver, NoopObserver, PlaceholderObserver
@@ -41,6 +42,8 @@ BUILT_IN = ((MovingAveragePerChannelMinMaxObserver, MovingAverageMerge), (PerCha
              (MovingAverageMinMaxObserver, MovingAverageMerge), (MinMaxObserver, MinMaxMerge),
              (HistogramObserver, HistogramMerge),
              (PlaceholderObserver, Merger), (NoopObserver, Merger), (FixedQParamsObserver, Merger))  # nothing to merge
+# fxq.calibrate(..., exact_histograms=False): histograms count in the only pass and merge approximately
+ONE_PASS = tuple((base, OnePassHistogramMerge if merge is HistogramMerge else merge) for base, merge in BUILT_IN)
 _UPDATE_METHODS = ("forward", "_record")  # a subclass overriding these records something fxq cannot know
 
 
