@@ -104,6 +104,9 @@ def quantize(args: argparse.Namespace) -> int:
     if not args.calib and not args.random_calib:
         raise CommandError("no calibration data: pass --calib FILE.pt (a tensor or a list of batches), or "
                            "--random-calib for a smoke test on random inputs", exit_code=2)
+    if args.one_pass and not args.distributed:
+        raise CommandError("--one-pass changes how --distributed merges histograms; add --distributed (under "
+                           "torchrun), or drop --one-pass", exit_code=2)
     if args.distributed:
         from fxq.cli.launch import missing_torchrun_variables
         if missing_torchrun_variables():
@@ -130,7 +133,7 @@ def quantize(args: argparse.Namespace) -> int:
 def _calibrate_and_save(args: argparse.Namespace, prepared: Any, batches: list, rank: int) -> int:
     import fxq
     summary = fxq.calibrate(prepared, batches, progress=sys.stderr.isatty() and rank == 0,
-                            distributed=args.distributed)
+                            distributed=args.distributed, exact_histograms=not args.one_pass)
     if rank == 0:  # every rank holds the same observers after the merge: one converts and saves
         torch.save(fxq.convert_fx(prepared), args.out)
         ranks = f" on {summary.ranks} ranks (merging took {summary.merge_seconds:.2f} s)" if args.distributed else ""

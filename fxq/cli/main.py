@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(gloo), rank 0 saves")
     quantize.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                           help="with --distributed: how long a rank waits for the others before failing")
+    quantize.add_argument("--one-pass", action="store_true",
+                          help="with --distributed: merge histograms after one pass over the data, approximately "
+                               "(scales within about 1%% of the exact two-pass merge), in about half the time")
 
     dump = commands.add_parser("dump", help="print the graph of a model at a stage, or of a saved model")
     dump.add_argument("target", metavar="MODULE:FACTORY|FILE.pt")
