@@ -26,7 +26,8 @@ def _build(low: Lowering, node, linear: nn.Module, relu: bool):
     """The module a dynamic / weight-only linear becomes, or None when this rewrite does not apply."""
     mode = low.mode(node)
     if mode == DYNAMIC and isinstance(linear, reference.Linear):
-        return dynamic.Linear.from_reference(linear, relu=relu)
+        per_token = getattr(low.qconfig(node).activation(), "per_token", False)
+        return dynamic.Linear.from_reference(linear, relu=relu, per_token=per_token)
     if mode == DYNAMIC_FP16 and type(linear) is nn.Linear:
         return dynamic.Linear.from_float_fp16(linear, relu=relu)
     if mode == WEIGHT_ONLY and isinstance(linear, reference.Linear):

@@ -21,7 +21,8 @@ from fxq import observers as obs
 __all__ = [
     "QConfig", "QConfigAny", "constructor_parts", "constructors_equal", "describe_constructor",
     "default_qconfig", "default_per_channel_qconfig", "default_dynamic_qconfig", "float16_dynamic_qconfig",
-    "per_channel_dynamic_qconfig", "float_qparams_weight_only_qconfig", "get_default_qconfig", "BACKENDS",
+    "per_channel_dynamic_qconfig", "per_token_dynamic_qconfig", "float_qparams_weight_only_qconfig",
+    "get_default_qconfig", "BACKENDS",
 ]
 
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
@@ -162,6 +163,9 @@ float16_dynamic_qconfig = QConfig(
     obs.PlaceholderObserver.with_args(dtype=torch.float16),
 )
 per_channel_dynamic_qconfig = QConfig(obs.default_dynamic_quant_observer, obs.default_per_channel_weight_observer)
+# fxq's default for dynamic Linear: each row (token) of the input quantized with its own scale (fxq.nn.quantized.dynamic)
+per_token_dynamic_qconfig = QConfig(obs.default_dynamic_quant_observer.with_args(per_token=True),
+                                    obs.default_per_channel_weight_observer)
 float_qparams_weight_only_qconfig = QConfig(obs.default_placeholder_observer, obs.default_float_qparams_observer)
 
 

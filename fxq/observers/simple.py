@@ -33,6 +33,7 @@ class PlaceholderObserver(ObserverBase):
         qscheme: Optional[torch.qscheme] = None,
         eps: Optional[float] = None,
         is_dynamic: bool = False,
+        per_token: bool = False,
     ) -> None:
         # compute_dtype is PyTorch AO's deprecated spelling of is_dynamic=True.
         super().__init__(dtype=dtype, is_dynamic=is_dynamic or compute_dtype is not None)
@@ -41,6 +42,7 @@ class PlaceholderObserver(ObserverBase):
         self.quant_max = quant_max
         self.eps = torch.finfo(torch.float32).eps if eps is None else eps
         self.custom_op = custom_op_name
+        self.per_token = per_token  # fxq's own: dynamic Linear quantizes each row with its own scale
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError(
@@ -49,7 +51,8 @@ class PlaceholderObserver(ObserverBase):
         )
 
     def extra_repr(self) -> str:
-        return f"dtype={self.dtype}, is_dynamic={self.is_dynamic}"
+        per_token = ", per_token=True" if self.per_token else ""
+        return f"dtype={self.dtype}, is_dynamic={self.is_dynamic}{per_token}"
 
 
 class NoopObserver(ObserverBase):
