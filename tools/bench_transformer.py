@@ -59,11 +59,12 @@ def _torch_ao_static(linears_only: bool = False) -> Callable:
     return build
 
 
-def _fxq_dynamic(per_channel: bool) -> Callable:
+def _fxq_dynamic(qconfig=None) -> Callable:
+    """The default dynamic mapping (per-token activations, per-channel weights), or with ``qconfig`` for Linear."""
     def build(model, calibration):
         mapping = fxq.get_default_dynamic_qconfig_mapping()
-        if not per_channel:
-            mapping.set_object_type(torch.nn.Linear, fxq.default_dynamic_qconfig)
+        if qconfig is not None:
+            mapping.set_object_type(torch.nn.Linear, qconfig)
         return fxq.convert_fx(fxq.prepare_fx(model, mapping, calibration[0]))
     return build
 
@@ -88,8 +89,9 @@ SCHEMES: Dict[str, Callable] = {
                                                           fxq.SmoothQuant(alpha="search")),
     "fxq static transformer + smooth 0.5, FFN output linears float": _fxq_static(
         fxq.get_transformer_qconfig_mapping().set_mpath("layers/*/output", None), fxq.SmoothQuant()),
-    "fxq dynamic, per-tensor weights": _fxq_dynamic(per_channel=False),
-    "fxq dynamic (default: per-channel)": _fxq_dynamic(per_channel=True),
+    "fxq dynamic, per-tensor weights": _fxq_dynamic(fxq.default_dynamic_qconfig),
+    "fxq dynamic, per-channel weights": _fxq_dynamic(fxq.config.per_channel_dynamic_qconfig),
+    "fxq dynamic (default: per-token, per-channel weights)": _fxq_dynamic(),
 }
 
 
@@ -152,7 +154,7 @@ def run_zoo_bert(layers: int) -> None:
     expected = model(test)
     print(f"| zoo bert ({layers} layers) | SQNR vs float (dB) |\n|---|---|")
     for name in ("torch.ao static x86", "fxq static x86", "fxq static transformer",
-                 "fxq static transformer + smooth 0.5", "fxq dynamic (default: per-channel)"):
+                 "fxq static transformer + smooth 0.5", "fxq dynamic (default: per-token, per-channel weights)"):
         quantized = SCHEMES[name](model, calibration)
         with torch.no_grad():
             got = quantized(test)

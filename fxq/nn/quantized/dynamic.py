@@ -54,10 +54,9 @@ class Linear(nn.Module):
 
     def _per_token(self, x: torch.Tensor) -> torch.Tensor:
         row_scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # an all-zero row: its output is the bias
-        y = torch.ops.quantized.linear_dynamic(x / row_scale, self._packed_params, self.reduce_range) * row_scale
-        if self.bias_after is not None:
-            y = y + self.bias_after
-        return torch.relu(y) if self.relu else y
+        y = torch.ops.quantized.linear_dynamic(x / row_scale, self._packed_params, self.reduce_range)
+        y = y.mul_(row_scale) if self.bias_after is None else torch.addcmul(self.bias_after, y, row_scale)
+        return y.relu_() if self.relu else y
 
     @classmethod
     def from_reference(cls, ref: nn.Module, relu: bool = False, reduce_range: bool = True,
