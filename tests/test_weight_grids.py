@@ -78,7 +78,8 @@ def test_grouped_qat_converts_to_weight_only_linears_computing_the_fake_quant_mo
     x = torch.randn(32, 64)
     with torch.no_grad():
         expected = frozen(prepared)(x)
-        quantized = fxq.convert_fx(prepared)
+        with pytest.warns(UserWarning, match=r"grouped-weight layers \(0.0, 2.0, 4\) run as weight-only Linears"):
+            quantized = fxq.convert_fx(prepared)
         got = quantized(x)
     linears = [m for m in quantized.modules() if type(m).__name__ == "Linear" and m._get_name() ==
                "WeightOnlyGroupedLinear"]
