@@ -195,7 +195,8 @@ def _reference_module(node: fx.Node, inner: nn.Module, qconfig, mode: str) -> nn
     if is_grouped(quantizer):
         if type(inner) is not nn.Linear:
             raise NotImplementedError(f"layer '{node.target}' ({type(inner).__name__}): grouped weights convert for "
-                                      f"Linear layers only; give it granularity='channel' (fxq.config.spec.INT4_PER_CHANNEL_WEIGHT)")
+                                      f"Linear layers only; give it granularity='channel' "
+                                      f"(fxq.config.spec.INT4_PER_CHANNEL_WEIGHT)")
         quantizer.check_weight(inner.weight, node.target)
         dtype = torch.float32 if mode == STATIC else qconfig.activation().dtype
         return weight_only.Linear.from_grouped(inner, quantizer, dtype)

@@ -75,7 +75,8 @@ class GroupedWeightFakeQuantize(FakeQuantizeBase):
         if weight.dim() != 2:
             raise NotImplementedError(
                 f"{where}: grouped weight quantization covers Linear weights (2-D); this weight has shape "
-                f"{tuple(weight.shape)}. Give the layer granularity='channel' (e.g. fxq.config.spec.INT4_PER_CHANNEL_WEIGHT)")
+                f"{tuple(weight.shape)}. Give the layer granularity='channel' "
+                f"(e.g. fxq.config.spec.INT4_PER_CHANNEL_WEIGHT)")
         if weight.shape[1] % self.group_size:
             raise ValueError(
                 f"{where}: in_features={weight.shape[1]} is not a multiple of group_size={self.group_size}; pick a "
