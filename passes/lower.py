@@ -47,7 +47,15 @@ def _warn_nothing_lowered(gm: fx.GraphModule, ctx: PassContext) -> None:
     if ctx.state is None or ctx.state.custom_modules or ctx.state.standalone:
         return  # those modules take the quantized tensors after this pass
     quantizes = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.quantize_per_tensor]
-    if quantizes:
-        ctx.warnings.append(f"convert_fx lowered no op to an int8 kernel: {len(quantizes)} quantize nodes "
-                            f"({', '.join(quantizes[:3])}) feed only float ops; no row of fxq.patterns.lowering "
-                            "matched (fxq.patterns.register_op(op, lower=...) adds one)")
+    if not quantizes:
+        return
+    grouped = [name for name, module in gm.named_modules() if getattr(module, "group_size", None) is not None]
+    if grouped:  # the layers are quantized, in the only form their per-group scales allow
+        ctx.warnings.append(f"convert_fx lowered no op to an int8 kernel: the grouped-weight layers "
+                            f"({', '.join(grouped[:3])}) run as weight-only Linears in float, so the {len(quantizes)} "
+                            f"quantize nodes around them only round; give them a float activation "
+                            f"(PlaceholderObserver.with_args(dtype=torch.float32)) to skip the rounding")
+        return
+    ctx.warnings.append(f"convert_fx lowered no op to an int8 kernel: {len(quantizes)} quantize nodes "
+                        f"({', '.join(quantizes[:3])}) feed only float ops; no row of fxq.patterns.lowering "
+                        "matched (fxq.patterns.register_op(op, lower=...) adds one)")

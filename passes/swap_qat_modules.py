@@ -17,6 +17,7 @@ from __future__ import annotations
 from torch import fx
 
 from fxq.graph.modes import STATIC
+from fxq.observers.weight_grids import is_grouped
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.qat import QAT_MODULES
 
@@ -34,6 +35,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             continue
         qconfig = ctx.state.qconfigs[node.name]
         replacement = qat_type.from_float(module, qconfig.weight)
+        if is_grouped(replacement.weight_fake_quant):  # fail at prepare, naming the layer, not in the first step
+            replacement.weight_fake_quant.check_weight(replacement.weight, node.target)
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else gm, name, replacement)
         modules[node.target] = replacement

@@ -14,14 +14,18 @@ Before / after::
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
 from fxq.nn import reference, reference_recurrent
+from fxq.nn.quantized import weight_only
 from fxq.observers import ObserverBase
 from fxq.observers.fake_quantize import FakeQuantizeBase, is_narrow_range
+from fxq.observers.weight_grids import is_grouped
 from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 
@@ -174,13 +178,33 @@ def _swap_weighted_modules(gm: fx.GraphModule, ctx: PassContext, modules: dict, 
         if type(inner) in _RECURRENT and mode == DYNAMIC:
             ref = _RECURRENT[type(inner)].from_float(inner, qconfig.weight)
         elif type(inner) in _REFERENCE:
-            ref = _REFERENCE[type(inner)].from_float(inner, weight_qparams(qconfig.weight(), inner.weight))
+            ref = _reference_module(node, inner, qconfig, mode)
         else:
             continue
-        new = type(module)(ref, module[1]) if inner is not module else ref
+        # a weight-only Linear is no Linear for the fused kinds to check; nn.Sequential runs it and the ReLU alike
+        fused_type = nn.Sequential if isinstance(ref, weight_only.Linear) else type(module)
+        new = fused_type(ref, module[1]) if inner is not module else ref
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else gm, name, new)
         ctx.count("reference modules")
+
+
+def _reference_module(node: fx.Node, inner: nn.Module, qconfig, mode: str) -> nn.Module:
+    """The reference module of ``inner``; a weight-only Linear for grouped weights (no kernel takes their scales)."""
+    quantizer = qconfig.weight()
+    if is_grouped(quantizer):
+        if type(inner) is not nn.Linear:
+            raise NotImplementedError(f"layer '{node.target}' ({type(inner).__name__}): grouped weights convert for "
+                                      f"Linear layers only; give it granularity='channel' "
+                                      f"(fxq.config.spec.INT4_PER_CHANNEL_WEIGHT)")
+        quantizer.check_weight(inner.weight, node.target)
+        dtype = torch.float32 if mode == STATIC else qconfig.activation().dtype
+        return weight_only.Linear.from_grouped(inner, quantizer, dtype)
+    qparams = weight_qparams(quantizer, inner.weight)
+    if hasattr(quantizer, "grid_weight"):  # binary: the integers are sign(w), not round(w / scale)
+        inner = copy.copy(inner)
+        inner._parameters = {**inner._parameters, "weight": nn.Parameter(quantizer.grid_weight(inner.weight))}
+    return _REFERENCE[type(inner)].from_float(inner, qparams)
 
 
 def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
@@ -192,6 +216,9 @@ def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
         if ctx.state.modes.get(node.name) not in (DYNAMIC, WEIGHT_ONLY) or weight.op != "get_attr":
             continue
         observer = ctx.state.qconfigs[node.name].weight()
+        if is_grouped(observer) or hasattr(observer, "grid_weight"):
+            raise NotImplementedError(f"F.linear '{node.name}': grouped and binary weights convert for nn.Linear "
+                                      f"modules only; make it an nn.Linear or give it granularity='channel'")
         observer(attribute_value(gm, weight.target).detach())
         with gm.graph.inserting_before(node):
             quantized = _quantize(gm, weight, observer, observer.calculate_qparams(), node)

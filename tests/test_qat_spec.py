@@ -60,9 +60,41 @@ def test_conflicting_or_incomplete_specs_fail_when_made_naming_field_and_value(m
     assert field in str(error.value) and value in str(error.value)
 
 
-def test_grouped_spec_fails_when_built_into_a_quantizer():
-    with pytest.raises(fxq.SpecError, match="group"):
-        spec.INT4_GROUPED_WEIGHT()
+@pytest.mark.parametrize("make, field, value", [
+    (lambda: fxq.QuantizerSpec(range="percentile", percentile=150), "percentile", "150"),
+    (lambda: fxq.QuantizerSpec(range="percentile", percentile=50), "percentile", "50"),
+    (lambda: fxq.QuantizerSpec(range="percentile", granularity="channel"), "percentile", "channel"),
+    (lambda: fxq.QuantizerSpec(bit_width=0), "bit_width", "0"),
+    (lambda: spec.INT8_PER_CHANNEL_WEIGHT.with_(bit_width=1), "bit_width", "mean_abs"),
+    (lambda: spec.BINARY_WEIGHT.with_(signed=False), "signed", "False"),
+    (lambda: spec.UINT8_ACTIVATION.with_(range="mean_abs"), "range", "mean_abs"),
+    (lambda: spec.INT4_GROUPED_WEIGHT.with_(symmetric=False), "symmetric", "False"),
+    (lambda: spec.INT4_GROUPED_WEIGHT.with_(range="mse"), "range", "mse"),
+    (lambda: spec.INT4_GROUPED_WEIGHT.with_(group_size=-4), "group_size", "-4"),
+])
+def test_new_fields_conflict_when_made_naming_field_and_value(make, field, value):
+    with pytest.raises(fxq.SpecError) as error:
+        make()
+    assert field in str(error.value) and value in str(error.value)
+
+
+def test_short_forms_print_the_new_fields():
+    layer = fxq.LayerSpec(spec.UINT8_ACTIVATION.with_(range="percentile", percentile=99.9), spec.INT4_GROUPED_WEIGHT)
+    assert layer.short() == "LayerSpec(act=uint8 tensor percentile99.9, w=int4 group32 minmax symmetric)"
+    assert spec.BINARY_WEIGHT.short() == "int1 channel mean_abs symmetric ste"
+    assert repr(spec.BINARY_WEIGHT) == "QuantizerSpec(int1, signed, channel, mean_abs, symmetric, ste)"
+    assert spec.BINARY_WEIGHT.quant_range == (-1, 1)
+
+
+def test_specs_build_the_new_quantizers():
+    assert type(spec.UINT8_ACTIVATION.with_(range="percentile", percentile=99.5)()).__name__ == "PercentileObserver"
+    assert spec.UINT8_ACTIVATION.with_(range="percentile", percentile=99.5)().percentile == 99.5
+    grouped = spec.INT4_GROUPED_WEIGHT.with_(group_size=16)()
+    assert (type(grouped).__name__, grouped.group_size, grouped.quant_min, grouped.quant_max) == (
+        "GroupedWeightFakeQuantize", 16, -8, 7)
+    binary = spec.BINARY_WEIGHT()
+    assert (type(binary).__name__, binary.quant_min, binary.quant_max, binary.qscheme) == (
+        "BinaryWeightFakeQuantize", -1, 1, torch.per_channel_symmetric)
 
 
 def test_layer_spec_in_mapping_and_mpath_trains_and_converts():

@@ -18,6 +18,7 @@ import torch
 from fxq.observers.base import ObserverBase, UniformQuantizationObserverBase
 from fxq.observers.constructor import ObserverConstructor, constructor_parts
 from fxq.observers.histogram import HistogramObserver
+from fxq.observers.percentile import PercentileObserver
 from fxq.observers.minmax import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -30,6 +31,7 @@ from fxq.observers.fake_quantize import (FakeQuantize, FakeQuantizeBase, FixedQP
                                          FusedMovingAvgObsFakeQuantize, disable_fake_quant, disable_observer,
                                          enable_fake_quant, enable_observer)
 from fxq.observers.learnable import LearnableFakeQuantize
+from fxq.observers.weight_grids import BinaryWeightFakeQuantize, GroupedWeightFakeQuantize
 from fxq.observers import qat_defaults
 from fxq.observers.qat_defaults import *  # noqa: F401,F403  (PyTorch AO's default fake-quant names)
 
@@ -43,6 +45,7 @@ __all__ = [
     "PerChannelMinMaxObserver",
     "MovingAveragePerChannelMinMaxObserver",
     "HistogramObserver",
+    "PercentileObserver",
     "PlaceholderObserver",
     "FixedQParamsObserver",
     "NoopObserver",
@@ -63,7 +66,7 @@ __all__ = [
     "default_symmetric_fixed_qparams_observer",
     "default_affine_fixed_qparams_observer",
     "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",
-    "LearnableFakeQuantize", "enable_fake_quant", "disable_fake_quant", "enable_observer", "disable_observer",
+    "LearnableFakeQuantize", "GroupedWeightFakeQuantize", "BinaryWeightFakeQuantize", "enable_fake_quant", "disable_fake_quant", "enable_observer", "disable_observer",
 ]
 __all__ += qat_defaults.__all__
 

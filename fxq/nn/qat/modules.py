@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.nn import fused, reference
+from fxq.nn.quantized import weight_only
 from fxq.observers.base import ObserverBase
+from fxq.observers.weight_grids import is_grouped
 
 __all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d",
            "weight_qparams_of"]
@@ -78,8 +80,18 @@ class _WeightFakeQuant:
         """The reference module (float op on the quantize-dequantized weight) computing what this module does in
         eval mode, wrapped with ReLU for the fused kinds."""
         weight, bias = self.folded_weight_and_bias()
+        quantizer = self.weight_fake_quant
+        if is_grouped(quantizer):  # no int8 kernel takes per-group scales: a weight-only Linear computes it in float
+            if self._float_type is not nn.Linear:
+                raise NotImplementedError(f"fxq.nn.qat.{type(self).__name__}: grouped weights convert for Linear "
+                                          f"layers only; give this layer granularity='channel'")
+            ref = weight_only.Linear.from_grouped(self._float_carrier(weight, bias), quantizer)
+            return nn.Sequential(ref, nn.ReLU()) if self._fused_float_type is not None else ref
+        qparams = weight_qparams_of(quantizer, weight)
+        if hasattr(quantizer, "grid_weight"):  # binary: the integers are sign(w), not round(w / scale)
+            weight = quantizer.grid_weight(weight)
         carrier = self._float_carrier(weight, bias)
-        ref = self._reference_type.from_float(carrier, weight_qparams_of(self.weight_fake_quant, weight))
+        ref = self._reference_type.from_float(carrier, qparams)
         return self._fused_float_type(ref, nn.ReLU()) if self._fused_float_type is not None else ref
 
     def folded_weight_and_bias(self) -> tuple:

@@ -11,6 +11,11 @@ Which is faster depends on the CPU and the batch: on AVX2 int8pack wins at batch
 bf16 ``F.linear`` of a dequantized weight beats it at batch 32 by ~6x. So where both are possible, the first
 call of each (shape, dtype, batch class, thread count) times both once and the choice is cached for the
 process. Both compute ``x @ (scale * W_int8).T + b``; they differ only by bf16 rounding.
+
+With ``group_size`` set, the scale has one value per output channel per ``group_size`` inputs (grouped weights,
+e.g. 4-bit, from ``fxq.INT4_GROUPED_WEIGHT``; the integers stay in an int8 tensor) and only the dequantizing
+kernel applies: it computes ``int * scale`` in float32 as the grouped fake-quant does, so the converted layer
+multiplies by exactly the weight the fake-quant model used.
 """
 from __future__ import annotations
 
@@ -44,20 +49,35 @@ def _best_of_two(first, second) -> int:
 
 
 class Linear(nn.Module):
-    """int8 per-output-channel weight, float activations of ``activation_dtype`` (float32 or bfloat16)."""
+    """int8 per-output-channel weight, float activations of ``activation_dtype`` (float32 or bfloat16).
+
+    ``group_size``: ``scale`` is (out_features, in_features / group_size), one per group of inputs.
+
+    >>> from fxq.observers import GroupedWeightFakeQuantize
+    >>> float_linear, quantizer = nn.Linear(64, 8), GroupedWeightFakeQuantize(group_size=32)
+    >>> grouped = Linear.from_grouped(float_linear, quantizer)
+    >>> x = torch.randn(2, 64)
+    >>> torch.equal(grouped(x), F.linear(x, quantizer(float_linear.weight), float_linear.bias))
+    True
+    """
 
     def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
-                 activation_dtype: torch.dtype = torch.float32, exact: bool = False):
+                 activation_dtype: torch.dtype = torch.float32, exact: bool = False,
+                 group_size: Optional[int] = None):
         super().__init__()
+        if group_size is not None and tuple(scale.shape) != (weight_int8.shape[0], weight_int8.shape[1] // group_size):
+            raise ValueError(f"weight-only Linear: group_size={group_size} with a {tuple(weight_int8.shape)} weight "
+                             f"needs a scale of shape ({weight_int8.shape[0]}, {weight_int8.shape[1] // group_size}), "
+                             f"got {tuple(scale.shape)}")
         self.register_buffer("weight_int8", weight_int8.to(torch.int8).contiguous())
         self.register_buffer("weight_scale", scale.detach().float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(activation_dtype))
-        self.activation_dtype, self.exact = activation_dtype, exact
+        self.activation_dtype, self.exact, self.group_size = activation_dtype, exact, group_size
         self.in_features, self.out_features = weight_int8.shape[1], weight_int8.shape[0]
 
     @property
     def uses_packed_kernel(self) -> bool:
-        return not self.exact and self.in_features % PACKED_KERNEL_ALIGNMENT == 0
+        return not self.exact and self.group_size is None and self.in_features % PACKED_KERNEL_ALIGNMENT == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_packed_kernel and self._packed_is_faster(x):
@@ -71,8 +91,13 @@ class Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def _dequantized(self, x: torch.Tensor) -> torch.Tensor:
-        weight = (self.weight_int8.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None])
+        weight = self.weight_int8.to(x.dtype) * self._scale_per_element().to(x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _scale_per_element(self) -> torch.Tensor:
+        if self.group_size is None:
+            return self.weight_scale[:, None]
+        return self.weight_scale.repeat_interleave(self.group_size, dim=1)
 
     def _packed_is_faster(self, x: torch.Tensor) -> bool:
         rows = x.numel() // self.in_features
@@ -94,12 +119,22 @@ class Linear(nn.Module):
                              "fxq.get_weight_only_qconfig(), whose weight observer is per_channel_symmetric")
         return cls(weight.int_repr(), weight.q_per_channel_scales(), ref.bias, activation_dtype, exact)
 
+    @classmethod
+    def from_grouped(cls, linear: nn.Module, quantizer: nn.Module,
+                     activation_dtype: torch.dtype = torch.float32) -> "Linear":
+        """From a float Linear and its grouped weight quantizer (fxq.observers.GroupedWeightFakeQuantize), with the
+        scales its last forward used (it observes the weight first if it never ran)."""
+        ints = quantizer.integer_weight(linear.weight)
+        scale, _ = quantizer.frozen_qparams()
+        return cls(ints, scale, linear.bias, activation_dtype, exact=True, group_size=quantizer.group_size)
+
     def _get_name(self) -> str:
-        return "WeightOnlyInt8Linear"
+        return "WeightOnlyInt8Linear" if self.group_size is None else "WeightOnlyGroupedLinear"
 
     def extra_repr(self) -> str:
         kernel = "int8pack_mm" if self.uses_packed_kernel else "dequantize+linear"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+        grouped = "" if self.group_size is None else f", group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}{grouped}, "
                 f"activation_dtype={self.activation_dtype}, kernel={kernel}")
 
 
