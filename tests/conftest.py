@@ -54,3 +54,12 @@ def _seed_and_engine():
     torch.backends.quantized.engine = "x86"
     yield
     torch.backends.quantized.engine = previous
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread than with threads contending on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -8,17 +8,11 @@ from torch import nn
 
 import fxq
 from fxq.nn import qat
-from fxq.observers import FakeQuantize, FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
+from fxq.observers import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
 from fxq.observers import MovingAveragePerChannelMinMaxObserver
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train faster on one thread than with threads contending on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 class ConvNet(nn.Module):

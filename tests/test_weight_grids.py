@@ -16,12 +16,7 @@ BINARY_QAT = fxq.LayerSpec(spec.UINT8_ACTIVATION.with_(bit_width=7, rounding="st
 WEIGHT_ONLY_GROUPED = fxq.QConfig(PlaceholderObserver.with_args(dtype=torch.float32), spec.INT4_GROUPED_WEIGHT)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 def mlp():
