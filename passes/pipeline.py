@@ -26,7 +26,7 @@ from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, 
                         quantize_custom_modules, quantized_io)
 from fxq.passes import cost_model, equalize, insert_equalization_observers, insert_smoothing_observers, smooth
 from fxq.passes import functionalize_inplace, reshape_views, tag_declared_quantizers, warn_nothing_quantized
-from fxq.passes import convert_qat_modules, swap_qat_modules
+from fxq.passes import convert_qat_modules, float_outputs, swap_qat_modules
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -54,6 +54,7 @@ CONVERT = [
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels
+    float_outputs.run,     # after lower: FloatOutputQConfig linears whose readers dequantize return fp32 instead
     reshape_views.run,     # after lower: int8 kernels return channels-last tensors, which x.view(n, -1) rejects
     quantize_custom_modules.run,  # after lower: leaves take the quantized tensors lowering left around them
     convert_standalone.run,

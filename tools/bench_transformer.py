@@ -69,9 +69,31 @@ def _fxq_dynamic(qconfig=None) -> Callable:
     return build
 
 
+def _pt2e(model, calibration):
+    """torchao's pt2e, the successor of torch.ao's FX flow: torch.export (batch and sequence dynamic),
+    X86InductorQuantizer's default static config, run eagerly (its speed needs torch.compile: not timed here)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", min=2)
+    dynamic = ({0: batch, 1: seq}, {0: batch, 3: seq})
+    exported = torch.export.export(model, calibration[0], dynamic_shapes=dynamic).module()
+    prepared = prepare_pt2e(exported, X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+    with torch.no_grad():
+        for args in calibration:
+            prepared(*args)
+    return convert_pt2e(prepared)
+
+
+def _percentile_transformer_mapping():
+    activation = fxq.observers.PercentileObserver.with_args(reduce_range=False, percentile=99.99)
+    weight = fxq.get_transformer_qconfig_mapping().qconfig_for("", (torch.nn.Linear,)).weight
+    return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.QConfig(activation, weight))
+
+
 def _minmax_transformer_mapping():
     activation = fxq.observers.MinMaxObserver.with_args(reduce_range=False)
-    weight = fxq.observers.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    weight = fxq.get_transformer_qconfig_mapping().qconfig_for("", (torch.nn.Linear,)).weight
     return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.QConfig(activation, weight))
 
 
@@ -79,10 +101,13 @@ SCHEMES: Dict[str, Callable] = {
     "fp32": lambda model, calibration: model,
     "torch.ao static x86": _torch_ao_static(),
     "torch.ao static, linears only": _torch_ao_static(linears_only=True),
+    "torchao pt2e, X86InductorQuantizer (eager)": _pt2e,
     "fxq static x86": _fxq_static(fxq.get_default_qconfig_mapping("x86")),
     "fxq static x86 + smooth 0.5": _fxq_static(fxq.get_default_qconfig_mapping("x86"), fxq.SmoothQuant()),
     "fxq static transformer, reduce_range": _fxq_static(fxq.get_transformer_qconfig_mapping(reduce_range=True)),
     "fxq static transformer, minmax ranges": _fxq_static(_minmax_transformer_mapping()),
+    "fxq static transformer, percentile 99.99 ranges": _fxq_static(_percentile_transformer_mapping()),
+    "fxq static transformer, 8-bit weights": _fxq_static(fxq.get_transformer_qconfig_mapping(weight_bits=8)),
     "fxq static transformer": _fxq_static(fxq.get_transformer_qconfig_mapping()),
     "fxq static transformer + smooth 0.5": _fxq_static(fxq.get_transformer_qconfig_mapping(), fxq.SmoothQuant()),
     "fxq static transformer + smooth search": _fxq_static(fxq.get_transformer_qconfig_mapping(),
@@ -131,7 +156,7 @@ def run_minilm(schemes, measure_latency: bool) -> None:
         print(accuracy_row(name, models[name], embeddings, sentences, reference), flush=True)
     if measure_latency:
         inputs = minilm.encoder_inputs(embeddings, (sentences * 2)[:32], length=32)[0]
-        timing = latency_ms(models, inputs)
+        timing = latency_ms({name: model for name, model in models.items() if "(eager)" not in name}, inputs)
         print("\n| scheme | ms (batch 32, seq 32, 1 thread) | speed-up vs fp32 |\n|---|---|---|")
         for name, ms in timing.items():
             print(f"| {name} | {ms:.1f} | {timing.get('fp32', ms) / ms:.2f}x |")

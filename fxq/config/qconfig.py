@@ -19,7 +19,7 @@ import torch
 from fxq import observers as obs
 
 __all__ = [
-    "QConfig", "QConfigAny", "constructor_parts", "constructors_equal", "describe_constructor",
+    "QConfig", "FloatOutputQConfig", "QConfigAny", "constructor_parts", "constructors_equal", "describe_constructor",
     "default_qconfig", "default_per_channel_qconfig", "default_dynamic_qconfig", "float16_dynamic_qconfig",
     "per_channel_dynamic_qconfig", "per_token_dynamic_qconfig", "float_qparams_weight_only_qconfig",
     "get_default_qconfig", "BACKENDS",
@@ -148,6 +148,26 @@ class QConfig(namedtuple("QConfig", ["activation", "weight"])):
     def short(self) -> str:
         """`QConfig(act=..., w=...)` with each constructor in its short form, for dumps and errors."""
         return f"QConfig(act={describe_constructor(self.activation)}, w={describe_constructor(self.weight)})"
+
+    __str__ = short
+    __repr__ = short
+
+
+class FloatOutputQConfig(QConfig):
+    """A QConfig whose layer keeps its output in float: the input and the weight are quantized and the int8 kernel
+    returns fp32, with no rounding of the output. For linears read only by float ops (a transformer's residual
+    adds, GELU, attention), where an int8 output would be rounded and at once dequantized. Other ops, and layers
+    no kernel serves this way, run as with a plain QConfig.
+
+    >>> from fxq.observers import HistogramObserver, PerChannelMinMaxObserver
+    >>> FloatOutputQConfig(HistogramObserver, PerChannelMinMaxObserver).short()
+    'FloatOutputQConfig(act=HistogramObserver(), w=PerChannelMinMaxObserver())'
+    """
+
+    __slots__ = ()
+
+    def short(self) -> str:
+        return "FloatOutput" + super().short()
 
     __str__ = short
     __repr__ = short

@@ -14,13 +14,13 @@ from fxq.nn.quantized._packing import current_engine, pack_conv, pack_linear, un
 from fxq.nn.quantized.activation import ELU, Hardswish, LeakyReLU, PReLU, Softmax
 from fxq.nn.quantized.conv import Conv1d, Conv2d, Conv3d, ConvReLU1d, ConvReLU2d, ConvReLU3d
 from fxq.nn.quantized.conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
-from fxq.nn.quantized.linear import Linear, LinearReLU
+from fxq.nn.quantized.linear import Linear, LinearFloatOutput, LinearReLU
 from fxq.nn.quantized.normalization import (BatchNorm2d, BatchNorm3d, BNReLU2d, BNReLU3d, GroupNorm, InstanceNorm1d,
                                             InstanceNorm2d, InstanceNorm3d, LayerNorm)
 
 __all__ = [
     "functional", "current_engine", "pack_linear", "unpack_linear", "pack_conv", "unpack_conv",
-    "Linear", "LinearReLU", "Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d",
+    "Linear", "LinearReLU", "LinearFloatOutput", "Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d",
     "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
     "BatchNorm2d", "BatchNorm3d", "BNReLU2d", "BNReLU3d", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
     "InstanceNorm3d", "GroupNorm",

@@ -18,7 +18,7 @@ from fxq.nn import reference
 from fxq.nn.quantized._base import WeightedQuantizedModule
 from fxq.nn.quantized._packing import pack_linear, unpack_linear
 
-__all__ = ["Linear", "LinearReLU"]
+__all__ = ["Linear", "LinearReLU", "LinearFloatOutput"]
 
 
 class Linear(WeightedQuantizedModule):
@@ -66,3 +66,31 @@ class LinearReLU(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_relu(x, self._packed_params, self.scale, self.zero_point)
+
+
+class LinearFloatOutput(Linear):
+    """int8 `y = x @ W.T + b` with a float input and a float output: the kernel quantizes ``x`` with ``scale`` and
+    ``zero_point`` (here the input's qparams), multiplies in int8 and returns fp32, unrounded (fxq's
+    FloatOutputQConfig). On engines whose kernel lacks it (`quantized::linear_with_input_q_dq_qweight_dq_output_fp32`
+    is fbgemm's), :meth:`supported` is False and fxq keeps the int8-output Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x, self.scale, self.zero_point, self._packed_params)
+
+    def supported(self) -> bool:
+        """Whether this engine's kernel runs it (one call on a zero row)."""
+        try:
+            self(torch.zeros(1, self.in_features))
+        except RuntimeError:
+            return False
+        return True
+
+    @classmethod
+    def from_linear(cls, linear: Linear, input_scale: float, input_zero_point: int) -> "LinearFloatOutput":
+        """The same packed weight as ``linear``, taking float inputs quantized with the given qparams."""
+        weight, bias = linear._unpack()
+        module = cls(linear.in_features, linear.out_features, bias is not None, linear.engine,
+                     _weight_bias=(weight, bias))
+        module.scale, module.zero_point = float(input_scale), int(input_zero_point)
+        return module
