@@ -14,7 +14,8 @@ import sys
 from fxq import mpath, observers
 from fxq.mpath import find_quantizers
 from fxq.api import convert_fx, convert_to_reference_fx, fuse_fx, prepare_fx, prepare_qat_fx
-from fxq.config import (ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfig, QConfigMapping,
+from fxq.config import (ConvertCustomConfig, FloatOutputQConfig, FuseCustomConfig, PrepareCustomConfig, QConfig,
+                        QConfigMapping,
                         default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
                         float16_dynamic_qconfig, get_default_dynamic_qconfig_mapping, get_default_qconfig,
                         get_transformer_qconfig_mapping,
@@ -75,7 +76,7 @@ __all__ = [
     "dump", "to_networkx", "calibrate", "compare", "sensitivity",
 ]
 __all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization",
-            "SmoothQuant", "get_transformer_qconfig_mapping", "quantize_with_budget", "BudgetResult"]
+            "SmoothQuant", "FloatOutputQConfig", "get_transformer_qconfig_mapping", "quantize_with_budget", "BudgetResult"]
 __all__ += ["find_untraceable", "register_custom_module", "unregister_custom_module"]
 __all__ += ["prepare_qat_fx", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "default_qat_qconfig",
             "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",

@@ -9,7 +9,7 @@ from torch import nn
 
 import fxq
 from conftest import sqnr
-from fxq.config.qconfig import FloatOutputQConfig
+from fxq.config import FloatOutputQConfig
 from fxq.nn.quantized import Linear, LinearFloatOutput
 
 

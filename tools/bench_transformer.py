@@ -88,13 +88,18 @@ def _pt2e(model, calibration):
 def _percentile_transformer_mapping():
     activation = fxq.observers.PercentileObserver.with_args(reduce_range=False, percentile=99.99)
     weight = fxq.get_transformer_qconfig_mapping().qconfig_for("", (torch.nn.Linear,)).weight
-    return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.QConfig(activation, weight))
+    return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.FloatOutputQConfig(activation, weight))
+
+
+def _int8_output_transformer_mapping():
+    qconfig = fxq.get_transformer_qconfig_mapping().qconfig_for("", (torch.nn.Linear,))
+    return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.QConfig(qconfig.activation, qconfig.weight))
 
 
 def _minmax_transformer_mapping():
     activation = fxq.observers.MinMaxObserver.with_args(reduce_range=False)
     weight = fxq.get_transformer_qconfig_mapping().qconfig_for("", (torch.nn.Linear,)).weight
-    return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.QConfig(activation, weight))
+    return fxq.QConfigMapping().set_object_type(torch.nn.Linear, fxq.FloatOutputQConfig(activation, weight))
 
 
 SCHEMES: Dict[str, Callable] = {
@@ -107,6 +112,7 @@ SCHEMES: Dict[str, Callable] = {
     "fxq static transformer, reduce_range": _fxq_static(fxq.get_transformer_qconfig_mapping(reduce_range=True)),
     "fxq static transformer, minmax ranges": _fxq_static(_minmax_transformer_mapping()),
     "fxq static transformer, percentile 99.99 ranges": _fxq_static(_percentile_transformer_mapping()),
+    "fxq static transformer, int8 linear outputs": _fxq_static(_int8_output_transformer_mapping()),
     "fxq static transformer, 8-bit weights": _fxq_static(fxq.get_transformer_qconfig_mapping(weight_bits=8)),
     "fxq static transformer": _fxq_static(fxq.get_transformer_qconfig_mapping()),
     "fxq static transformer + smooth 0.5": _fxq_static(fxq.get_transformer_qconfig_mapping(), fxq.SmoothQuant()),

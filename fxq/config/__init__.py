@@ -11,7 +11,8 @@ from fxq.config.custom_config import (ConvertCustomConfig, FuseCustomConfig, Pre
 from fxq.config.defaults import (fixed_qparams_observers, get_default_dynamic_qconfig_mapping,
                                  get_default_qconfig_mapping, get_transformer_qconfig_mapping)
 from fxq.config.legacy import QUANT_MODES
-from fxq.config.qconfig import (BACKENDS, QConfig, QConfigAny, constructor_parts, constructors_equal,
+from fxq.config.qconfig import (BACKENDS, FloatOutputQConfig, QConfig, QConfigAny, constructor_parts,
+                                constructors_equal,
                                 default_dynamic_qconfig, default_per_channel_qconfig, default_qconfig,
                                 describe_constructor, float16_dynamic_qconfig, float_qparams_weight_only_qconfig,
                                 get_default_qconfig, per_channel_dynamic_qconfig,
@@ -21,7 +22,8 @@ from fxq.config.qat import default_qat_qconfig, get_default_qat_qconfig, get_def
 from fxq.config.weight_only import get_weight_only_qconfig, get_weight_only_qconfig_mapping
 
 __all__ = [
-    "QConfig", "QConfigAny", "QConfigMapping", "PrepareCustomConfig", "ConvertCustomConfig", "FuseCustomConfig",
+    "QConfig", "FloatOutputQConfig", "QConfigAny", "QConfigMapping", "PrepareCustomConfig", "ConvertCustomConfig",
+    "FuseCustomConfig",
     "StandaloneModuleConfigEntry", "get_default_qconfig", "get_default_qconfig_mapping",
     "get_default_dynamic_qconfig_mapping", "get_transformer_qconfig_mapping", "default_qconfig", "default_per_channel_qconfig", "default_dynamic_qconfig",
     "float16_dynamic_qconfig", "per_channel_dynamic_qconfig", "per_token_dynamic_qconfig",
