@@ -135,8 +135,12 @@ def _clamp_to_quant_range(gm: fx.GraphModule, quantized: fx.Node, dequantized: f
     tensor would hold 0..255: clamp the quantized tensor too, so the converted model saturates where training did
     (the outputs of PyTorch AO's QAT and converted models disagree there: pytorch/pytorch#88800, #108639)."""
     scale, zero_point = float(qparams[0]), int(qparams[1])
-    low, high = (quantizer.quant_min - zero_point) * scale, (quantizer.quant_max - zero_point) * scale
-    with gm.graph.inserting_after(quantized):
+    bounds = [(quantizer.quant_min - zero_point) * scale, (quantizer.quant_max - zero_point) * scale]
+    # buffers, not numbers in the code: a state_dict loaded into another converted model brings its bounds along
+    low, high = (_register_tensor(gm, f"{quantized.name}_clamp_{side}", torch.tensor(bound, dtype=torch.float64),
+                                  dequantized) for side, bound in zip(("min", "max"), bounds))
+    with gm.graph.inserting_before(dequantized):
+        low, high = (gm.graph.call_method("item", (bound,)) for bound in (low, high))
         clamped = gm.graph.call_function(torch.clamp, (quantized, low, high))
     clamped.meta.update({k: v for k, v in quantized.meta.items() if not k.startswith("fxq_qtag")})
     dequantized.replace_input_with(quantized, clamped)

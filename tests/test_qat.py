@@ -96,6 +96,22 @@ def test_converted_model_equals_fake_quant_model_within_one_step(mapping):
     assert_within_one_step(expected, quantized(test), output_scale(prepared))
 
 
+def test_a_state_dict_carries_the_narrow_clamps_into_another_converted_model():
+    """4-bit activations clamp the int8 tensor to 0..15 steps: those bounds are buffers, so loading one converted
+    model's state_dict into another (trained differently) gives the first one's outputs."""
+    def converted(seed):
+        torch.manual_seed(seed)
+        batches = [(torch.randn(16, 1, 8, 8) * (1 + seed),) for _ in range(4)]
+        prepared = train(fxq.prepare_qat_fx(ConvNet().train(), four_bit_mapping(), batches[0]), batches, steps=4)
+        return fxq.convert_fx(prepared.eval().disable_observer())
+    first, second, test = converted(0), converted(1), torch.randn(32, 1, 8, 8) * 3
+    with torch.no_grad():
+        expected = first(test)
+        assert not torch.equal(second(test), expected)
+        second.load_state_dict(first.state_dict())
+        assert torch.equal(second(test), expected)
+
+
 def test_conv1d_and_conv3d_with_batch_norm_convert_exactly():
     """Conv1d/Conv3d + BN (+ ReLU) train their batch norms and convert to int8 kernels, within one step."""
     model = ConvBn1d3d().train()

@@ -41,8 +41,9 @@ class SmoothQuant:
 
     ``alpha`` (0..1) is how much of the activation range moves into the weights, or ``"search"``: each producer
     tries :data:`ALPHA_GRID` on rows kept from calibration and takes the alpha whose int8 linear outputs are
-    closest to float. Either way a producer is only smoothed when that lowers this error on the kept rows. ``select`` (mpath queries) limits smoothing to the producers (norms / linears) it matches;
-    ``exclude`` drops producers. Combine with input-weight equalization through ``input_weight``.
+    closest to float. Either way a producer is only smoothed when that lowers this error on the kept rows.
+    ``select`` (mpath queries) limits smoothing to the producers (norms / linears) it matches; ``exclude`` drops
+    producers. Combine with input-weight equalization through ``input_weight``.
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.Linear(8, 4)).eval()
