@@ -22,6 +22,7 @@ from typing import Any, Optional
 from torch import fx, nn
 
 from fxq.config.registry import registry
+from fxq.graph.exported import class_named
 from fxq.graph.tracer import SCOPE_KEY, Scope, TraceError, module_classes, qualified_name, record_module_classes, trace
 
 __all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "leaves_by_query",
@@ -144,7 +145,7 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
         if stack:
             path, module_type = list(stack.values())[-1]
             path = path if path in modules else _strip_prefix(path, modules)
-            type_name = qualified_name(module_type) if isinstance(module_type, type) else str(module_type)
+            type_name = qualified_name(class_named(module_type) or module_type)  # export names classes by string
             node.meta[SCOPE_KEY] = Scope(path, type_name)
         else:
             node.meta[SCOPE_KEY] = root
@@ -159,7 +160,7 @@ def _record_stack_classes(gm: fx.GraphModule, modules: dict) -> None:
         for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
             path = path if path in modules else _strip_prefix(path, modules)
             if path and path not in classes and type(modules[path]) is nn.Module:
-                classes[path] = module_type if isinstance(module_type, (type, str)) else str(module_type)
+                classes[path] = class_named(module_type) or str(module_type)
     if classes:
         record_module_classes(gm, classes)
 

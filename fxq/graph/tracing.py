@@ -1,0 +1,89 @@
+"""Which tracer makes prepare's graph: fxq's symbolic tracer, torch.export, or the graph the user gave.
+
+``prepare_custom_config={"tracer": ...}`` chooses:
+
+* ``"auto"`` (the default): fxq's symbolic tracer; when it fails (transformers 5 models, data-dependent Python),
+  torch.export in non-strict mode with the batch dimension dynamic. One log line (logger ``fxq``) says which ran.
+* ``"fx"``: only fxq's tracer (its :class:`~fxq.graph.tracer.TraceError` names the module and the fix).
+* ``"export"``: only torch.export.
+
+A GraphModule (symbolically traced or exported) is taken as it is; so is a ``torch.export.ExportedProgram``, through
+its ``.module()``.
+
+    >>> import torch
+    >>> from fxq.config import PrepareCustomConfig
+    >>> gm, tracer = trace_model(torch.nn.Linear(2, 2).eval(), PrepareCustomConfig(), (torch.randn(1, 2),))
+    >>> tracer
+    'fx'
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import fx, nn
+
+from fxq.graph.exported import adopt_exported, export_module, is_exported
+from fxq.graph.leaves import trace_for_prepare
+from fxq.graph.tracer import TraceError
+
+log = logging.getLogger("fxq")
+
+
+class TracingError(TraceError):
+    """Neither tracer could make a graph of the model: the message has both causes and the fix for each.
+
+    A :class:`~fxq.graph.tracer.TraceError` (``except fxq.TraceError`` still catches it), with the symbolic tracer's
+    ``module_path``, ``module_type``, ``source`` and ``reason`` when that one ran, and ``export_error``."""
+
+    def __init__(self, message: str, fx_error: Any, export_error: BaseException):
+        RuntimeError.__init__(self, message)
+        self.module_path = getattr(fx_error, "module_path", "")
+        self.module_type = getattr(fx_error, "module_type", "")
+        self.source = getattr(fx_error, "source", "")
+        self.reason = getattr(fx_error, "reason", "")
+        self.export_error = export_error
+
+
+def trace_model(model: nn.Module, config: Any, example_inputs: tuple) -> tuple:
+    """(GraphModule, tracer name: "fx", "export" or "given") for ``model`` (a copy the caller owns)."""
+    if isinstance(model, fx.GraphModule):
+        gm = trace_for_prepare(model, config)  # taken as it is
+        return (adopt_exported(gm), "export") if is_exported(gm) else (gm, "given")
+    strategy = getattr(config, "tracer", "auto")
+    if strategy == "export":
+        return _export(model, config, example_inputs, fx_error=None), "export"
+    try:
+        gm = trace_for_prepare(model, config)
+    except TraceError as fx_error:
+        if strategy == "fx":
+            raise
+        log.info("fxq: symbolic tracing failed (%s); tracing %s with torch.export instead",
+                 fx_error.reason, type(model).__name__)
+        return _export(model, config, example_inputs, fx_error), "export"
+    log.info("fxq: traced %s with fxq's symbolic tracer", type(model).__name__)
+    return gm, "fx"
+
+
+def _export(model: nn.Module, config: Any, example_inputs: tuple, fx_error: Any) -> fx.GraphModule:
+    try:
+        gm = export_module(model, example_inputs)
+    except Exception as export_error:
+        raise TracingError(_both_failed(model, fx_error, export_error), fx_error, export_error) from export_error
+    log.info("fxq: traced %s with torch.export (non-strict, batch dimension dynamic)", type(model).__name__)
+    return trace_for_prepare(adopt_exported(gm), config)  # scopes from nn_module_stack
+
+
+def _both_failed(model: nn.Module, fx_error: Any, export_error: BaseException) -> str:
+    name = type(model).__name__
+    first_line = (str(export_error).strip().splitlines() or [""])[0]
+    export_part = (f"torch.export (non-strict, batch dimension dynamic) failed: {type(export_error).__name__}: "
+                   f"{first_line}\n  fix: make the forward exportable (torch.export's error above names the line; "
+                   "data-dependent control flow needs torch.cond or a fixed shape), or pass example_inputs whose "
+                   "shapes the model accepts at any batch size")
+    if fx_error is None:
+        return f"cannot trace {name}: {export_part}\n  or trace with fxq's tracer: prepare_custom_config={{'tracer': 'fx'}}"
+    return f"cannot trace {name} with either tracer.\n{fx_error}\n{export_part}"
+
+
+__all__ = ["TracingError", "trace_model"]
