@@ -79,6 +79,8 @@ def prepare_qat_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs
     torch.Size([1, 4, 6, 6])
     """
     _reject_unsupported(None, backend_config)
+    if is_exported_program(model):
+        model = model.module()  # flows.prepare then says why QAT needs the nn.Module
     _check_arguments("prepare_qat_fx", model, example_inputs)
     return flows.prepare(model, qconfig_mapping, example_inputs, prepare_custom_config, None, debug_dump_dir,
                          qat=True)

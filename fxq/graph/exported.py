@@ -65,11 +65,27 @@ def _dynamic_batch(value: Any, batch: Any) -> Any:
 
 
 def adopt_exported(gm: fx.GraphModule) -> fx.GraphModule:
-    """Prepare an exported GraphModule for fxq's passes: it is in eval mode (export records eval-mode batch norm
-    and dropout in the graph; its ``.eval()`` raises, so the flag is set directly)."""
-    for module in gm.modules():
+    """A plain GraphModule with the exported graph, for fxq's passes.
+
+    ``.module()`` returns a module that cannot be pickled (its hooks and the guard module are local functions), so
+    ``torch.save`` of the quantized model would fail: the graph moves to a plain GraphModule holding the same
+    attributes, with its pytree code generator (the input and output structure). The guard call is dropped with
+    the input-constraint hook; the aten ops check shapes themselves when they run. The result is in eval mode:
+    export records eval-mode batch norm and dropout in the graph.
+    """
+    if type(gm) is fx.GraphModule:
+        return gm  # adopted already
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and not node.users and node.target == "_guards_fn":
+            graph.erase_node(node)
+    # torch.load re-traces the saved code with the graph's tracer class: export's needs arguments it cannot give
+    graph._tracer_cls, graph._tracer_extras = None, {}
+    plain = fx.GraphModule(gm, graph, type(gm).__name__)
+    plain.meta.update(getattr(gm, "meta", {}))
+    for module in plain.modules():
         module.training = False
-    return gm
+    return plain
 
 
 def class_named(name: Union[str, type]) -> Optional[type]:

@@ -145,8 +145,11 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
         if stack:
             path, module_type = list(stack.values())[-1]
             path = path if path in modules else _strip_prefix(path, modules)
-            type_name = qualified_name(class_named(module_type) or module_type)  # export names classes by string
-            node.meta[SCOPE_KEY] = Scope(path, type_name)
+            module_class = class_named(module_type)  # export names classes by string
+            if path or module_class is not None:
+                node.meta[SCOPE_KEY] = Scope(path, qualified_name(module_class or module_type))
+            else:  # export's placeholder entries for nodes it made outside any module (sym_size)
+                node.meta[SCOPE_KEY] = root
         else:
             node.meta[SCOPE_KEY] = root
     return gm

@@ -47,9 +47,10 @@ class TracingError(TraceError):
 
 def trace_model(model: nn.Module, config: Any, example_inputs: tuple) -> tuple:
     """(GraphModule, tracer name: "fx", "export" or "given") for ``model`` (a copy the caller owns)."""
+    if is_exported(model):  # scopes and module classes go on the plain GraphModule adopt_exported makes
+        return trace_for_prepare(adopt_exported(model), config), "export"
     if isinstance(model, fx.GraphModule):
-        gm = trace_for_prepare(model, config)  # taken as it is
-        return (adopt_exported(gm), "export") if is_exported(gm) else (gm, "given")
+        return trace_for_prepare(model, config), "given"  # taken as it is
     strategy = getattr(config, "tracer", "auto")
     if strategy == "export":
         return _export(model, config, example_inputs, fx_error=None), "export"
