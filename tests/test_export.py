@@ -207,3 +207,17 @@ def test_fxq_against_torchao_pt2e_on_the_same_calibration_data(name):
     ours_db, theirs_db = sqnr(reference, ours(*held_out).last_hidden_state), sqnr(reference, theirs(*held_out)[0])
     print(f"{name}: fxq {ours_db:.1f} dB, pt2e {theirs_db:.1f} dB")
     assert ours_db >= theirs_db - 3
+
+
+def test_module_level_config_keys_on_an_exported_graph_raise_with_the_fix():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    config = {"non_traceable_module_name": ["fc"]}
+    with pytest.raises(NotImplementedError, match="non_traceable_module_name.*'tracer': 'fx'"):
+        fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,), config)
+    with pytest.raises(NotImplementedError, match="'tracer': 'export'.*standalone_module_name"):
+        fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,),
+                       {"tracer": "export", "standalone_module_name": [("fc", None, (), None, None)]})
+    # under "auto" with leaves set, a symbolic tracing failure is fxq's TraceError: it names the next leaf to add
+    with pytest.raises(fxq.TraceError, match="(?s)cannot trace the root module.*non_traceable_module_class"):
+        fxq.prepare_fx(Untraceable().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),),
+                       {"non_traceable_module_class": [nn.ReLU]})

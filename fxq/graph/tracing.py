@@ -48,6 +48,7 @@ class TracingError(TraceError):
 def trace_model(model: nn.Module, config: Any, example_inputs: tuple) -> tuple:
     """(GraphModule, tracer name: "fx", "export" or "given") for ``model`` (a copy the caller owns)."""
     if is_exported(model):  # scopes and module classes go on the plain GraphModule adopt_exported makes
+        _check_config_for_export(config, "the model is an exported graph")
         return trace_for_prepare(adopt_exported(model), config), "export"
     if isinstance(model, fx.GraphModule):
         return trace_for_prepare(model, config), "given"  # taken as it is
@@ -57,8 +58,8 @@ def trace_model(model: nn.Module, config: Any, example_inputs: tuple) -> tuple:
     try:
         gm = trace_for_prepare(model, config)
     except TraceError as fx_error:
-        if strategy == "fx":
-            raise
+        if strategy == "fx" or _module_keys(config):
+            raise  # leaves and custom modules are fx's to honour: its error names the next leaf to add
         log.info("fxq: symbolic tracing failed (%s); tracing %s with torch.export instead",
                  fx_error.reason, type(model).__name__)
         return _export(model, config, example_inputs, fx_error), "export"
@@ -67,12 +68,37 @@ def trace_model(model: nn.Module, config: Any, example_inputs: tuple) -> tuple:
 
 
 def _export(model: nn.Module, config: Any, example_inputs: tuple, fx_error: Any) -> fx.GraphModule:
+    _check_config_for_export(config, "prepare_custom_config={'tracer': 'export'}")
     try:
         gm = export_module(model, example_inputs)
     except Exception as export_error:
         raise TracingError(_both_failed(model, fx_error, export_error), fx_error, export_error) from export_error
     log.info("fxq: traced %s with torch.export (non-strict, batch dimension dynamic)", type(model).__name__)
     return trace_for_prepare(adopt_exported(gm), config)  # scopes from nn_module_stack
+
+
+_MODULE_KEYS = (("standalone_module_names", "standalone_module_name"),
+                ("standalone_module_classes", "standalone_module_class"),
+                ("float_to_observed_mapping", "float_to_observed_custom_module_class"),
+                ("non_traceable_module_names", "non_traceable_module_name"),
+                ("non_traceable_module_classes", "non_traceable_module_class"),
+                ("non_traceable_module_mpaths", "non_traceable_module_mpath"))
+
+
+def _module_keys(config: Any) -> list:
+    return [key for attribute, key in _MODULE_KEYS if getattr(config, attribute, None)]
+
+
+def _check_config_for_export(config: Any, why: str) -> None:
+    """Leaves, custom and standalone modules are module calls; torch.export traces through every module, so an
+    aten graph cannot honour them: say so rather than quantize something else than asked."""
+    keys = _module_keys(config)
+    if keys:
+        raise NotImplementedError(
+            f"{why}, but prepare_custom_config sets {', '.join(keys)}: those keep modules as calls, and a "
+            "torch.export graph has none (export traces through every module). Fix: trace with fxq's tracer, "
+            "prepare_custom_config={'tracer': 'fx', ...}, making leaves of what does not trace "
+            "('non_traceable_module_name'), or drop those keys to quantize the exported graph")
 
 
 def _both_failed(model: nn.Module, fx_error: Any, export_error: BaseException) -> str:
