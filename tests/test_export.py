@@ -221,3 +221,10 @@ def test_module_level_config_keys_on_an_exported_graph_raise_with_the_fix():
     with pytest.raises(fxq.TraceError, match="(?s)cannot trace the root module.*non_traceable_module_class"):
         fxq.prepare_fx(Untraceable().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),),
                        {"non_traceable_module_class": [nn.ReLU]})
+
+
+def test_equalization_and_smoothing_on_an_exported_graph_raise_instead_of_doing_nothing():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    for config in (fxq.SmoothQuant(), fxq.QConfigMapping().set_global(fxq.default_equalization_qconfig)):
+        with pytest.raises(NotImplementedError, match="'tracer': 'fx'"):
+            fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,), None, config)
