@@ -47,7 +47,8 @@ def prepare_fx(model: Union[nn.Module, Any], qconfig_mapping: ConfigLike, exampl
     if is_exported_program(model):
         model = model.module()
     if not isinstance(model, nn.Module):
-        raise TypeError(f"prepare_fx expects an nn.Module or a torch.export.ExportedProgram, got {type(model).__name__}")
+        raise TypeError(f"prepare_fx expects an nn.Module or a torch.export.ExportedProgram, "
+                        f"got {type(model).__name__}")
     if get_state(model) is not None:
         raise ValueError("prepare_fx got a model that prepare_fx already returned (it holds fxq's observers); "
                          "calibrate it and call fxq.convert_fx on it, or pass the original float model to prepare_fx")

@@ -18,9 +18,9 @@ from fxq.nn import quantized as qnn
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.matcher import Match, Table, chain, op_of, row
-from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, LINEAR_FUNCTIONS,
-                              MATMUL, TORCH_SPELLING,
-                              MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
+                              LEAKY_RELU, LINEAR_FUNCTIONS, MATMUL, MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX,
+                              TANH, TORCH_SPELLING)
 from fxq.patterns.rewrites import Lowering
 
 Rewrite = Callable[[Lowering, Match], bool]
@@ -276,7 +276,7 @@ def _rows():
     yield row(ELU[1:], unary(kernels.elu, lambda n: (arg(n, 1, "alpha", 1.0),)))
     yield row(LEAKY_RELU[1:], unary(kernels.leaky_relu, lambda n: (arg(n, 1, "negative_slope", 0.01), False)))
     yield row(chain(LINEAR_FUNCTIONS, RELU), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
-    yield row(LINEAR_FUNCTIONS, functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))  # dq, dq(w) -> F.linear -> q
+    yield row(LINEAR_FUNCTIONS, functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))  # dq, dq(w) -> linear -> q
     for conv in CONV_FUNCTIONS:
         plain, relu = _quantized_conv(conv)
         yield row(chain(conv, RELU), functional_weighted(float_conv, plain, relu))

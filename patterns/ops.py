@@ -49,7 +49,8 @@ BATCH_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: 
 CONV_TRANSPOSE_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
-SOFTMAX = (nn.Softmax, F.softmax, torch.softmax, "softmax") + aten_of(F.softmax, aten.softmax.int, aten._softmax.default)
+SOFTMAX = (nn.Softmax, F.softmax, torch.softmax, "softmax") + aten_of(F.softmax, aten.softmax.int,
+                                                                      aten._softmax.default)
 SIGMOID = (nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid") + aten_of(torch.sigmoid, aten.sigmoid.default)
 HARDSIGMOID = (nn.Hardsigmoid, F.hardsigmoid) + aten_of(F.hardsigmoid, aten.hardsigmoid.default)
 TANH = (nn.Tanh, torch.tanh, F.tanh, "tanh") + aten_of(torch.tanh, aten.tanh.default)

@@ -228,3 +228,25 @@ def test_equalization_and_smoothing_on_an_exported_graph_raise_instead_of_doing_
     for config in (fxq.SmoothQuant(), fxq.QConfigMapping().set_global(fxq.default_equalization_qconfig)):
         with pytest.raises(NotImplementedError, match="'tracer': 'fx'"):
             fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,), None, config)
+
+
+class FixedBatch(nn.Module):
+    """Reshapes to a constant batch size: export cannot make the batch dimension dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        state = {"x": self.fc(x)}
+        if x.shape[-1] == 4:  # defeats symbolic tracing
+            state["x"] = state["x"].reshape(3, 4)
+        return state["x"]
+
+
+def test_a_model_with_a_fixed_batch_exports_with_static_shapes_and_says_so(caplog):
+    x = torch.randn(3, 4)
+    with caplog.at_level(logging.INFO, logger="fxq"):
+        quantized = _quantize(FixedBatch().eval(), (x,), [(x,)])
+    assert any("static shapes" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any(isinstance(m, qnn.Linear) for m in quantized.modules()) and quantized(x).shape == (3, 4)

@@ -101,12 +101,13 @@ def main(argv=None) -> None:
     print("SQNR in dB vs float on a held-out batch; 'fxq' = default x86 mapping (no arguments), 'fxq tf' = "
           "get_transformer_qconfig_mapping(); int8 linears and ms are for 'fxq'")
     print(f"torch {torch.__version__}; CPU: {cpu_flags()}; engine {torch.backends.quantized.engine}")
-    print(f"{'model':<11} {'fxq dB':>7} {'fxq tf dB':>10} {'pt2e dB':>8} {'int8 linears':>13} {'fp32 ms':>8} {'int8 ms':>8} "
-          f"{'prepare+convert s':>18}")
+    print(f"{'model':<11} {'fxq dB':>7} {'fxq tf dB':>10} {'pt2e dB':>8} {'int8 linears':>13} {'fp32 ms':>8} "
+          f"{'int8 ms':>8} {'prepare+convert s':>18}")
     for name in args.models:
         r = measure(name)
-        print(f"{r['model']:<11} {r['fxq']:>7.1f} {r['fxq_tf']:>10.1f} {r['pt2e']:>8.1f} {r['int8']:>6} / {r['linears']:<4} "
-              f"{r['fp32_ms']:>8.2f} {r['int8_ms']:>8.2f} {r['seconds']:>18.1f}", flush=True)
+        print(f"{r['model']:<11} {r['fxq']:>7.1f} {r['fxq_tf']:>10.1f} {r['pt2e']:>8.1f} "
+              f"{r['int8']:>6} / {r['linears']:<4} {r['fp32_ms']:>8.2f} {r['int8_ms']:>8.2f} {r['seconds']:>18.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ class PrepareCustomConfig(_CustomConfig):
         self.tracer_class: Optional[type] = None  # a torch.fx.Tracer subclass; fxq mixes its scope recording in
         self.tracer_options: dict[str, Any] = {}  # the tracer's constructor arguments, plus "concrete_args"
         self.cost_model: Union[bool, str] = False
-        self.tracer: str = "auto"  # "fx": fxq's symbolic tracer only; "export": torch.export only; "auto": fx, then export
+        self.tracer: str = "auto"  # "fx": fxq's tracer only; "export": torch.export only; "auto": fx, then export
 
     def _standalone_entry(self, qconfig_mapping: Any, example_inputs: Any, prepare_custom_config: Any,
                           backend_config: Any) -> StandaloneModuleConfigEntry:

@@ -37,18 +37,19 @@ def is_exported(gm: nn.Module) -> bool:
                for node in gm.graph.nodes)
 
 
-def export_module(model: nn.Module, example_inputs: tuple, kwargs: Optional[dict] = None) -> fx.GraphModule:
-    """``torch.export.export`` in non-strict mode with the batch dimension (dim 0 of every tensor input) dynamic,
-    so the quantized model runs at other batch sizes; returns the exported program's module.
+def export_module(model: nn.Module, example_inputs: tuple, dynamic_batch: bool = True) -> fx.GraphModule:
+    """``torch.export.export`` in non-strict mode, by default with the batch dimension (dim 0 of every tensor input)
+    dynamic, so the quantized model runs at other batch sizes; returns the exported program's module.
 
     A batch dimension of size 1 cannot be dynamic (export specialises it), so the inputs are repeated to batch 2
     for tracing when they come with batch 1.
     """
+    if not dynamic_batch:
+        return torch.export.export(model, tuple(example_inputs), strict=False).module()
     args = tuple(_batch_of_two(value) for value in example_inputs)
     batch = torch.export.Dim("batch")
     shapes = tuple(_dynamic_batch(value, batch) for value in args)
-    program = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=shapes, strict=False)
-    return program.module()
+    return torch.export.export(model, args, dynamic_shapes=shapes, strict=False).module()
 
 
 def _batch_of_two(value: Any) -> Any:

@@ -71,10 +71,23 @@ def _export(model: nn.Module, config: Any, example_inputs: tuple, fx_error: Any)
     _check_config_for_export(config, "prepare_custom_config={'tracer': 'export'}")
     try:
         gm = export_module(model, example_inputs)
+        log.info("fxq: traced %s with torch.export (non-strict, batch dimension dynamic)", type(model).__name__)
+    except Exception as dynamic_error:
+        gm = _export_static(model, example_inputs, fx_error, dynamic_error)
+    return trace_for_prepare(adopt_exported(gm), config)  # scopes from nn_module_stack
+
+
+def _export_static(model: nn.Module, example_inputs: tuple, fx_error: Any, dynamic_error: BaseException):
+    """A forward that fixes its batch size (a reshape to a constant) exports only with static shapes: the quantized
+    model then runs at the example's batch size alone, which the log says."""
+    try:
+        gm = export_module(model, example_inputs, dynamic_batch=False)
     except Exception as export_error:
         raise TracingError(_both_failed(model, fx_error, export_error), fx_error, export_error) from export_error
-    log.info("fxq: traced %s with torch.export (non-strict, batch dimension dynamic)", type(model).__name__)
-    return trace_for_prepare(adopt_exported(gm), config)  # scopes from nn_module_stack
+    reason = (str(dynamic_error).strip().splitlines() or [""])[0]
+    log.warning("fxq: %s exports only with static shapes (a dynamic batch dimension failed: %s); the quantized model "
+                "runs at the example inputs' shapes only", type(model).__name__, reason)
+    return gm
 
 
 _MODULE_KEYS = (("standalone_module_names", "standalone_module_name"),
@@ -109,7 +122,8 @@ def _both_failed(model: nn.Module, fx_error: Any, export_error: BaseException) -
                    "data-dependent control flow needs torch.cond or a fixed shape), or pass example_inputs whose "
                    "shapes the model accepts at any batch size")
     if fx_error is None:
-        return f"cannot trace {name}: {export_part}\n  or trace with fxq's tracer: prepare_custom_config={{'tracer': 'fx'}}"
+        return (f"cannot trace {name}: {export_part}\n  or trace with fxq's tracer: "
+                "prepare_custom_config={'tracer': 'fx'}")
     return f"cannot trace {name} with either tracer.\n{fx_error}\n{export_part}"
 
 

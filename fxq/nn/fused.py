@@ -118,7 +118,8 @@ def fold_bn_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._B
     return folded
 
 
-def fold_bn_into_weights(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: Any) -> Tuple[nn.Parameter, nn.Parameter]:
+def fold_bn_into_weights(weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         bn: Any) -> Tuple[nn.Parameter, nn.Parameter]:
     """(weight, bias) of a conv or linear layer with an eval-mode batch norm after it folded in; ``bn`` is anything
     with a batch norm's ``num_features``, ``running_mean``, ``running_var``, ``eps``, ``weight`` and ``bias`` (the
     arguments of torch.export's ``aten.batch_norm``). The inputs are not modified.
