@@ -96,6 +96,16 @@ def test_module_name_and_object_type_select_nodes_of_an_exported_graph():
     assert linears == [1, 0]
 
 
+def test_exported_nodes_have_the_scopes_of_the_float_model():
+    from fxq.graph.tracer import scope_of
+
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    prepared = fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,))
+    scopes = {n.name: scope_of(n) for n in prepared.graph.nodes}
+    assert (scopes["linear"].path, scopes["linear"].type_name) == ("fc", "torch.nn.Linear")
+    assert scopes["x"].type_name == "test_export.Small"  # the root is the user's class, not export's GraphModule
+
+
 def test_mpath_selects_exported_nodes_by_class():
     # on an aten graph a Linear is a scope holding its aten.linear node, as a traced-through module is: `/*` selects it
     model, x = Small().eval(), torch.randn(2, 3, 8, 8)

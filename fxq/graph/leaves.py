@@ -134,7 +134,7 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """
     modules = dict(gm.named_modules())
     _record_stack_classes(gm, modules)
-    root = Scope("", qualified_name(type(gm)))
+    root = _root_scope(gm)
     for node in gm.graph.nodes:
         if SCOPE_KEY in node.meta:
             continue
@@ -153,6 +153,17 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
         else:
             node.meta[SCOPE_KEY] = root
     return gm
+
+
+def _root_scope(gm: fx.GraphModule) -> Scope:
+    """The root's scope: the class ``nn_module_stack`` names for path "" (an exported graph's root is a plain
+    GraphModule; the user's model class is what queries and dumps should show), else the GraphModule's own."""
+    for node in gm.graph.nodes:
+        for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
+            found = class_named(module_type) if path == "" else None
+            if found is not None:
+                return Scope("", qualified_name(found))
+    return Scope("", qualified_name(type(gm)))
 
 
 def _record_stack_classes(gm: fx.GraphModule, modules: dict) -> None:
