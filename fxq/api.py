@@ -16,19 +16,24 @@ from typing import Any, Optional, Union
 import torch
 from torch import fx, nn
 
+from fxq.graph.exported import is_exported_program
 from fxq.graph.state import get_state
 from fxq.passes import flows, pipeline
 
 ConfigLike = Union[dict, None, Any]
 
 
-def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tuple,
+def prepare_fx(model: Union[nn.Module, Any], qconfig_mapping: ConfigLike, example_inputs: tuple,
                prepare_custom_config: ConfigLike = None, _equalization_config: ConfigLike = None,
                backend_config: Any = None, debug_dump_dir: Optional[str] = None) -> fx.GraphModule:
     """Trace a copy of ``model`` and insert observers where ``qconfig_mapping`` asks for int8.
 
     ``model`` is never modified. ``example_inputs`` is a tuple of the forward's arguments; the model runs on it
     once to learn shapes and dtypes. ``debug_dump_dir`` (or ``FXQ_DUMP_DIR``) writes the graph after each pass.
+
+    ``model`` may also be a ``torch.export.ExportedProgram`` or its ``.module()``: the aten-level graph is quantized
+    through the same tables. A model fxq's symbolic tracer cannot trace is exported (non-strict, batch dimension
+    dynamic) on its own; ``prepare_custom_config={"tracer": "fx" | "export" | "auto"}`` chooses (fxq.graph.tracing).
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
@@ -39,8 +44,11 @@ def prepare_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs: tu
     torch.Size([2, 4])
     """
     _reject_unsupported(None, backend_config)
+    if is_exported_program(model):
+        model = model.module()
     if not isinstance(model, nn.Module):
-        raise TypeError(f"prepare_fx expects an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"prepare_fx expects an nn.Module or a torch.export.ExportedProgram, "
+                        f"got {type(model).__name__}")
     if get_state(model) is not None:
         raise ValueError("prepare_fx got a model that prepare_fx already returned (it holds fxq's observers); "
                          "calibrate it and call fxq.convert_fx on it, or pass the original float model to prepare_fx")
@@ -72,6 +80,8 @@ def prepare_qat_fx(model: nn.Module, qconfig_mapping: ConfigLike, example_inputs
     torch.Size([1, 4, 6, 6])
     """
     _reject_unsupported(None, backend_config)
+    if is_exported_program(model):
+        model = model.module()  # flows.prepare then says why QAT needs the nn.Module
     _check_arguments("prepare_qat_fx", model, example_inputs)
     return flows.prepare(model, qconfig_mapping, example_inputs, prepare_custom_config, None, debug_dump_dir,
                          qat=True)

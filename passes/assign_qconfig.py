@@ -10,6 +10,7 @@ Position: after fuse, before insert_observers.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Optional
 
 import torch
 from torch import fx
@@ -19,20 +20,22 @@ from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 from fxq.patterns.matcher import op_of
 from fxq.patterns.modes import MODE_OPS, WEIGHTED_OPS
-from fxq.graph.tracer import scope_of
+from fxq.graph.tracer import module_classes, scope_of
+from fxq.patterns.ops import TORCH_SPELLING
 
 _CALLS = ("call_module", "call_function", "call_method")
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     modules = modules_of(gm)
+    classes = module_classes(gm) or {}
     mapping = ctx.qconfig_mapping
     calls_so_far: Counter = Counter()
     unsupported: list = []
     for node in gm.graph.nodes:
         if node.op not in _CALLS:
             continue
-        path, object_types, counted_in = _lookup_key(node, modules)
+        path, object_types, counted_in = _lookup_key(node, modules, classes)
         index = calls_so_far[(counted_in, object_types[0])]
         calls_so_far[(counted_in, object_types[0])] += 1
         qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in, node=node)
@@ -51,8 +54,12 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return gm
 
 
-def _lookup_key(node: fx.Node, modules: dict) -> tuple:
-    """(module path, candidate object types, module whose calls are counted) for one node."""
+def _lookup_key(node: fx.Node, modules: dict, classes: Optional[dict] = None) -> tuple:
+    """(module path, candidate object types, module whose calls are counted) for one node.
+
+    An aten op (torch.export's graph) is also looked up by its torch spelling (``F.layer_norm`` for
+    ``aten.layer_norm``) and by the class of the module whose forward emitted it: ``set_object_type(nn.Linear, ...)``
+    selects the ``aten.linear`` of every Linear, as it selects the Linear modules of a symbolically traced graph."""
     if node.op == "call_module":
         module_type = type(modules[node.target])
         parts = FUSED_CONSTITUENTS.get(module_type, ())
@@ -61,6 +68,10 @@ def _lookup_key(node: fx.Node, modules: dict) -> tuple:
     if node.op == "call_method":
         owner = type(modules[scope.path]) if scope.path in modules else type(None)
         return scope.path, (owner, node.target), scope.path
+    if isinstance(node.target, torch._ops.OpOverload):
+        owner = (classes or {}).get(scope.path) if scope.path else None
+        candidates = (node.target, TORCH_SPELLING.get(node.target), owner if isinstance(owner, type) else None)
+        return scope.path, tuple(c for c in candidates if c is not None), scope.path
     return scope.path, (node.target,), scope.path
 
 

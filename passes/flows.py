@@ -26,7 +26,8 @@ from fxq.equalization.smoothing import SmoothQuant
 from fxq.graph import node_meta
 from fxq.graph.gc_pause import collector_paused
 from fxq.graph.lazy_code import make_eager
-from fxq.graph.leaves import trace_for_prepare
+from fxq.graph.exported import TRACER_KEY
+from fxq.graph.tracing import trace_model
 from fxq.graph.module_copy import copy_module, own_parameters
 from fxq.graph.qat_module import as_qat_module
 from fxq.graph.state import FxqState, clear_state, get_state, set_state
@@ -46,15 +47,26 @@ def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepa
     model, equalization_mapping = apply_equalization_config(model, equalization_config)  # CLE returns a copy
     prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
     check_configs(prepare_config)
-    gm = trace_copy(model, prepare_config)
+    gm, tracer = trace_copy(model, prepare_config, example_inputs)
+    if tracer == "export" and (equalization_mapping is not None or isinstance(equalization_config, SmoothQuant)):
+        raise NotImplementedError("_equalization_config (input-weight equalization, SmoothQuant) on a torch.export "
+                                  "graph: both rescale nn.Linear / nn.LayerNorm modules, which an aten-level graph "
+                                  "does not call, so they would change nothing. Fix: prepare_custom_config="
+                                  "{'tracer': 'fx'} (leaves for what does not trace), or drop _equalization_config")
+    if qat and tracer == "export":
+        raise NotImplementedError("prepare_qat_fx on a torch.export graph: QAT needs module-level batch norm and "
+                                  "weights, which an aten-level graph does not have; pass the nn.Module with "
+                                  "prepare_custom_config={'tracer': 'fx'} (leaves for the parts that do not trace)")
     if qat:  # training steps write into the parameters: the copy's must not share the user's storage
         own_parameters(gm)
     state = FxqState(prepare_config=prepare_config)
     ctx = PassContext(qconfig_mapping=mapping, prepare_config=prepare_config, example_inputs=example_inputs,
                       state=state, equalization_mapping=equalization_mapping, qat=qat,
-                      smoothing=equalization_config if isinstance(equalization_config, SmoothQuant) else None)
+                      smoothing=equalization_config if isinstance(equalization_config, SmoothQuant) else None,
+                      tracer=tracer)
     ctx.warnings.extend(_unknown_module_names(mapping, model))
     gm = pipeline.run_passes(gm, pipeline.PREPARE, ctx, debug_dump_dir, "prepare")
+    gm.meta[TRACER_KEY] = tracer
     set_state(gm, state)
     node_meta.keep(gm)
     emit_warnings(ctx)
@@ -93,7 +105,8 @@ def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
 def fuse_model(model: nn.Module, fuse_custom_config: Any = None) -> fx.GraphModule:
     """Trace a copy of ``model`` and fuse it (and fold linear chains when the config asks)."""
     config = FuseCustomConfig.coerce(fuse_custom_config)
-    gm = trace_copy(model, PrepareCustomConfig().set_preserved_attributes(config.preserved_attributes))
+    symbolic = PrepareCustomConfig().set_preserved_attributes(config.preserved_attributes).set_tracer_strategy("fx")
+    gm, _ = trace_copy(model, symbolic)
     ctx = PassContext()
     if config.fold_linear_chains:
         gm = fold_linear_chains.run(gm, ctx)
@@ -113,13 +126,15 @@ def _unknown_module_names(mapping: QConfigMapping, model: nn.Module) -> list:
             for key in dict.fromkeys(keys) if key not in names]
 
 
-def trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig) -> fx.GraphModule:
-    """Trace a copy of ``model`` with the config's leaf rules; preserved attributes and the training flag follow."""
+def trace_copy(model: nn.Module, prepare_config: PrepareCustomConfig, example_inputs: tuple = ()) -> tuple:
+    """(GraphModule, tracer name) of a copy of ``model``, traced as the config's ``tracer`` key says (see
+    fxq.graph.tracing) with its leaf rules; preserved attributes and the training flag follow."""
     model = copy_module(model)
-    gm = trace_for_prepare(model, prepare_config)  # leaf rules, auto leaf; a GraphModule is not traced again
+    gm, tracer = trace_model(model, prepare_config, example_inputs)
     preserve_attributes(gm, model, prepare_config.preserved_attributes)
-    gm.training = model.training
-    return gm
+    if tracer != "export":  # an exported graph is in eval mode whatever its holder module says
+        gm.training = model.training
+    return gm, tracer
 
 
 _WARNINGS_SHOWN = 10  # a 4000-node model with no calibration would otherwise print one line per observer

@@ -4,6 +4,8 @@ Requires: a traced GraphModule in eval mode (batch norm is folded into the prece
 exact with frozen statistics); or, under prepare_qat_fx (``ctx.qat``), in training mode, with patterns/qat.py's
 table, which keeps batch norm as a module of the fused chain. Guarantees: the fused module replaces the first module of the chain at the same
 path; the other nodes of the chain are gone; the float outputs are unchanged up to rounding.
+On an aten-level graph (torch.export) the layers are calls on attributes: patterns/functional_fusion.py's rows
+fold batch norm into conv / linear weights and turn ``addmm`` (transformers' Conv1D) into ``linear``.
 Position: after record_values, before assign_qconfig.
 
 Before / after::
@@ -17,7 +19,9 @@ from collections import Counter
 
 from torch import fx
 
+from fxq.graph.exported import is_exported
 from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
+from fxq.patterns.functional_fusion import FUSION_FUNCTIONAL
 from fxq.patterns.fusion import FUSION
 from fxq.patterns.matcher import op_of
 from fxq.patterns.qat import FUSION_QAT
@@ -36,6 +40,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 
 def _fuse_with(gm: fx.GraphModule, ctx: PassContext, table) -> fx.GraphModule:
+    if is_exported(gm):  # an aten-level graph: its layers are calls on attributes, not modules
+        return _fuse_functions(gm, ctx)
     modules = modules_of(gm)
     # A call whose result nothing reads does not count: the modules fusion starts from (conv, linear, bn) have no
     # side effects, so swapping the fused module under a dead call changes nothing that is used.
@@ -61,6 +67,34 @@ def _fuse_with(gm: fx.GraphModule, ctx: PassContext, table) -> fx.GraphModule:
         ctx.count(f"fused {match.rule.name}")
     delete_unused_submodules(gm)
     return gm
+
+
+def _fuse_functions(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    """Rows of patterns/functional_fusion.py, then the attributes the rewrites stopped reading are dropped."""
+    modules = modules_of(gm)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or getattr(node, "_erased", False):  # a batch norm folded just before
+            continue
+        for match in FUSION_FUNCTIONAL.matches(node, modules):
+            if match.rule.action(gm, match):
+                ctx.count(f"fused {match.rule.name}")
+                break
+    _drop_unread_attributes(gm)
+    return gm
+
+
+def _drop_unread_attributes(gm: fx.GraphModule) -> None:
+    """Erase get_attr nodes nothing reads and delete their parameters and buffers when no other node reads them:
+    the converted model keeps no float copy of a weight it runs folded or transposed."""
+    dead = [node for node in gm.graph.nodes if node.op == "get_attr" and not node.users]
+    for node in dead:
+        gm.graph.erase_node(node)
+    read = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
+    for target in {node.target for node in dead} - read:
+        owner_path, _, name = target.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if name in owner._parameters or name in owner._buffers:
+            delattr(owner, name)
 
 
 def _log_if_users_block_fusion(node: fx.Node, modules: dict, table) -> None:

@@ -98,7 +98,8 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
         if directory is not None:
             gm.recompile()  # the Python code is only regenerated when someone reads it
             table = format_table(node_records(gm, qconfigs=ctx.state.qconfigs if ctx.state else None))
-            (directory / f"{index:02d}-{name}.txt").write_text(table + "\n" + gm.code)
+            header = f"# traced by: {ctx.tracer}\n" if ctx.tracer else ""
+            (directory / f"{index:02d}-{name}.txt").write_text(header + table + "\n" + gm.code)
     if not check_each_pass:
         _check_graph(gm, stage)
     gm = make_eager(gm)  # the code, generated once the graph is final

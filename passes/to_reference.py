@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
@@ -28,6 +27,7 @@ from fxq.observers.fake_quantize import FakeQuantizeBase, is_narrow_range
 from fxq.observers.weight_grids import is_grouped
 from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
+from fxq.patterns.ops import LINEAR_FUNCTIONS
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
               nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding,
@@ -214,7 +214,7 @@ def _reference_module(node: fx.Node, inner: nn.Module, qconfig, mode: str) -> nn
 def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
     """F.linear in a dynamic / weight-only mode: its weight attribute goes through quantize -> dequantize."""
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not F.linear or len(node.args) < 2:
+        if node.op != "call_function" or node.target not in LINEAR_FUNCTIONS or len(node.args) < 2:
             continue
         weight = node.args[1]
         if ctx.state.modes.get(node.name) not in (DYNAMIC, WEIGHT_ONLY) or weight.op != "get_attr":

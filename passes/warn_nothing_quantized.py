@@ -1,9 +1,9 @@
 """Warn, with the reason, when the QConfigMapping asks for quantization but prepare quantizes nothing.
 
 A prepare that inserts no observer gives a model that converts to itself: without a warning the user only finds
-out from the latency. The reasons, checked in this order: the graph is torch.export's aten-level graph (fxq
-quantizes torch-level graphs), no op got a qconfig (the mapping's keys name nothing in the model), or the ops
-that got one are not in fxq's tables.
+out from the latency. The reasons, checked in this order: no op got a qconfig (the mapping's keys name nothing in
+the model), or the ops that got one are not in fxq's tables (torch.export's aten ops included: the op families of
+patterns/ops.py name their aten spellings).
 Requires: qconfigs assigned and observers inserted. Guarantees: the graph is unchanged.
 Position: last in prepare.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import fx
 
 from fxq.graph.modes import STATIC
@@ -42,9 +41,6 @@ def _asks_for_quantization(mapping) -> bool:
 
 def _reason(gm: fx.GraphModule, ctx: PassContext) -> Optional[str]:
     calls = [node for node in gm.graph.nodes if node.op in _CALLS]
-    if any(isinstance(node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) for node in calls):
-        return ("the graph is an aten-level torch.export graph (e.g. torch.export.export(...).module()); fxq cannot "
-                "quantize it yet: pass the original nn.Module to prepare_fx")
     with_qconfig = [node for node in calls if ctx.state.modes.get(node.name) is not None]
     if not with_qconfig:
         return (f"no op in the graph has a qconfig: the QConfigMapping's rules select none of its {len(calls)} ops; "

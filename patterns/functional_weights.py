@@ -1,6 +1,7 @@
 """Rebuild float Linear / Conv modules from functional calls whose weight is a quantize-dequantized attribute.
 
-``F.conv2d(x, self.w, self.b, padding=1)`` is lowered to the same quantized module as ``nn.Conv2d``: these
+``F.conv2d(x, self.w, self.b, padding=1)`` (or torch.export's ``aten.conv2d(x, w, b, [1, 1], [1, 1])``, the same
+arguments in the same positions) is lowered to the same quantized module as ``nn.Conv2d``: these
 helpers read the weight, bias and geometry off the call (positional or keyword, defaults omitted) and return
 ``(float_module, weight_qparams)``, or ``(None, None)`` when the call cannot be lowered (a computed weight, a
 string padding such as ``"same"``).
@@ -12,6 +13,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from fxq.patterns.ops import TORCH_SPELLING
 
 _CONV_TYPES = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
 _NOTHING = (None, None)
@@ -66,7 +69,7 @@ def float_conv(low, node: fx.Node) -> tuple:
     if weight is None or not ok or isinstance(padding, str) and padding != "valid":
         return _NOTHING
     groups = _arg(node, 6, "groups", 1)
-    conv = _CONV_TYPES[node.target](
+    conv = _CONV_TYPES[TORCH_SPELLING.get(node.target, node.target)](
         weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=_arg(node, 3, "stride", 1),
         padding=0 if padding == "valid" else padding, dilation=_arg(node, 5, "dilation", 1), groups=groups,
         bias=bias is not None)

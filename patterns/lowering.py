@@ -18,8 +18,9 @@ from fxq.nn import quantized as qnn
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.matcher import Match, Table, chain, op_of, row
-from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM, LEAKY_RELU, MATMUL,
-                              MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, ELU, HARDSIGMOID, HARDSWISH, LAYER_NORM,
+                              LEAKY_RELU, LINEAR_FUNCTIONS, MATMUL, MUL, RELU, SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX,
+                              TANH, TORCH_SPELLING)
 from fxq.patterns.rewrites import Lowering
 
 Rewrite = Callable[[Lowering, Match], bool]
@@ -226,13 +227,18 @@ _QUANTIZED_CONV = {F.conv1d: (qnn.Conv1d, qnn.ConvReLU1d), F.conv2d: (qnn.Conv2d
                    F.conv3d: (qnn.Conv3d, qnn.ConvReLU3d)}
 
 
+def _quantized_conv(conv) -> tuple:
+    """(plain, relu) quantized conv classes of a conv function, in either spelling (F.conv2d, aten.conv2d)."""
+    return _QUANTIZED_CONV[TORCH_SPELLING.get(conv, conv)]
+
+
 def _rows():
     for ref, plain in ((reference.Linear, qnn.Linear), (reference.Conv1d, qnn.Conv1d), (reference.Conv2d, qnn.Conv2d),
                        (reference.Conv3d, qnn.Conv3d)):                             # dq -> conv -> relu6 -> q
         yield row(chain(ref, BOUNDED), weighted_module(plain, ref))
-    yield row(chain(F.linear, BOUNDED), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
+    yield row(chain(LINEAR_FUNCTIONS, BOUNDED), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
     for conv in CONV_FUNCTIONS:
-        yield row(chain(conv, BOUNDED), functional_weighted(float_conv, *_QUANTIZED_CONV[conv]))
+        yield row(chain(conv, BOUNDED), functional_weighted(float_conv, *_quantized_conv(conv)))
     yield row(reference.Linear, weighted_module(qnn.Linear, reference.Linear))      # dq -> linear -> q
     yield row(fused.LinearReLU, weighted_module(qnn.LinearReLU, reference.Linear))  # dq -> linear+relu -> q
     for float_conv_type, ref, plain, relu in (
@@ -261,18 +267,18 @@ def _rows():
     yield row(chain(MUL, RELU), binary_scalar(kernels.mul_relu))
     yield row(ADD, binary_scalar(kernels.add))                                            # dq -> add 1 -> q
     yield row(MUL, binary_scalar(kernels.mul))                                            # dq -> mul 0.25 -> q
-    yield row(MATMUL[:2], binary(kernels.matmul))                                         # dq, dq -> matmul -> q
+    yield row(MATMUL, binary(kernels.matmul))                                             # dq, dq -> matmul -> q
     yield row(CAT, _cat)                                                             # [dq...] -> cat -> q
     yield row(STACK, _stack)                                                         # [dq...] -> stack -> q
     yield row(SOFTMAX[1:], unary(kernels.softmax, _softmax_dim))                          # dq -> softmax -> q
-    yield row(LAYER_NORM[1], unary(kernels.layer_norm, _layer_norm_args))
-    yield row(HARDSWISH[1], unary(kernels.hardswish))
-    yield row(ELU[1], unary(kernels.elu, lambda n: (arg(n, 1, "alpha", 1.0),)))
-    yield row(LEAKY_RELU[1], unary(kernels.leaky_relu, lambda n: (arg(n, 1, "negative_slope", 0.01), False)))
-    yield row(chain(F.linear, RELU), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
-    yield row(F.linear, functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))  # dq, dq(w) -> F.linear -> q
+    yield row(LAYER_NORM[1:], unary(kernels.layer_norm, _layer_norm_args))
+    yield row(HARDSWISH[1:], unary(kernels.hardswish))
+    yield row(ELU[1:], unary(kernels.elu, lambda n: (arg(n, 1, "alpha", 1.0),)))
+    yield row(LEAKY_RELU[1:], unary(kernels.leaky_relu, lambda n: (arg(n, 1, "negative_slope", 0.01), False)))
+    yield row(chain(LINEAR_FUNCTIONS, RELU), functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))
+    yield row(LINEAR_FUNCTIONS, functional_weighted(float_linear, qnn.Linear, qnn.LinearReLU))  # dq, dq(w) -> linear -> q
     for conv in CONV_FUNCTIONS:
-        plain, relu = _QUANTIZED_CONV[conv]
+        plain, relu = _quantized_conv(conv)
         yield row(chain(conv, RELU), functional_weighted(float_conv, plain, relu))
         yield row(conv, functional_weighted(float_conv, plain, relu))
     yield row((getattr, "size", "dim", "numel"), read_shape_from_quantized)          # dq(q).shape -> q.shape

@@ -4,7 +4,6 @@ Their activations are float: a rewrite only swaps the weighted op for a module w
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
 from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY, activation_dtype
@@ -12,6 +11,7 @@ from fxq.nn import fused, reference, reference_recurrent
 from fxq.nn.quantized import dynamic, recurrent, weight_only
 from fxq.patterns.functional_weights import float_linear
 from fxq.patterns.matcher import Match, row
+from fxq.patterns.ops import LINEAR_FUNCTIONS
 from fxq.patterns.rewrites import Lowering
 
 
@@ -91,6 +91,6 @@ def recurrent_module(low: Lowering, match: Match) -> bool:
 
 def rows():
     yield row((reference.Linear, fused.LinearReLU, nn.Linear), linear_module)   # linear -> int8-weight linear
-    yield row(F.linear, functional_linear)                                        # F.linear -> int8-weight linear
+    yield row(LINEAR_FUNCTIONS, functional_linear)                                # F.linear -> int8-weight linear
     yield row(reference.Embedding, embedding)                                     # embedding -> int8 rows
     yield row(tuple(_DYNAMIC_RECURRENT), recurrent_module)                        # LSTM / GRU -> int8 cells

@@ -1,11 +1,11 @@
 """Which ops each non-static mode quantizes (the static mode's ops are the observation table's)."""
-import torch.nn.functional as F
 from torch import nn
 
 from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, WEIGHT_ONLY
 from fxq.nn import fused
+from fxq.patterns.ops import CONV_FUNCTIONS, LINEAR_FUNCTIONS
 
-_LINEARS = (nn.Linear, fused.LinearReLU, F.linear)
+_LINEARS = (nn.Linear, fused.LinearReLU) + LINEAR_FUNCTIONS
 _RECURRENT = (nn.LSTM, nn.GRU)
 
 MODE_OPS = {
@@ -16,4 +16,4 @@ MODE_OPS = {
 
 # Ops that hold a weight: when a mode cannot run one of these, the user hears about it (it stays float).
 WEIGHTED_OPS = _LINEARS + (nn.Conv1d, nn.Conv2d, nn.Conv3d, fused.ConvReLU1d, fused.ConvReLU2d, fused.ConvReLU3d,
-                           F.conv1d, F.conv2d, F.conv3d, nn.Embedding, nn.EmbeddingBag, nn.LSTM, nn.GRU)
+                           *CONV_FUNCTIONS, nn.Embedding, nn.EmbeddingBag, nn.LSTM, nn.GRU)

@@ -18,7 +18,7 @@ from torch import nn
 from fxq.nn import fused
 from fxq.nn.qat import intrinsic
 from fxq.patterns.matcher import Table, chain, row
-from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, CONV_MODULES, CONV_TRANSPOSE_MODULES, ELU,
+from fxq.patterns.ops import (ADD, BOUNDED, CAT, STACK, CONV_FUNCTIONS, CONV_MODULES, CONV_TRANSPOSE_MODULES, ELU, LINEAR_FUNCTIONS,
                               HARDSIGMOID, HARDSWISH, INSTANCE_NORMS, LAYER_NORM, LEAKY_RELU, MATMUL, MUL, RELU,
                               SHARES_INPUT_QPARAMS, SIGMOID, SOFTMAX, TANH)
 
@@ -66,10 +66,10 @@ def _rows():
     functional_weighted = Observe(OWN, inputs=(0,), weight=1)
     # conv -> relu6: one observer, after relu6: the conv output is quantized with the clamp's range
     yield row(chain(_UNFUSED_WEIGHTED, BOUNDED), own)
-    yield row(chain((F.linear,) + CONV_FUNCTIONS, BOUNDED), functional_weighted)
+    yield row(chain(LINEAR_FUNCTIONS + CONV_FUNCTIONS, BOUNDED), functional_weighted)
     yield row(_OWN_MODULES, own)                                          # linear/conv/norm modules: x -> obs
-    yield row(chain(F.linear, RELU), functional_weighted)                 # F.linear -> relu: one observer after relu
-    yield row(F.linear, functional_weighted)
+    yield row(chain(LINEAR_FUNCTIONS, RELU), functional_weighted)         # F.linear -> relu: one observer after relu
+    yield row(LINEAR_FUNCTIONS, functional_weighted)
     for conv in CONV_FUNCTIONS:
         yield row(chain(conv, RELU), functional_weighted)                 # F.conv -> relu: one observer after relu
         yield row(conv, functional_weighted)
@@ -77,7 +77,7 @@ def _rows():
     yield row(chain(MUL, RELU), binary)
     # torch.bmm has no lowering row, so it runs in float: observing its output would quantize all of it before a
     # reader keeps a part (DLRM's triu selection) at a coarser scale. Unobserved, each reader quantizes what it keeps.
-    yield row(ADD + MUL + MATMUL[:2], binary)
+    yield row(ADD + MUL + MATMUL, binary)
     yield row(LAYER_NORM[1:] + HARDSWISH[1:] + ELU[1:] + LEAKY_RELU[1:], own)
     yield row(CAT + STACK, Observe(SHARED))                               # every cat input shares one observer
     yield row(SHARES_INPUT_QPARAMS, Observe(SHARED))

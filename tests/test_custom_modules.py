@@ -307,6 +307,7 @@ def test_every_custom_config_key_round_trips_through_to_dict_and_from_dict():
             "tracer_class": _Tracer,
             "tracer_options": {"param_shapes_constant": True, "concrete_args": {"skip": False}},
             "cost_model": True,
+            "tracer": "export",
         },
         fxq.ConvertCustomConfig: {
             "observed_to_quantized_custom_module_class": {"static": {ObservedRecurrent: StaticQuantRecurrent},

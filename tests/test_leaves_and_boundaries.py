@@ -268,7 +268,7 @@ def test_non_traceable_name_that_matches_nothing_warns_with_the_closest_names():
 
 
 def test_unknown_custom_config_keys_and_modes_list_the_valid_ones():
-    with pytest.raises(ValueError, match="valid keys:.*tracer_options"):
-        fxq.PrepareCustomConfig.from_dict({"tracer": 1})
+    with pytest.raises(ValueError, match="valid keys:.*tracer_options.*tracer"):
+        fxq.PrepareCustomConfig.from_dict({"tracers": 1})
     with pytest.raises(ValueError, match="valid modes: static, dynamic, weight_only"):
         fxq.ConvertCustomConfig.from_dict({"observed_to_quantized_custom_module_class": {"dynamc": {}}})

@@ -145,17 +145,6 @@ def _warnings_of(call):
     return result, " | ".join(str(w.message) for w in caught if "fxq" in str(w.message))
 
 
-def test_prepare_of_an_exported_graph_warns_that_it_quantizes_nothing():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
-    x = (torch.randn(2, 3, 8, 8),)
-    exported = torch.export.export(model, x).module()
-    prepared, said = _warnings_of(lambda: fxq.prepare_fx(exported, fxq.get_default_qconfig_mapping(), x))
-    assert "aten-level torch.export graph" in said and "fxq cannot quantize it yet" in said
-    prepared(*x)
-    _, said = _warnings_of(lambda: fxq.convert_fx(prepared))
-    assert "the prepared model has no observer, so convert_fx quantizes nothing" in said
-
-
 def test_a_mapping_that_selects_no_op_warns_and_names_the_keys_to_check():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
     mapping = fxq.QConfigMapping().set_object_type(nn.LSTM, fxq.get_default_qconfig())

@@ -67,6 +67,9 @@ class StandaloneModuleConfigEntry:
         return (key, qconfig_dict, self.example_inputs, prepare_dict, self.backend_config)
 
 
+TRACERS = ("auto", "fx", "export")
+
+
 class PrepareCustomConfig(_CustomConfig):
     """Options of prepare_fx beyond the qconfig mapping: standalone, custom and non-traceable modules, etc.
 
@@ -81,7 +84,7 @@ class PrepareCustomConfig(_CustomConfig):
                  "non_traceable_module_name", "non_traceable_module_class", "non_traceable_module_mpath",
                  "input_quantized_idxs",
                  "output_quantized_idxs", "preserved_attributes", "auto_leaf", "tracer_class", "tracer_options",
-                 "cost_model")
+                 "cost_model", "tracer")
 
     def __init__(self) -> None:
         self.standalone_module_names: dict[str, StandaloneModuleConfigEntry] = {}
@@ -97,6 +100,7 @@ class PrepareCustomConfig(_CustomConfig):
         self.tracer_class: Optional[type] = None  # a torch.fx.Tracer subclass; fxq mixes its scope recording in
         self.tracer_options: dict[str, Any] = {}  # the tracer's constructor arguments, plus "concrete_args"
         self.cost_model: Union[bool, str] = False
+        self.tracer: str = "auto"  # "fx": fxq's tracer only; "export": torch.export only; "auto": fx, then export
 
     def _standalone_entry(self, qconfig_mapping: Any, example_inputs: Any, prepare_custom_config: Any,
                           backend_config: Any) -> StandaloneModuleConfigEntry:
@@ -190,6 +194,18 @@ class PrepareCustomConfig(_CustomConfig):
         self.cost_model = enabled
         return self
 
+    def set_tracer_strategy(self, tracer: str = "auto") -> "PrepareCustomConfig":
+        """Which tracer makes the graph: ``"fx"`` (fxq's symbolic tracer), ``"export"`` (torch.export, non-strict,
+        batch dimension dynamic) or ``"auto"`` (the default: fx, and torch.export when symbolic tracing fails).
+
+        >>> PrepareCustomConfig().set_tracer_strategy("export").to_dict()
+        {'tracer': 'export'}
+        """
+        if tracer not in TRACERS:
+            raise ValueError(f"prepare_custom_config['tracer'] is {tracer!r}; expected one of {', '.join(TRACERS)}")
+        self.tracer = tracer
+        return self
+
     def set_tracer(self, tracer_class: Optional[type] = None, **options: Any) -> "PrepareCustomConfig":
         """Trace with ``tracer_class`` (a torch.fx.Tracer subclass) and/or these options: the tracer's constructor
         arguments (``param_shapes_constant``, ``autowrap_functions``, ...) and ``concrete_args`` for ``trace()``.
@@ -230,6 +246,7 @@ class PrepareCustomConfig(_CustomConfig):
         config.set_preserved_attributes(config_dict.get("preserved_attributes", []))
         config.set_auto_leaf(config_dict.get("auto_leaf", False))
         config.set_cost_model(config_dict.get("cost_model", False))
+        config.set_tracer_strategy(config_dict.get("tracer", "auto"))
         options = config_dict.get("tracer_options", {})
         if not isinstance(options, dict):
             raise TypeError(f'prepare_custom_config_dict["tracer_options"]: expected a dict, got {options!r}')
@@ -251,6 +268,7 @@ class PrepareCustomConfig(_CustomConfig):
             "tracer_class": self.tracer_class,
             "tracer_options": dict(self.tracer_options),
             "cost_model": self.cost_model,
+            "tracer": self.tracer if self.tracer != "auto" else None,
         }
         return {key: value for key, value in items.items() if value}
 

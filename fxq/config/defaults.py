@@ -136,4 +136,6 @@ def get_transformer_qconfig_mapping(reduce_range: bool = False, weight_bits: Opt
     activation = obs.HistogramObserver.with_args(reduce_range=reduce_range)
     weight = obs.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                                                     **narrower)
-    return QConfigMapping().set_object_type(nn.Linear, FloatOutputQConfig(activation, weight))
+    qconfig = FloatOutputQConfig(activation, weight)
+    # F.linear too: torch.export spells transformers' Conv1D (GPT-2) as a linear on its transposed weight
+    return QConfigMapping().set_object_type(nn.Linear, qconfig).set_object_type(F.linear, qconfig)

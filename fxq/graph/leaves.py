@@ -22,6 +22,7 @@ from typing import Any, Optional
 from torch import fx, nn
 
 from fxq.config.registry import registry
+from fxq.graph.exported import class_named
 from fxq.graph.tracer import SCOPE_KEY, Scope, TraceError, module_classes, qualified_name, record_module_classes, trace
 
 __all__ = ["Untraceable", "UntraceableReport", "find_untraceable", "trace_for_prepare", "leaves_by_query",
@@ -133,7 +134,7 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """
     modules = dict(gm.named_modules())
     _record_stack_classes(gm, modules)
-    root = Scope("", qualified_name(type(gm)))
+    root = _root_scope(gm)
     for node in gm.graph.nodes:
         if SCOPE_KEY in node.meta:
             continue
@@ -144,11 +145,25 @@ def adopt_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
         if stack:
             path, module_type = list(stack.values())[-1]
             path = path if path in modules else _strip_prefix(path, modules)
-            type_name = qualified_name(module_type) if isinstance(module_type, type) else str(module_type)
-            node.meta[SCOPE_KEY] = Scope(path, type_name)
+            module_class = class_named(module_type)  # export names classes by string
+            if path or module_class is not None:
+                node.meta[SCOPE_KEY] = Scope(path, qualified_name(module_class or module_type))
+            else:  # export's placeholder entries for nodes it made outside any module (sym_size)
+                node.meta[SCOPE_KEY] = root
         else:
             node.meta[SCOPE_KEY] = root
     return gm
+
+
+def _root_scope(gm: fx.GraphModule) -> Scope:
+    """The root's scope: the class ``nn_module_stack`` names for path "" (an exported graph's root is a plain
+    GraphModule; the user's model class is what queries and dumps should show), else the GraphModule's own."""
+    for node in gm.graph.nodes:
+        for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
+            found = class_named(module_type) if path == "" else None
+            if found is not None:
+                return Scope("", qualified_name(found))
+    return Scope("", qualified_name(type(gm)))
 
 
 def _record_stack_classes(gm: fx.GraphModule, modules: dict) -> None:
@@ -159,7 +174,7 @@ def _record_stack_classes(gm: fx.GraphModule, modules: dict) -> None:
         for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
             path = path if path in modules else _strip_prefix(path, modules)
             if path and path not in classes and type(modules[path]) is nn.Module:
-                classes[path] = module_type if isinstance(module_type, (type, str)) else str(module_type)
+                classes[path] = class_named(module_type) or str(module_type)
     if classes:
         record_module_classes(gm, classes)
 

@@ -9,7 +9,7 @@ modules they group; their type is what the lowering tables match to pick a fused
     >>> fused = ConvReLU2d(folded, torch.nn.ReLU())
 """
 import copy
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import nn
@@ -116,6 +116,20 @@ def fold_bn_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._B
     folded = _copy_without_parameters(conv)
     folded.weight, folded.bias = _fold(conv.weight, conv.bias, bn, out_axis=0)
     return folded
+
+
+def fold_bn_into_weights(weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         bn: Any) -> Tuple[nn.Parameter, nn.Parameter]:
+    """(weight, bias) of a conv or linear layer with an eval-mode batch norm after it folded in; ``bn`` is anything
+    with a batch norm's ``num_features``, ``running_mean``, ``running_var``, ``eps``, ``weight`` and ``bias`` (the
+    arguments of torch.export's ``aten.batch_norm``). The inputs are not modified.
+
+        >>> bn = torch.nn.BatchNorm2d(8).eval()
+        >>> w, b = fold_bn_into_weights(torch.randn(8, 3, 3, 3), None, bn)
+        >>> w.shape, b.shape
+        (torch.Size([8, 3, 3, 3]), torch.Size([8]))
+    """
+    return _fold(weight, bias, bn, out_axis=0)
 
 
 def fold_bn_into_linear(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:

@@ -1,0 +1,262 @@
+"""torch.export graphs through prepare_fx / convert_fx: the aten spellings, the tracer strategy, transformers models.
+
+The transformers and torchao cases skip cleanly without those packages (CI installs only ``.[test]``).
+"""
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxq
+from conftest import saved_and_loaded, sqnr
+from fxq.nn import quantized as qnn
+from fxq.nn.quantized._base import WeightedQuantizedModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, where the `tools` package lives
+from tools import hf_tiny  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+QUANTIZED_FUNCTIONS = {torch.ops.quantized.add, torch.ops.quantized.layer_norm, torch.ops.quantized.matmul,
+                       torch.ops.quantized.softmax}
+
+
+class Small(nn.Module):
+    """conv -> bn -> relu, linear, add, layer_norm, matmul, softmax: one of each op family the issue names."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc, self.norm, self.out = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 16)
+        with torch.no_grad():  # statistics that folding must get right
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 1).flatten(1)
+        h = self.norm(self.fc(y) + y.repeat(1, 2))
+        attention = torch.softmax(h.unsqueeze(2) @ h.unsqueeze(1), dim=-1)
+        return {"out": self.out(h) + (attention @ h.unsqueeze(2)).squeeze(2)}
+
+
+def _quantize(model, example, batches, config=None, mapping=None):
+    prepared = fxq.prepare_fx(model, mapping or fxq.get_default_qconfig_mapping(), example, config)
+    for batch in batches:
+        prepared(*batch)
+    return fxq.convert_fx(prepared)
+
+
+def _images(count=4, batch=4):
+    return [(torch.randn(batch, 3, 8, 8),) for _ in range(count)]
+
+
+def _exported(model, x):
+    return torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},), strict=False)
+
+
+def test_an_exported_model_quantizes_like_the_traced_one():
+    # same int8 kernels as the fx path, SQNR within 1 dB of it, dict output kept, other batch sizes run
+    model, batches, x = Small().eval(), _images(), torch.randn(4, 3, 8, 8)
+    traced = _quantize(model, (x,), batches)
+    exported = _quantize(_exported(model, x), (x,), batches)
+    reference = model(x)["out"]
+    assert abs(sqnr(reference, exported(x)["out"]) - sqnr(reference, traced(x)["out"])) < 1.0
+    assert sqnr(reference, exported(x)["out"]) > 20
+    kinds = sorted(type(m).__name__ for m in exported.modules() if isinstance(m, WeightedQuantizedModule))
+    assert kinds == ["ConvReLU2d", "Linear", "Linear"]  # bn folded, relu fused, both linears int8
+    assert QUANTIZED_FUNCTIONS <= {n.target for n in exported.graph.nodes if n.op == "call_function"}
+    assert exported(torch.randn(7, 3, 8, 8))["out"].shape == (7, 16)
+
+
+def test_an_exported_program_and_its_module_are_both_accepted():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    program = _exported(model, x)
+    for given in (program, program.module()):
+        quantized = _quantize(given, (x,), _images(1))
+        assert any(isinstance(m, qnn.Linear) for m in quantized.modules())
+
+
+def test_the_converted_exported_model_saves_and_loads():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    quantized = _quantize(_exported(model, x), (x,), _images(2))
+    assert torch.equal(saved_and_loaded(quantized)(x)["out"], quantized(x)["out"])
+
+
+def test_module_name_and_object_type_select_nodes_of_an_exported_graph():
+    # scopes come from nn_module_stack: the aten.linear of `out` is selected by its module path and its class
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    by_name = fxq.get_default_qconfig_mapping().set_module_name("out", None)
+    by_type = fxq.get_default_qconfig_mapping().set_object_type(nn.Linear, None)
+    linears = [sum(isinstance(m, qnn.Linear) for m in _quantize(_exported(model, x), (x,), _images(1), None, mapping)
+                   .modules()) for mapping in (by_name, by_type)]
+    assert linears == [1, 0]
+
+
+def test_exported_nodes_have_the_scopes_of_the_float_model():
+    from fxq.graph.tracer import scope_of
+
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    prepared = fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,))
+    scopes = {n.name: scope_of(n) for n in prepared.graph.nodes}
+    assert (scopes["linear"].path, scopes["linear"].type_name) == ("fc", "torch.nn.Linear")
+    assert scopes["x"].type_name == "test_export.Small"  # the root is the user's class, not export's GraphModule
+
+
+def test_mpath_selects_exported_nodes_by_class():
+    # on an aten graph a Linear is a scope holding its aten.linear node, as a traced-through module is: `/*` selects it
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    mapping = fxq.get_default_qconfig_mapping().set_mpath("[cls:torch.nn.Linear]/*", None)
+    quantized = _quantize(_exported(model, x), (x,), _images(1), None, mapping)
+    assert not any(isinstance(m, qnn.Linear) for m in quantized.modules())
+
+
+class Untraceable(nn.Module):
+    """Symbolic tracing fails on the dict item assignment of a Proxy (transformers 5's failure); export does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        state = {"x": x}
+        if x.shape[-1] == 4:  # a shape check: fine for export, control flow on a Proxy for fx
+            state["x"] = self.fc(x)
+        return state["x"]
+
+
+def test_auto_falls_back_to_export_and_logs_which_tracer_ran(caplog):
+    x = torch.randn(2, 4)
+    with caplog.at_level(logging.INFO, logger="fxq"):
+        quantized = _quantize(Untraceable().eval(), (x,), [(x,)])
+    assert any("torch.export" in r.getMessage() and "symbolic tracing failed" in r.getMessage() for r in caplog.records)
+    assert any(isinstance(m, qnn.Linear) for m in quantized.modules())
+    assert quantized(torch.randn(5, 4)).shape == (5, 4)  # the batch dimension is dynamic
+
+
+def test_a_batch_of_one_still_exports_with_a_dynamic_batch():
+    x = torch.randn(1, 4)
+    quantized = _quantize(Untraceable().eval(), (x,), [(x,)])
+    assert quantized(torch.randn(3, 4)).shape == (3, 4)
+
+
+def test_the_tracer_key_chooses_and_the_dump_says_which_ran(tmp_path):
+    x = torch.randn(2, 4)
+    with pytest.raises(fxq.TraceError, match="non_traceable_module"):
+        fxq.prepare_fx(Untraceable().eval(), fxq.get_default_qconfig_mapping(), (x,), {"tracer": "fx"})
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,), {"tracer": "export"},
+                              debug_dump_dir=str(tmp_path))
+    assert any(n.target == torch.ops.aten.linear.default for n in prepared.graph.nodes)
+    assert next((tmp_path / "prepare").glob("01-*.txt")).read_text().startswith("# traced by: export")
+    with pytest.raises(ValueError, match="expected one of auto, fx, export"):
+        fxq.PrepareCustomConfig.from_dict({"tracer": "dynamo"})
+
+
+class Hopeless(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: neither tracer can follow it
+            return x + 1
+        return x - 1
+
+
+def test_when_both_tracers_fail_the_error_names_both_causes_and_fixes():
+    with pytest.raises(fxq.TraceError) as info:
+        fxq.prepare_fx(Hopeless().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),))
+    text = str(info.value)
+    assert "either tracer" in text and "non_traceable_module" in text and "torch.export" in text
+    assert text.count("fix:") == 2
+
+
+def test_prepare_qat_on_an_exported_graph_says_what_to_do_instead():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(NotImplementedError, match="'tracer': 'fx'"):
+        fxq.prepare_qat_fx(_exported(model, x), fxq.get_default_qat_qconfig_mapping(), (x,))
+
+
+# ---- transformers (tiny configs, random weights, offline) ----
+
+def _transformers_case(name):
+    pytest.importorskip("transformers", reason="transformers is not installed; the export cases need it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hf_tiny.build(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "gpt2", "vit"])
+def test_transformers_models_go_through_plain_prepare_fx(name):
+    model, example, calibration, held_out = _transformers_case(name)
+    quantized = _quantize(model, example, calibration)
+    output, reference = quantized(*held_out), model(*held_out)
+    assert type(output) is type(reference) and list(output.keys()) == list(reference.keys())  # ModelOutput kept
+    assert hf_tiny.int8_linears(quantized) == hf_tiny.linear_layers(model)  # every Linear / Conv1D runs int8
+    value = sqnr(reference.last_hidden_state, output.last_hidden_state)
+    print(f"{name}: SQNR {value:.1f} dB")
+    assert value > 15
+
+
+_PT2E_GAP = ("fxq's int8 Linear requantizes its output (pt2e's stays float), and on AVX2 CPUs without VNNI "
+             "fbgemm saturates full-range int8 weights: measured 53 vs 67 dB here (62.6 with 7-bit weights)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit", pytest.param("bert", marks=pytest.mark.xfail(reason=_PT2E_GAP, strict=False))])
+def test_fxq_against_torchao_pt2e_on_the_same_calibration_data(name):
+    # pt2e's X86InductorQuantizer quantizes the linears' inputs only: fxq's linears-only mapping is the comparison
+    pytest.importorskip("torchao", reason="torchao is not installed; nothing to compare with")
+    from tools.export_acceptance import quantize_pt2e
+
+    model, example, calibration, held_out = _transformers_case(name)
+    ours = _quantize(model, example, calibration, None, fxq.get_transformer_qconfig_mapping())
+    theirs = quantize_pt2e(model, example, calibration)
+    reference = model(*held_out).last_hidden_state
+    ours_db, theirs_db = sqnr(reference, ours(*held_out).last_hidden_state), sqnr(reference, theirs(*held_out)[0])
+    print(f"{name}: fxq {ours_db:.1f} dB, pt2e {theirs_db:.1f} dB")
+    assert ours_db >= theirs_db - 3
+
+
+def test_module_level_config_keys_on_an_exported_graph_raise_with_the_fix():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    config = {"non_traceable_module_name": ["fc"]}
+    with pytest.raises(NotImplementedError, match="non_traceable_module_name.*'tracer': 'fx'"):
+        fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,), config)
+    with pytest.raises(NotImplementedError, match="'tracer': 'export'.*standalone_module_name"):
+        fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,),
+                       {"tracer": "export", "standalone_module_name": [("fc", None, (), None, None)]})
+    # under "auto" with leaves set, a symbolic tracing failure is fxq's TraceError: it names the next leaf to add
+    with pytest.raises(fxq.TraceError, match="(?s)cannot trace the root module.*non_traceable_module_class"):
+        fxq.prepare_fx(Untraceable().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2, 4),),
+                       {"non_traceable_module_class": [nn.ReLU]})
+
+
+def test_equalization_and_smoothing_on_an_exported_graph_raise_instead_of_doing_nothing():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    for config in (fxq.SmoothQuant(), fxq.QConfigMapping().set_global(fxq.default_equalization_qconfig)):
+        with pytest.raises(NotImplementedError, match="'tracer': 'fx'"):
+            fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,), None, config)
+
+
+class FixedBatch(nn.Module):
+    """Reshapes to a constant batch size: export cannot make the batch dimension dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        state = {"x": self.fc(x)}
+        if x.shape[-1] == 4:  # defeats symbolic tracing
+            state["x"] = state["x"].reshape(3, 4)
+        return state["x"]
+
+
+def test_a_model_with_a_fixed_batch_exports_with_static_shapes_and_says_so(caplog):
+    x = torch.randn(3, 4)
+    with caplog.at_level(logging.INFO, logger="fxq"):
+        quantized = _quantize(FixedBatch().eval(), (x,), [(x,)])
+    assert any("static shapes" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any(isinstance(m, qnn.Linear) for m in quantized.modules()) and quantized(x).shape == (3, 4)

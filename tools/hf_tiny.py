@@ -1,0 +1,81 @@
+"""Tiny transformers models with random weights (offline), their inputs, and what "every Linear is int8" counts.
+
+Shared by tools/export_acceptance.py and tests/test_export.py. Every builder returns (model in eval mode, example
+inputs, calibration batches, a held-out batch); the data is random (token ids or images) from a fixed seed.
+
+    >>> model, example, calibration, held_out = build("bert")          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+
+VOCAB, LENGTH, IMAGE = 100, 16, 32
+
+
+def _tokens(batch: int) -> tuple:
+    return (torch.randint(0, VOCAB, (batch, LENGTH)),)
+
+
+def _images(batch: int) -> tuple:
+    return (torch.randn(batch, 3, IMAGE, IMAGE),)
+
+
+def _bert(t):
+    return t.BertModel(t.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=128, max_position_embeddings=64)), _tokens
+
+
+def _distilbert(t):
+    return t.DistilBertModel(t.DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                                max_position_embeddings=64)), _tokens
+
+
+def _gpt2(t):
+    # use_cache=False: the key/value cache is a DynamicCache, which torch.export cannot return
+    return t.GPT2Model(t.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                    bos_token_id=0, eos_token_id=0, use_cache=False)), _tokens
+
+
+def _vit(t):
+    return t.ViTModel(t.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                  image_size=IMAGE, patch_size=8)), _images
+
+
+def _resnet(t):
+    return t.ResNetModel(t.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])), _images
+
+
+BUILDERS: Dict[str, Callable] = {"bert": _bert, "distilbert": _distilbert, "gpt2": _gpt2, "vit": _vit,
+                                 "resnet": _resnet}
+
+
+def build(name: str, batch: int = 2, calibration_batches: int = 4, seed: int = 0) -> tuple:
+    """(model, example inputs, calibration batches, held-out batch) of the tiny ``name`` model."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model, inputs = BUILDERS[name](transformers)
+    model.eval()
+    return model, inputs(batch), [inputs(batch) for _ in range(calibration_batches)], inputs(batch)
+
+
+def linear_layers(model: nn.Module) -> int:
+    """The float model's linear layers: nn.Linear and transformers' Conv1D (GPT-2's transposed linear)."""
+    return sum(type(m).__name__ in ("Linear", "Conv1D") for m in model.modules())
+
+
+def int8_linears(quantized: nn.Module) -> int:
+    """The converted model's linear layers that run an int8 kernel (fxq's quantized Linear / LinearReLU)."""
+    from fxq.nn import quantized as qnn
+
+    return sum(isinstance(m, (qnn.Linear, qnn.LinearReLU)) for m in quantized.modules())
+
+
+def first_output(output) -> torch.Tensor:
+    """The main tensor of a model output (last_hidden_state of a ModelOutput, item 0 of a tuple)."""
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    return output[0] if isinstance(output, (tuple, list)) else output
