@@ -8,6 +8,8 @@ it. Anything else stays as lowered.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import fx
 
@@ -22,8 +24,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         return gm
     eliminate_dead_code(gm)  # lower leaves the nodes it replaced for cleanup: they must not count as readers
     modules = modules_of(gm)
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in list(gm.graph.nodes):
-        if _qualifies(node, modules, ctx):
+        if _qualifies(node, modules, ctx) and calls[node.target] == 1:  # a reused module serves other calls too
             _rewrite(gm, node, modules[node.target], modules, ctx)
     eliminate_dead_code(gm)
     return gm

@@ -85,3 +85,30 @@ def test_round_trips_keep_the_outputs():
 def test_the_transformer_mapping_keeps_linear_outputs_float():
     qconfig = fxq.get_transformer_qconfig_mapping().qconfig_for("fc", (nn.Linear,))
     assert isinstance(qconfig, FloatOutputQConfig) and qconfig.short().startswith("FloatOutputQConfig(")
+
+
+class Reused(nn.Module):
+    """One Linear called twice: its first output feeds a float add, its second an int8 Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.shared(x) + 1.0, self.head(self.shared(x))
+
+
+def test_each_call_of_a_reused_linear_gets_the_output_its_readers_need():
+    torch.manual_seed(0)
+    model, data = Reused().eval(), [torch.randn(8, 16) for _ in range(3)]
+    prepared = fxq.prepare_fx(model, _mapping(FloatOutputQConfig), (data[0],))
+    with torch.no_grad():
+        for x in data[:2]:
+            prepared(x)
+        converted = fxq.convert_fx(prepared)
+        # convert gives each call of a reused module its own copy: each call gets the output its readers need
+        assert type(converted.get_submodule("shared")) is LinearFloatOutput
+        assert type(converted.get_submodule("shared_call1")) is Linear
+        assert type(converted.get_submodule("head")) is LinearFloatOutput
+        for expected, got in zip(model(data[2]), converted(data[2])):
+            assert sqnr(expected, got) > 25
