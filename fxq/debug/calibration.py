@@ -54,8 +54,9 @@ def calibrate(prepared: fx.GraphModule, batches: Iterable[Any], progress: bool =
     one process fed all values at once (a second pass over the batches counts them into common bins). Call it on
     every rank. Without a process group, ``distributed=True`` runs those passes as a world of one.
     ``exact_histograms=False`` skips the second pass: each rank counts its histograms as one process would and the
-    merge re-binning them onto the common range is approximate (its qparams within a few percent of the exact ones),
-    for about half the calibration time on histogram observers.
+    merge re-binning them onto the common range is approximate, as one process's one-pass histograms are (ResNet-50
+    on 2 ranks: scales within 0.62% of the exact ones, the same as one process; 0.58x one process's time, where the
+    exact merge takes 1.17x: tools/bench_distributed.py).
 
     >>> import torch, fxq
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4)).eval()
