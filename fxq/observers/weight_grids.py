@@ -49,6 +49,15 @@ def _straight_through(grid: torch.Tensor, weight: torch.Tensor, passes: Optional
     return grid.detach() + (through if passes is None else through * passes)
 
 
+def _store_symmetric_scale(quantizer: FakeQuantizeBase, scale: torch.Tensor) -> None:
+    """Copy ``scale`` into the quantizer's buffers (resized to its shape) with zero points of 0."""
+    if quantizer.scale.shape != scale.shape:
+        quantizer.scale.resize_(scale.shape)
+        quantizer.zero_point.resize_(scale.shape)
+    quantizer.scale.copy_(scale)
+    quantizer.zero_point.zero_()
+
+
 class GroupedWeightFakeQuantize(FakeQuantizeBase):
     """Symmetric signed fake quantization of a 2-D (out, in) weight with one scale per ``group_size`` inputs.
 
@@ -94,12 +103,7 @@ class GroupedWeightFakeQuantize(FakeQuantizeBase):
     def _observe(self, weight: torch.Tensor) -> None:
         groups = weight.float().reshape(weight.shape[0], -1, self.group_size)
         scale = groups.abs().amax(dim=2) / (float(self.quant_max - self.quant_min) / 2)
-        scale = scale.clamp(min=self.eps_value)
-        if self.scale.shape != scale.shape:
-            self.scale.resize_(scale.shape)
-            self.zero_point.resize_(scale.shape)
-        self.scale.copy_(scale)
-        self.zero_point.zero_()
+        _store_symmetric_scale(self, scale.clamp(min=self.eps_value))
 
     def _integers(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The integer weights (float tensor) and the mask of those not clamped."""
@@ -157,12 +161,7 @@ class BinaryWeightFakeQuantize(FakeQuantizeBase):
             scale = rows.abs().mean(dim=1)
         else:
             scale = weight.float().abs().mean().reshape(1)
-        scale = scale.clamp(min=self.eps_value)
-        if self.scale.shape != scale.shape:
-            self.scale.resize_(scale.shape)
-            self.zero_point.resize_(scale.shape)
-        self.scale.copy_(scale)
-        self.zero_point.zero_()
+        _store_symmetric_scale(self, scale.clamp(min=self.eps_value))
         self.initialized[0] = 1
 
     def grid_weight(self, weight: torch.Tensor) -> torch.Tensor:
