@@ -32,6 +32,15 @@ def test_library_never_imports_torch_ao():
     assert offenders == []
 
 
+def test_library_never_names_torch_ao():
+    """Not even in comments or docstrings: the library says "PyTorch AO" where it compares itself with it, so a
+    search for the module name finds only real uses (tests and tools)."""
+    files = [p for d in LIBRARY_DIRS for p in (ROOT / d).rglob("*.py")]
+    named = [f"{path.relative_to(ROOT)}:{number}" for path in files
+             for number, line in enumerate(path.read_text().splitlines(), 1) if "torch.ao" in line or "torchao" in line]
+    assert named == []
+
+
 def test_scanner_catches_an_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import torch\nx = torch.ao.quantization\nfrom torch.ao.nn import quantized\n")

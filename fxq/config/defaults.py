@@ -61,7 +61,7 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
 
 def mapping_with_op_exceptions(qconfig: QConfig, transpose_weight: Optional[Callable],
                                fixed_qconfig: Callable[[Callable], QConfig]) -> QConfigMapping:
-    """``qconfig`` globally with torch.ao's per-op exceptions, shared by the PTQ and QAT defaults: conv-transpose
+    """``qconfig`` globally with PyTorch AO's per-op exceptions, shared by the PTQ and QAT defaults: conv-transpose
     weights by ``transpose_weight`` (None: the global weight), float layer-norm weights, a quint8 PReLU weight, and
     ``fixed_qconfig(observer)`` for the ops whose output range is known."""
     mapping = QConfigMapping().set_global(qconfig)

@@ -1,7 +1,7 @@
 """Whether this CPU's int8 linear kernel saturates its intermediate sums, checked once per engine and process.
 
 Without VNNI, fbgemm multiplies uint8 activations by int8 weights with an instruction that adds adjacent products
-into int16 and saturates: two products of 255 x 127 overflow it. torch.ao's x86 default avoids that with 7-bit
+into int16 and saturates: two products of 255 x 127 overflow it. PyTorch AO's x86 default avoids that with 7-bit
 activations (``reduce_range``); fxq's transformer mapping instead narrows the weights to 7 bits where the kernel
 saturates (|w1| + |w2| <= 128 keeps every pair in range), which per-channel weights afford better than per-tensor
 activations afford a lost bit. On CPUs with VNNI or AMX the sums are exact and the weights keep 8 bits.
