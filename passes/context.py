@@ -53,11 +53,17 @@ def attribute_value(gm: fx.GraphModule, target: str):
     return value
 
 
-def register_new_buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
-    """Register a copy of ``tensor`` under ``name`` (dots become underscores; '_' appended until the name is free)."""
+def free_name(owner: nn.Module, name: str) -> str:
+    """``name`` with dots made underscores, and '_' appended until ``owner`` has no attribute of that name."""
     name = name.replace(".", "_")
-    while hasattr(gm, name):
+    while hasattr(owner, name):
         name += "_"
+    return name
+
+
+def register_new_buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
+    """Register a copy of ``tensor`` under a free name made from ``name``; returns the name."""
+    name = free_name(gm, name)
     gm.register_buffer(name, tensor.detach().clone())
     return name
 

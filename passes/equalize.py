@@ -35,7 +35,8 @@ from fxq.equalization import graph as eqg
 from fxq.equalization.observers import ChannelRangeObserver, WeightEqualizationObserver
 from fxq.equalization import requantize
 from fxq.equalization.scales import along, equalization_scale, scale_weight, tied_scale
-from fxq.passes.context import PassContext, delete_unused_submodules, modules_of, register_new_buffer
+from fxq.passes.context import (PassContext, delete_unused_submodules, free_name, modules_of,
+                                register_new_buffer)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -127,9 +128,7 @@ def _own_observer(gm: fx.GraphModule, observer_node: fx.Node, calls, modules: di
     target = observer_node.target
     if calls[target] <= 1:
         return target
-    name = f"{target}_equalized".replace(".", "_")
-    while hasattr(gm, name):
-        name += "_"
+    name = free_name(gm, f"{target}_equalized")
     gm.add_submodule(name, copy.deepcopy(modules[target]))
     modules[name] = gm.get_submodule(name)
     observer_node.target = name

@@ -33,7 +33,7 @@ from fxq.equalization.observers import ChannelRangeObserver, InputEqualizationOb
 from fxq.equalization.qconfig import EqualizationQConfig
 from fxq.observers import ObserverBase
 from fxq.passes.assign_qconfig import _lookup_key
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, free_name, modules_of
 from fxq.passes.record_values import value_of
 
 
@@ -160,8 +160,7 @@ def _insert_trackers(gm: fx.GraphModule, chain: eqg.Chain, layer: fx.Node, modul
 
 
 def _new_module(gm: fx.GraphModule, modules: dict, name: str, module: nn.Module) -> str:
-    while hasattr(gm, name):
-        name += "_"
+    name = free_name(gm, name)
     gm.add_submodule(name, module)
     modules[name] = module  # later walks in this pass meet the new nodes
     return name

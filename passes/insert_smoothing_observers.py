@@ -26,7 +26,7 @@ from fxq import mpath
 from fxq.equalization import graph as eqg
 from fxq.equalization import requantize
 from fxq.equalization.smoothing import SmoothingObserver, is_producer
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, free_name, modules_of
 from fxq.passes.record_values import value_of
 
 
@@ -47,9 +47,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             continue
         record = SmoothingObserver(alpha=config.alpha)
         requantize.configure_recording(record, modules[observer.target])
-        name = f"{node.name}_smoothing_record"
-        while hasattr(gm, name):
-            name += "_"
+        name = free_name(gm, f"{node.name}_smoothing_record")
         gm.add_submodule(name, record)
         modules[name] = record
         with gm.graph.inserting_after(observer):

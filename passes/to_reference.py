@@ -25,7 +25,8 @@ from fxq.nn.quantized import weight_only
 from fxq.observers import ObserverBase
 from fxq.observers.fake_quantize import FakeQuantizeBase, is_narrow_range
 from fxq.observers.weight_grids import is_grouped
-from fxq.passes.context import PassContext, attribute_value, delete_unused_submodules, modules_of
+from fxq.passes.context import (PassContext, attribute_value, delete_unused_submodules, free_name,
+                                modules_of)
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
 from fxq.patterns.ops import LINEAR_FUNCTIONS
 
@@ -147,9 +148,7 @@ def _clamp_to_quant_range(gm: fx.GraphModule, quantized: fx.Node, dequantized: f
 
 
 def _register_tensor(gm: fx.GraphModule, name: str, tensor: torch.Tensor, user_site: fx.Node) -> fx.Node:
-    name = name.replace(".", "_")
-    while hasattr(gm, name):
-        name += "_"
+    name = free_name(gm, name)
     gm.register_buffer(name, tensor.reshape(-1) if tensor.numel() > 1 else tensor.reshape(()))
     with gm.graph.inserting_before(user_site):  # before the observer node, so it is defined before its use
         return gm.graph.get_attr(name)

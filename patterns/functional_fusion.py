@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from fxq.nn.fused import fold_bn_into_weights
+from fxq.passes.context import free_name
 from fxq.patterns.matcher import Match, Table, chain, row
 from fxq.patterns.ops import BATCH_NORM_FUNCTIONS, CONV_FUNCTIONS, LINEAR_FUNCTIONS, aten, aten_spellings
 
@@ -42,8 +43,7 @@ def _set_attribute(gm: fx.GraphModule, near: fx.Node, target: str, value: torch.
     meta of ``like`` (the attribute it replaces: scope, recorded dtype; a recorded shape becomes ``value``'s)."""
     owner_path, _, name = target.rpartition(".")
     owner = gm.get_submodule(owner_path) if owner_path else gm
-    while hasattr(owner, name):
-        name += "_"
+    name = free_name(owner, name)
     owner.register_parameter(name, nn.Parameter(value.detach(), requires_grad=False))
     with gm.graph.inserting_before(near):
         node = gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)

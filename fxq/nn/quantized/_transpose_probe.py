@@ -32,7 +32,7 @@ _MAX_STEPS_OFF = 1  # a correct kernel differs from float-then-round by one roun
 def correct_engine(weight: torch.Tensor, geometry: tuple, candidates: Iterable[str]) -> Optional[str]:
     """The first of ``candidates`` whose kernel is correct for this weight shape and geometry, or None."""
     for engine in candidates:
-        key = (engine, tuple(weight.shape), _hashable(geometry))
+        key = (engine, tuple(weight.shape), geometry)
         if key not in _VERDICTS:
             _VERDICTS[key] = _kernel_agrees_with_float(tuple(weight.shape), geometry, engine)
         if _VERDICTS[key]:
@@ -73,6 +73,3 @@ def _kernel_agrees_with_float(shape: Tuple[int, ...], geometry: tuple, engine: s
     steps_off = (got.int_repr().int() - wanted.int_repr().int()).abs().max()
     return int(steps_off) <= _MAX_STEPS_OFF
 
-
-def _hashable(geometry: tuple) -> tuple:
-    return tuple(tuple(part) if isinstance(part, (list, tuple)) else part for part in geometry)
