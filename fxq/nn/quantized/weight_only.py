@@ -65,7 +65,8 @@ class Linear(nn.Module):
                  activation_dtype: torch.dtype = torch.float32, exact: bool = False,
                  group_size: Optional[int] = None):
         super().__init__()
-        if group_size is not None and tuple(scale.shape) != (weight_int8.shape[0], weight_int8.shape[1] // group_size):
+        grouped_shape = None if group_size is None else (weight_int8.shape[0], weight_int8.shape[1] // group_size)
+        if grouped_shape is not None and tuple(scale.shape) != grouped_shape:
             raise ValueError(f"weight-only Linear: group_size={group_size} with a {tuple(weight_int8.shape)} weight "
                              f"needs a scale of shape ({weight_int8.shape[0]}, {weight_int8.shape[1] // group_size}), "
                              f"got {tuple(scale.shape)}")
@@ -91,13 +92,12 @@ class Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def _dequantized(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_int8.to(x.dtype) * self._scale_per_element().to(x.dtype)
-        return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
-
-    def _scale_per_element(self) -> torch.Tensor:
+        weight, scale = self.weight_int8.to(x.dtype), self.weight_scale.to(x.dtype)
         if self.group_size is None:
-            return self.weight_scale[:, None]
-        return self.weight_scale.repeat_interleave(self.group_size, dim=1)
+            weight = weight * scale[:, None]
+        else:  # each group of inputs times its own scale, without materialising a per-element scale
+            weight = (weight.view(self.out_features, -1, self.group_size) * scale[:, :, None]).view_as(weight)
+        return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
 
     def _packed_is_faster(self, x: torch.Tensor) -> bool:
         rows = x.numel() // self.in_features
