@@ -62,6 +62,8 @@ class _ConvNd(PlainWeightedModule):
     _dims = 0
     _reference_type: type = nn.Module
     _post_ops = CONV_POST_OPS
+    # geometry that leaves the weight's shape alone travels in the extra state with the qparams
+    _extra_attributes = PlainWeightedModule._extra_attributes + ("stride", "padding", "dilation")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1, padding: Size = 0,
                  dilation: Size = 1, groups: int = 1, bias: bool = True, input_scale: float = 1.0,
@@ -136,6 +138,12 @@ class _ConvNd(PlainWeightedModule):
             self.weight_zero_point, self.bias, *self._geometry(), self.groups, scale, zero_point, dtype,
             self.post_op, list(self.post_op_args), self.post_op_algorithm)
 
+    def output_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
+        """The shape of ``self(x)``."""
+        spatial = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+                        zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
+        return (x.shape[0], self.out_channels) + spatial
+
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if any(self.padding):
@@ -200,6 +208,9 @@ class _ConvBinary(_ConvNd):
             got = accum.dtype if isinstance(accum, torch.Tensor) else type(accum).__name__
             raise TypeError(f"fxq.nn.plain.{type(self).__name__}: the residual must be {expected} "
                             f"(accum_scale={self.accum_scale}), got {got}.")
+        if tuple(accum.shape) != self.output_shape(x):
+            raise ValueError(f"fxq.nn.plain.{type(self).__name__}: the residual must have the conv output's shape "
+                             f"{self.output_shape(x)}, got {tuple(accum.shape)}.")
         scale, zero_point, dtype = self._output_arguments()
         accum_scale, accum_zero_point = self.accum_scale, self.accum_zero_point
         if accum_scale is not None and dtype is not None:  # uint8 residual into a float output: sum in float
