@@ -23,8 +23,9 @@ def test_linear_matches_quantized_linear(per_channel):
     assert torch.equal(ours.reshape(-1, 24), theirs.int_repr())
 
 
-def test_linear_weight_is_the_reference_weight():
-    ref = reference_of(torch.nn.Linear(16, 8))
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_linear_weight_is_the_reference_weight(per_channel):
+    ref = reference_of(torch.nn.Linear(16, 8), per_channel)
     module = plain.Linear.from_reference(ref, X_SCALE, X_ZP, None)
     assert torch.equal(module.weight, ref.quantized_weight().int_repr())
     assert module.weight.dtype == torch.int8 and module.weight_scale.shape == (8,)
