@@ -33,7 +33,8 @@ def test_from_float_with_an_observer_or_default_qparams():
     float_linear = torch.nn.Linear(32, 16)
     x = torch.randn(5, 32)
     observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    for module in (plain.DynamicLinear.from_float(float_linear, observer), plain.DynamicLinear.from_float(float_linear)):
+    for weight_qparams in (observer, None):
+        module = plain.DynamicLinear.from_float(float_linear, weight_qparams)
         assert sqnr(float_linear(x).detach(), module(x)) >= 30
 
 

@@ -81,7 +81,8 @@ def linear_cases() -> Dict[str, Callable[[], object]]:
     qx = torch._make_per_tensor_quantized_tensor(x, 0.05, 64)
     build = plain.Linear.from_reference
     uint8_out, float_out = build(ref, 0.05, 64, 0.1, 128), build(ref, 0.05, 64, None)
-    gelu_erf, gelu_tanh = build(ref, 0.05, 64, 0.1, 128, "gelu", (), "none"), build(ref, 0.05, 64, 0.1, 128, "gelu", (), "tanh")
+    gelu_erf = build(ref, 0.05, 64, 0.1, 128, "gelu", (), "none")
+    gelu_tanh = build(ref, 0.05, 64, 0.1, 128, "gelu", (), "tanh")
     theirs = nnq.Linear.from_reference(ref, 0.1, 128)
     dynamic = plain.DynamicLinear.from_reference(ref)
     dynamic_token = plain.DynamicLinear.from_reference(ref, per_token=True)

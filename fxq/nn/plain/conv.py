@@ -158,19 +158,39 @@ class _ConvNd(PlainWeightedModule):
 
 
 class Conv1d(_ConvNd):
-    """int8 1-d convolution: uint8 ``(N, C, L)`` in, uint8 or float32 out."""
+    """int8 1-d convolution: uint8 ``(N, C, L)`` in, uint8 or float32 out.
+
+        >>> ref = reference.Conv1d.from_float(torch.nn.Conv1d(4, 6, 3), {"qscheme": torch.per_tensor_symmetric,
+        ...     "dtype": torch.qint8, "scale": torch.tensor(0.01), "zero_point": torch.tensor(0)})
+        >>> Conv1d.from_reference(ref, 0.02, 64, None)(torch.zeros(2, 4, 10, dtype=torch.uint8)).shape
+        torch.Size([2, 6, 8])
+    """
 
     _dims, _reference_type = 1, reference.Conv1d
 
 
 class Conv2d(_ConvNd):
-    """int8 2-d convolution: uint8 ``(N, C, H, W)`` in, uint8 or float32 channels_last out."""
+    """int8 2-d convolution: uint8 ``(N, C, H, W)`` in, uint8 or float32 channels_last out.
+
+        >>> qparams = {"qscheme": torch.per_tensor_symmetric, "dtype": torch.qint8, "scale": torch.tensor(0.01),
+        ...            "zero_point": torch.tensor(0)}
+        >>> ref = reference.Conv2d.from_float(torch.nn.Conv2d(4, 6, 3, stride=2), qparams)
+        >>> Conv2d.from_reference(ref, 0.02, 64, 0.1, 0, "hardswish")(torch.zeros(1, 4, 9, 9, dtype=torch.uint8)).shape
+        torch.Size([1, 6, 4, 4])
+    """
 
     _dims, _reference_type = 2, reference.Conv2d
 
 
 class Conv3d(_ConvNd):
-    """int8 3-d convolution: uint8 ``(N, C, D, H, W)`` in, uint8 or float32 channels_last_3d out."""
+    """int8 3-d convolution: uint8 ``(N, C, D, H, W)`` in, uint8 or float32 channels_last_3d out.
+
+        >>> qparams = {"qscheme": torch.per_tensor_symmetric, "dtype": torch.qint8, "scale": torch.tensor(0.01),
+        ...            "zero_point": torch.tensor(0)}
+        >>> ref = reference.Conv3d.from_float(torch.nn.Conv3d(2, 3, 3, padding=1), qparams)
+        >>> Conv3d.from_reference(ref, 0.02, 64, None)(torch.zeros(1, 2, 4, 4, 4, dtype=torch.uint8)).dtype
+        torch.float32
+    """
 
     _dims, _reference_type = 3, reference.Conv3d
 
@@ -233,7 +253,15 @@ class _ConvBinary(_ConvNd):
 
 
 class ConvBinary1d(_ConvBinary):
-    """int8 ``post_op(conv1d(x) + accum)`` in one kernel (a 2-d conv of height 1)."""
+    """int8 ``post_op(conv1d(x) + accum)`` in one kernel (a 2-d conv of height 1).
+
+        >>> qparams = {"qscheme": torch.per_tensor_symmetric, "dtype": torch.qint8, "scale": torch.tensor(0.01),
+        ...            "zero_point": torch.tensor(0)}
+        >>> ref = reference.Conv1d.from_float(torch.nn.Conv1d(4, 4, 3, padding=1), qparams)
+        >>> block = ConvBinary1d.from_reference(ref, 0.02, 0, None, 0, "relu")  # float residual, float output
+        >>> block(torch.zeros(2, 4, 7, dtype=torch.uint8), torch.randn(2, 4, 7)).shape
+        torch.Size([2, 4, 7])
+    """
 
     _dims, _reference_type = 1, reference.Conv1d
 
@@ -242,8 +270,9 @@ class ConvBinary2d(_ConvBinary):
     """int8 ``post_op(conv2d(x) + accum)`` in one kernel; the output is channels_last.
 
         >>> from fxq.nn import reference
-        >>> ref = reference.Conv2d.from_float(torch.nn.Conv2d(4, 4, 3, padding=1), {"qscheme":
-        ...     torch.per_tensor_symmetric, "dtype": torch.qint8, "scale": torch.tensor(0.01), "zero_point": torch.tensor(0)})
+        >>> qparams = {"qscheme": torch.per_tensor_symmetric, "dtype": torch.qint8, "scale": torch.tensor(0.01),
+        ...            "zero_point": torch.tensor(0)}
+        >>> ref = reference.Conv2d.from_float(torch.nn.Conv2d(4, 4, 3, padding=1), qparams)
         >>> block = ConvBinary2d.from_reference(ref, 0.02, 0, 0.05, 0, "relu", accum_scale=0.05, accum_zero_point=0)
         >>> x = torch.randint(0, 128, (1, 4, 5, 5), dtype=torch.uint8)
         >>> block(x, x).shape

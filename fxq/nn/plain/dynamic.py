@@ -45,7 +45,11 @@ def _observer_qparams(observer: nn.Module, weight: torch.Tensor) -> WeightQParam
 
 
 class DynamicLinear(Linear):
-    """``x @ W.T + b`` with float32 ``x`` quantized per call (per tensor or per token) and an int8 weight."""
+    """``x @ W.T + b`` with float32 ``x`` quantized per call (per tensor or per token) and an int8 weight.
+
+        >>> DynamicLinear.from_float(torch.nn.Linear(8, 3), quant_max=127)
+        DynamicLinear(in_features=8, out_features=3, activation=per_tensor, quant_max=127)
+    """
 
     _extra_attributes = Linear._extra_attributes + ("per_token", "quant_max")
 

@@ -43,11 +43,18 @@ def _check_post_op(owner: str, post_op: str, args: tuple, algorithm: str, table:
         raise ValueError(f"fxq.nn.plain.{owner}: post_op {post_op!r} takes {table[post_op]} argument(s), "
                          f"got {tuple(args)}.")
     if post_op == "gelu" and algorithm not in ("none", "tanh"):
-        raise ValueError(f"fxq.nn.plain.{owner}: gelu's post_op_algorithm is 'none' (erf) or 'tanh', got {algorithm!r}.")
+        raise ValueError(f"fxq.nn.plain.{owner}: gelu's post_op_algorithm is 'none' (erf) or 'tanh', "
+                         f"got {algorithm!r}.")
 
 
 class Linear(PlainWeightedModule):
-    """int8 ``post_op(x @ W.T + b)``: uint8 input, uint8 output (or float32 when ``output_scale`` is None)."""
+    """int8 ``post_op(x @ W.T + b)``: uint8 input, uint8 output (or float32 when ``output_scale`` is None).
+
+        >>> ref = reference.Linear.from_float(torch.nn.Linear(8, 3), {"qscheme": torch.per_tensor_symmetric,
+        ...     "dtype": torch.qint8, "scale": torch.tensor(0.01), "zero_point": torch.tensor(0)})
+        >>> Linear.from_reference(ref, 0.02, 64, None, post_op="gelu", post_op_algorithm="none")
+        Linear(in_features=8, out_features=3, input_scale=0.02, input_zero_point=64, output=float32, post_op=gelu(none))
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, input_scale: float = 1.0,
                  input_zero_point: int = 0, output_scale: Optional[float] = None, output_zero_point: int = 0,
