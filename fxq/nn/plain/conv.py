@@ -28,6 +28,7 @@ from torch import nn
 
 from fxq.nn import reference
 from fxq.nn.plain._base import PlainWeightedModule, check_activation, weight_int8, weight_qparams_accepted
+from fxq.nn.plain.traced import tracing
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvBinary1d", "ConvBinary2d", "CONV_POST_OPS"]
 
@@ -133,6 +134,11 @@ class _ConvNd(PlainWeightedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         scale, zero_point, dtype = self._output_arguments()
+        if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
+            return torch.ops.fxq.plain_conv(
+                x, self.weight, self.weight_scale, self.weight_zero_point, self.bias, *self._geometry(), self.groups,
+                self.input_scale, self.input_zero_point, scale, zero_point, dtype, self.post_op,
+                [float(a) for a in self.post_op_args])
         return torch.ops.onednn.qconv_pointwise(
             x, self.input_scale, self.input_zero_point, self.packed_weight(), self.weight_scale,
             self.weight_zero_point, self.bias, *self._geometry(), self.groups, scale, zero_point, dtype,

@@ -27,6 +27,7 @@ from torch import nn
 
 from fxq.nn import reference
 from fxq.nn.plain._base import PlainWeightedModule, check_activation, weight_int8, weight_qparams_accepted
+from fxq.nn.plain.traced import tracing
 
 __all__ = ["Linear", "LinearBinary", "LINEAR_POST_OPS"]
 
@@ -100,6 +101,11 @@ class Linear(PlainWeightedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         scale, zero_point, dtype = self._output_arguments()
+        if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
+            return torch.ops.fxq.plain_linear(
+                x, self.weight, self.weight_scale, self.weight_zero_point, self.bias, self.input_scale,
+                self.input_zero_point, scale, zero_point, dtype, self.post_op, [float(a) for a in self.post_op_args],
+                self.post_op_algorithm)
         return torch.ops.onednn.qlinear_pointwise(
             x, self.input_scale, self.input_zero_point, self.packed_weight(), self.weight_scale,
             self.weight_zero_point, self.bias, scale, zero_point, dtype, self.post_op, list(self.post_op_args),
