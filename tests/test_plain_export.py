@@ -54,3 +54,9 @@ def test_run_time_pack_follows_the_weight():
     del weight
     gc.collect()
     assert identity not in traced._PACKS  # a freed weight takes its pack with it
+
+
+def test_modules_without_a_traced_op_say_so():
+    dynamic = plain.DynamicLinear.from_float(torch.nn.Linear(8, 4))
+    with pytest.raises(Exception, match="cannot be traced by torch.export"):
+        torch.export.export(dynamic, (torch.randn(2, 8),), strict=False)

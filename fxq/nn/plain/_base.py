@@ -96,6 +96,11 @@ class PlainWeightedModule(nn.Module):
 
     def packed_weight(self) -> torch.Tensor:
         """The oneDNN-packed weight, packed now if the weight changed since the last pack (or never was)."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            raise NotImplementedError(
+                f"fxq.nn.plain.{type(self).__name__} cannot be traced by torch.export / torch.compile yet: oneDNN's "
+                "weight prepack has no fake implementation. Linear and Conv1d/2d/3d trace (as fxq::plain_linear / "
+                "fxq::plain_conv); keep this module out of the traced region or run it eagerly.")
         key = self._cache_key()
         if self._packed is None or self._packed_key != key:
             self._packed, self._packed_key = self._pack(), key
