@@ -45,10 +45,10 @@ def test_compile_makes_one_graph():
 def test_run_time_pack_follows_the_weight():
     weight = torch.randint(-127, 128, (4, 8), dtype=torch.int8)
     packs = []
-    first = traced.packed_for(weight, (), lambda: packs.append(1) or torch.ops.onednn.qlinear_prepack(weight, None))
+    first = traced.packed_for(weight, (), lambda w=weight: packs.append(1) or torch.ops.onednn.qlinear_prepack(w, None))
     assert traced.packed_for(weight, (), lambda: pytest.fail("packed twice")) is first
     weight.neg_()  # the version counter moves: pack again
-    traced.packed_for(weight, (), lambda: packs.append(2) or torch.ops.onednn.qlinear_prepack(weight, None))
+    traced.packed_for(weight, (), lambda w=weight: packs.append(2) or torch.ops.onednn.qlinear_prepack(w, None))
     assert packs == [1, 2]
     identity = id(weight)
     del weight

@@ -13,7 +13,7 @@ qint8 / qint32, which torch 2.13 deprecates) is created by building or running t
     >>> plain.ops.quantize_per_tensor(torch.tensor([0.5]), torch.tensor(0.1), torch.tensor(3))
     tensor([8], dtype=torch.uint8)
 """
-import torch
+import torch  # noqa: F401  (the docstring example uses it)
 
 from fxq.nn.plain import ops, traced
 from fxq.nn.plain.conv import Conv1d, Conv2d, Conv3d, ConvBinary1d, ConvBinary2d
