@@ -6,7 +6,11 @@ point as 0-dim buffers (get_attr nodes), so the ops take them as tensors. Both o
 ``torch.library`` and have fake implementations, so ``torch.export`` and ``torch.compile`` trace through them.
 
 The integers are those of ``torch.quantize_per_tensor(x, scale, zero_point, dtype).int_repr()`` bit for bit:
-``round_half_to_even(x * float32(1 / scale)) + zero_point``, clamped (tests/test_plain_ops.py checks ties too).
+``round_half_to_even(fma(x, float32(1 / scale), zero_point))``, clamped (tests/test_plain_ops.py checks ties too).
+
+Cost: four passes over the tensor (fused multiply-add, rounding add, clamp, narrowing) against torch's single fused
+kernel: on a 128x3072 activation, one thread of this AVX2 host, about 230 us against 48 us for
+torch.quantize_per_tensor, and 120 us against 47 us to dequantize (tools/bench_plain.py).
 
     >>> x = torch.tensor([-1.0, 0.0, 0.25, 10.0])
     >>> q = torch.ops.fxq.quantize_per_tensor(x, torch.tensor(0.1), torch.tensor(10), 0, 255, torch.uint8)
