@@ -93,3 +93,10 @@ def test_changing_the_weight_repacks():
     with torch.no_grad():
         module.weight.neg_()
     assert torch.allclose(module(x) - module.bias, -(before - module.bias), atol=1e-4)
+
+
+def test_replacing_the_weight_buffer_repacks():
+    module, (x,) = _modules_and_inputs()[1]
+    before = module(x)
+    module.weight = -module.weight  # a new tensor, version 0 like the old one
+    assert torch.allclose(module(x) - module.bias, -(before - module.bias), atol=1e-4)

@@ -91,8 +91,10 @@ class PlainWeightedModule(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement _pack()")
 
     def _cache_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in (self.weight, self.weight_scale)) + (self.input_scale,
-                                                                                               self.input_zero_point)
+        # the tensors themselves (compared by identity; holding them keeps a freed weight's address from being
+        # reused by a new one) and their version counters, which in-place writes and load_state_dict move
+        sources = (self.weight, self.weight_scale)
+        return sources + tuple(t._version for t in sources) + (self.input_scale, self.input_zero_point)
 
     def packed_weight(self) -> torch.Tensor:
         """The oneDNN-packed weight, packed now if the weight changed since the last pack (or never was)."""
@@ -102,7 +104,7 @@ class PlainWeightedModule(nn.Module):
                 "weight prepack has no fake implementation. Linear and Conv1d/2d/3d trace (as fxq::plain_linear / "
                 "fxq::plain_conv); keep this module out of the traced region or run it eagerly.")
         key = self._cache_key()
-        if self._packed is None or self._packed_key != key:
+        if self._packed is None or not _same_key(self._packed_key, key):
             self._packed, self._packed_key = self._pack(), key
         return self._packed
 
@@ -142,3 +144,8 @@ class PlainWeightedModule(nn.Module):
             if self.post_op_algorithm:
                 text += f"({self.post_op_algorithm})"
         return text
+
+
+def _same_key(old: Optional[tuple], new: tuple) -> bool:
+    return old is not None and len(old) == len(new) and all(
+        a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(old, new))
