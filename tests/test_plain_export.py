@@ -57,6 +57,16 @@ def test_run_time_pack_follows_the_weight():
 
 
 def test_modules_without_a_traced_op_say_so():
-    dynamic = plain.DynamicLinear.from_float(torch.nn.Linear(8, 4))
+    ref = reference_of(torch.nn.Linear(8, 4))
+    residual = plain.LinearBinary.from_reference(ref, 0.05, 60, None)
     with pytest.raises(Exception, match="cannot be traced by torch.export"):
-        torch.export.export(dynamic, (torch.randn(2, 8),), strict=False)
+        torch.export.export(residual, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(2, 4)), strict=False)
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_dynamic_linear_exports(per_token):
+    dynamic, x = plain.DynamicLinear.from_float(torch.nn.Linear(8, 4), per_token=per_token), torch.randn(3, 8)
+    exported = torch.export.export(dynamic, (x,), strict=False)
+    targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
+    assert "fxq.plain_linear_tensor_qparams.default" in targets
+    assert torch.equal(exported.module()(x), dynamic(x))

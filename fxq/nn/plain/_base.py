@@ -101,8 +101,8 @@ class PlainWeightedModule(nn.Module):
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             raise NotImplementedError(
                 f"fxq.nn.plain.{type(self).__name__} cannot be traced by torch.export / torch.compile yet: oneDNN's "
-                "weight prepack has no fake implementation. Linear and Conv1d/2d/3d trace (as fxq::plain_linear / "
-                "fxq::plain_conv); keep this module out of the traced region or run it eagerly.")
+                "weight prepack has no fake implementation. Linear, DynamicLinear and Conv1d/2d/3d trace (as fxq ops, "
+                "see fxq.nn.plain.traced); keep this module out of the traced region or run it eagerly.")
         key = self._cache_key()
         if self._packed is None or not _same_key(self._packed_key, key):
             self._packed, self._packed_key = self._pack(), key

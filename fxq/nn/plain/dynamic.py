@@ -21,6 +21,7 @@ from fxq.nn.plain import ops
 from fxq.nn.plain._base import weight_int8, weight_qparams_accepted
 from fxq.nn.plain.linear import Linear
 from fxq.nn.plain.saturation import activation_quant_max
+from fxq.nn.plain.traced import tracing
 
 __all__ = ["DynamicLinear"]
 
@@ -120,6 +121,9 @@ class DynamicLinear(Linear):
 
     def _run(self, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
              bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
+            return torch.ops.fxq.plain_linear_tensor_qparams(q, scale, zero_point, self.weight, self.weight_scale,
+                                                             self.weight_zero_point, bias)
         return torch.ops.onednn.qlinear_pointwise.tensor(
             q, scale, zero_point, self.packed_weight(), self.weight_scale, self.weight_zero_point, bias, 1.0, 0,
             torch.float32, "none", [], "")

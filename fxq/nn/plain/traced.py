@@ -1,5 +1,6 @@
 """``fxq::plain_linear`` / ``fxq::plain_conv``: the plain modules as single opaque ops, for torch.export and
-torch.compile.
+torch.compile (``fxq::plain_linear_tensor_qparams``: float output, activation qparams as tensors, for
+DynamicLinear).
 
 oneDNN's prepack has no fake implementation, so a traced module cannot pack its weight inside the graph, and a
 traced weight has no storage to key the module's cache on. While tracing, the modules call these ops instead:
@@ -40,6 +41,10 @@ torch.library.define(
     "int input_zero_point, float output_scale, int output_zero_point, ScalarType? output_dtype, str post_op, "
     "float[] post_op_args, str post_op_algorithm) -> Tensor")
 torch.library.define(
+    "fxq::plain_linear_tensor_qparams",
+    "(Tensor x, Tensor input_scale, Tensor input_zero_point, Tensor weight, Tensor weight_scale, "
+    "Tensor weight_zero_point, Tensor? bias) -> Tensor")
+torch.library.define(
     "fxq::plain_conv",
     "(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_zero_point, Tensor? bias, int[] stride, "
     "int[] padding, int[] dilation, int groups, float input_scale, int input_zero_point, float output_scale, "
@@ -59,6 +64,19 @@ def _plain_linear(x, weight, weight_scale, weight_zero_point, bias, input_scale,
 def _plain_linear_fake(x, weight, weight_scale, weight_zero_point, bias, input_scale, input_zero_point,
                        output_scale, output_zero_point, output_dtype, post_op, post_op_args, post_op_algorithm):
     return x.new_empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=output_dtype or torch.uint8)
+
+
+@torch.library.impl("fxq::plain_linear_tensor_qparams", "CPU")
+def _plain_linear_tensor_qparams(x, input_scale, input_zero_point, weight, weight_scale, weight_zero_point, bias):
+    packed = packed_for(weight, (), lambda: torch.ops.onednn.qlinear_prepack(weight, None))
+    return torch.ops.onednn.qlinear_pointwise.tensor(x, input_scale, input_zero_point, packed, weight_scale,
+                                                     weight_zero_point, bias, 1.0, 0, torch.float32, "none", [], "")
+
+
+@torch.library.register_fake("fxq::plain_linear_tensor_qparams")
+def _plain_linear_tensor_qparams_fake(x, input_scale, input_zero_point, weight, weight_scale, weight_zero_point,
+                                      bias):
+    return x.new_empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=torch.float32)
 
 
 @torch.library.impl("fxq::plain_conv", "CPU")
