@@ -33,6 +33,7 @@ from fxq.debug.calibration import calibrate
 from fxq.debug.numeric import compare, sensitivity
 from fxq.debug.budget import BudgetResult, quantize_with_budget
 from fxq.graph.tracer import TraceError
+from fxq.compiling import compile  # noqa: A004 (fxq.compile, next to torch.compile)
 from fxq.graph.leaves import find_untraceable
 from fxq.config.registry import register_custom_module, unregister_custom_module
 from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, SmoothQuant, cross_layer_equalize,
@@ -77,7 +78,7 @@ __all__ = [
 ]
 __all__ += ["EqualizationQConfig", "default_equalization_qconfig", "cross_layer_equalize", "CrossLayerEqualization",
             "SmoothQuant", "FloatOutputQConfig", "get_transformer_qconfig_mapping", "quantize_with_budget", "BudgetResult"]
-__all__ += ["find_untraceable", "register_custom_module", "unregister_custom_module"]
+__all__ += ["find_untraceable", "register_custom_module", "unregister_custom_module", "compile"]
 __all__ += ["prepare_qat_fx", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "default_qat_qconfig",
             "FakeQuantizeBase", "FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize",
             "LearnableFakeQuantize", "enable_fake_quant", "disable_fake_quant", "enable_observer", "disable_observer",

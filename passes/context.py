@@ -25,6 +25,7 @@ class PassContext:
     equalization_mapping: Any = None  # QConfigMapping of EqualizationQConfig (prepare's _equalization_config)
     qat: bool = False  # prepare_qat_fx: QAT fusion and module swaps
     smoothing: Any = None  # fxq.SmoothQuant options when _equalization_config asks for outlier smoothing
+    lowering: str = "quantized"  # convert: "plain" (uint8 tensors, oneDNN kernels) or "quantized" (quantized tensors)
     tracer: str = ""  # prepare: the tracer that made the graph ("fx", "export", "given"), for dumps
     state: Any = None  # the fxq state stored on the observed GraphModule (fxq.graph.state.FxqState)
     warnings: list = field(default_factory=list)

@@ -1,5 +1,6 @@
 """Keep in float the layers that are slower as int8 than as float here, and pack the others for the engine
-that runs them fastest (opt-in: ``cost_model`` in the PrepareCustomConfig; an engine name pins that engine).
+that runs them fastest (``cost_model`` in the PrepareCustomConfig: on by default for the lowering convert_fx will run,
+``FXQ_COST_MODEL=off`` or ``{"cost_model": False}`` turns it off, an engine name pins that engine).
 
 Requires: qconfigs assigned (assign_qconfig) and the example inputs' shapes recorded (record_values).
 Guarantees: a static Linear / LinearReLU / Conv2d / ConvReLU2d whose fastest measured int8 kernel is slower
@@ -17,10 +18,13 @@ Before / after (a 32x32 linear that the int8 kernel cannot speed up)::
 from __future__ import annotations
 
 import math
+import os
+from typing import Optional
 
 import torch
 from torch import fx, nn
 
+from fxq.config.lowering import resolve_lowering
 from fxq.nn import cost_model
 from fxq.graph.modes import STATIC
 from fxq.nn import fused
@@ -32,10 +36,9 @@ _FUSED_WITH_RELU = (fused.LinearReLU, fused.ConvReLU2d)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    setting = getattr(ctx.prepare_config, "cost_model", False)
-    if not setting:
+    engines = _engines(getattr(ctx.prepare_config, "cost_model", False))
+    if engines is None:
         return gm
-    engines = (setting,) if isinstance(setting, str) else ()
     modules = modules_of(gm)
     for node in gm.graph.nodes:
         if node.op != "call_module" or ctx.state.modes.get(node.name) != STATIC or not node.args:
@@ -51,6 +54,15 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                 kept.meta[REASON_KEY] = f"cost model: {cost.describe()}"
             ctx.count("layers left float by the cost model")
     return gm
+
+
+def _engines(setting) -> Optional[tuple]:
+    """The engines to time (() for every quantized engine), or None when the cost model is off."""
+    if setting == "auto" and os.environ.get("FXQ_COST_MODEL", "").lower() in ("off", "0", "false"):
+        return None
+    if setting in ("auto", True):  # the kernels of the lowering convert_fx will run
+        return (cost_model.PLAIN,) if resolve_lowering() == "plain" else ()
+    return (setting,) if setting else None
 
 
 def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 from torch import fx, nn
 
 from fxq.config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, QConfigMapping
+from fxq.config.lowering import resolve_lowering
 from fxq.config.registry import check_configs
 from fxq.debug import provenance
 from fxq.equalization import apply_equalization_config
@@ -90,7 +91,7 @@ def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
     check_configs(convert_config=config)
     node_meta.restore(graph_module)  # a prepared model loaded with torch.load lost its node scopes
     gm = copy_module(graph_module)
-    ctx = PassContext(convert_config=config, state=state)
+    ctx = PassContext(convert_config=config, state=state, lowering=resolve_lowering(config.lowering))
     gm = pipeline.run_passes(gm, passes, ctx, debug_dump_dir, "convert")
     # the attributes prepare was asked to keep stay on the converted model too (PyTorch AO drops them here)
     kept = getattr(state.prepare_config, "preserved_attributes", [])

@@ -21,18 +21,21 @@ from torch import fx
 from fxq.nn.quantized._packing import packing_for
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.lowering import LOWERING
+from fxq.patterns.plain_lowering import PLAIN_LOWERING
 from fxq.patterns.rewrites import Lowering
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     lowering = Lowering(gm, modules_of(gm), ctx.state)
+    table = PLAIN_LOWERING if ctx.lowering == "plain" else LOWERING
     lowered = 0
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function", "call_method") or not node.users:
             continue
         engine = ctx.state.engines.get(node.name) if ctx.state is not None else None
+        engine = engine if engine in torch.backends.quantized.supported_engines else None  # "plain": no packing
         with packing_for(engine) if engine else contextlib.nullcontext():  # the cost model's per-layer choice
-            for match in LOWERING.matches(node, lowering.modules):
+            for match in table.matches(node, lowering.modules):
                 if match.rule.action(lowering, match):
                     ctx.count(f"lowered {match.rule.name}")
                     lowered += 1

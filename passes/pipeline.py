@@ -27,6 +27,7 @@ from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, 
 from fxq.passes import cost_model, equalize, insert_equalization_observers, insert_smoothing_observers, smooth
 from fxq.passes import functionalize_inplace, reshape_views, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes import convert_qat_modules, float_outputs, swap_qat_modules
+from fxq.passes import plain_fuse, plain_values
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -60,6 +61,8 @@ CONVERT = [
     convert_standalone.run,
     quantized_io.run,
     cleanup.run,
+    plain_values.run,      # plain lowering only: fxq's uint8 quantize / dequantize ops, no quantized tensor
+    plain_fuse.run,        # plain lowering only: activations, residual adds and float outputs into the kernels
 ]
 REFERENCE_CONVERT = CONVERT[:CONVERT.index(to_reference.run) + 1]  # convert_to_reference_fx stops here
 

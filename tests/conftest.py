@@ -9,6 +9,11 @@ import torch
 
 # Every pass must leave a graph that lints clean (DESIGN.md); in the suite check after each one, not only at the end.
 os.environ.setdefault("FXQ_CHECK_PASSES", "1")
+# The cost model (on by default) would leave the suite's small layers float on some CPUs and not on others: tests
+# compare kernels and numerics, so they quantize every layer the qconfig asks for. tests/test_cost_model.py turns
+# it on where it is the subject; FXQ_COST_CACHE=off keeps the suite from writing timings to the user's cache.
+os.environ.setdefault("FXQ_COST_MODEL", "off")
+os.environ.setdefault("FXQ_COST_CACHE", "off")
 
 
 def torch_ao():
@@ -63,3 +68,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def quantized_lowering(monkeypatch):
+    """convert_fx lowers to quantized tensors and modules (the switch back from the plain default): for tests that
+    compare graphs, modules or outputs with PyTorch AO's, which has only that lowering."""
+    monkeypatch.setenv("FXQ_LOWERING", "quantized")
+

@@ -48,8 +48,15 @@ def test_a_layer_slower_in_int8_stays_float_with_the_reason_recorded(monkeypatch
     assert quantized.big._get_name().startswith("QuantizedLinear")
 
 
-def test_off_by_default(monkeypatch):
+def test_on_by_default_off_by_config_or_environment(monkeypatch):
     calls = _fake_costs(monkeypatch, slow_int8_out_features=8)
+    monkeypatch.delenv("FXQ_COST_MODEL", raising=False)
+    prepared = fxq.prepare_fx(TwoLayers().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(4, 8),))
+    assert len(calls) == 2 and any("fxq_float_reason" in n.meta for n in prepared.graph.nodes)
+    calls.clear()
+    fxq.prepare_fx(TwoLayers().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(4, 8),),
+                   prepare_custom_config={"cost_model": False})
+    monkeypatch.setenv("FXQ_COST_MODEL", "off")
     prepared = fxq.prepare_fx(TwoLayers().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(4, 8),))
     assert calls == [] and not any("fxq_float_reason" in n.meta for n in prepared.graph.nodes)
 

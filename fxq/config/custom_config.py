@@ -99,7 +99,7 @@ class PrepareCustomConfig(_CustomConfig):
         self.auto_leaf: bool = False
         self.tracer_class: Optional[type] = None  # a torch.fx.Tracer subclass; fxq mixes its scope recording in
         self.tracer_options: dict[str, Any] = {}  # the tracer's constructor arguments, plus "concrete_args"
-        self.cost_model: Union[bool, str] = False
+        self.cost_model: Union[bool, str] = "auto"
         self.tracer: str = "auto"  # "fx": fxq's tracer only; "export": torch.export only; "auto": fx, then export
 
     def _standalone_entry(self, qconfig_mapping: Any, example_inputs: Any, prepare_custom_config: Any,
@@ -184,10 +184,14 @@ class PrepareCustomConfig(_CustomConfig):
     def set_cost_model(self, enabled: Union[bool, str] = True) -> "PrepareCustomConfig":
         """Time each Linear / Conv2d once per shape (fxq.nn.cost_model): layers slower as int8 than as float stay
         float (the dumps say why), the others are packed for the engine that runs them fastest. An engine name
-        ("x86", "fbgemm", "onednn") instead of True pins that engine.
+        ("x86", "fbgemm", "onednn", "plain") instead of True pins that engine; False quantizes every layer the
+        qconfig asks for. The default, "auto", is on (for the kernels of the lowering convert_fx will run,
+        see fxq.config.lowering) unless the environment variable ``FXQ_COST_MODEL=off``.
 
         >>> PrepareCustomConfig().set_cost_model("onednn").to_dict()
         {'cost_model': 'onednn'}
+        >>> PrepareCustomConfig().set_cost_model(False).to_dict()
+        {'cost_model': False}
         """
         if not isinstance(enabled, (bool, str)):
             raise TypeError(f"set_cost_model: expected True/False or an engine name, got {enabled!r}")
@@ -245,7 +249,7 @@ class PrepareCustomConfig(_CustomConfig):
         config.set_output_quantized_indexes(config_dict.get("output_quantized_idxs", []))
         config.set_preserved_attributes(config_dict.get("preserved_attributes", []))
         config.set_auto_leaf(config_dict.get("auto_leaf", False))
-        config.set_cost_model(config_dict.get("cost_model", False))
+        config.set_cost_model(config_dict.get("cost_model", "auto"))
         config.set_tracer_strategy(config_dict.get("tracer", "auto"))
         options = config_dict.get("tracer_options", {})
         if not isinstance(options, dict):
@@ -267,24 +271,44 @@ class PrepareCustomConfig(_CustomConfig):
             "auto_leaf": self.auto_leaf,
             "tracer_class": self.tracer_class,
             "tracer_options": dict(self.tracer_options),
-            "cost_model": self.cost_model,
+            "cost_model": None if self.cost_model == "auto" else self.cost_model,
             "tracer": self.tracer if self.tracer != "auto" else None,
         }
-        return {key: value for key, value in items.items() if value}
+        return {key: value for key, value in items.items() if value or value is False}
+
+
+LOWERINGS = ("auto", "plain", "quantized")
 
 
 class ConvertCustomConfig(_CustomConfig):
-    """Options of convert_fx: custom observed -> quantized module classes, preserved attributes.
+    """Options of convert_fx: custom observed -> quantized module classes, preserved attributes, and fxq's
+    ``lowering``: "plain" (uint8 tensors on oneDNN kernels), "quantized" (PyTorch AO's quantized tensors and
+    modules) or "auto" (the default: plain on x86 CPUs whose torch has the oneDNN kernels, see
+    fxq.config.lowering); ``keep_roundings`` (plain only): round exactly where the quantized-tensor lowering does
+    instead of fusing activations, residual adds and float outputs into the kernels.
 
     >>> ConvertCustomConfig().set_preserved_attributes(["version"]).to_dict()
     {'preserved_attributes': ['version']}
+    >>> ConvertCustomConfig.from_dict({"lowering": "quantized"}).lowering
+    'quantized'
     """
 
-    DICT_KEYS = ("observed_to_quantized_custom_module_class", "preserved_attributes")
+    DICT_KEYS = ("observed_to_quantized_custom_module_class", "preserved_attributes", "lowering", "keep_roundings")
 
     def __init__(self) -> None:
         self.observed_to_quantized_mapping: dict[str, dict[type, type]] = {}  # mode -> {observed: quantized}
         self.preserved_attributes: list[str] = []
+        self.lowering: str = "auto"
+        # plain lowering: True keeps every rounding of the reference graph (no activation, residual or float output
+        # fused across a quantize), so the result matches the quantized-tensor lowering's; for parity checks
+        self.keep_roundings: bool = False
+
+    def set_lowering(self, lowering: str) -> "ConvertCustomConfig":
+        """"plain", "quantized" or "auto" (see the class docstring)."""
+        if lowering not in LOWERINGS:
+            raise ValueError(f"convert_custom_config['lowering'] = {lowering!r}; choose one of {', '.join(LOWERINGS)}")
+        self.lowering = lowering
+        return self
 
     def set_observed_to_quantized_mapping(self, observed_class: type, quantized_class: type,
                                           quant_type: Any = "static") -> "ConvertCustomConfig":
@@ -308,6 +332,8 @@ class ConvertCustomConfig(_CustomConfig):
         for mode, classes in by_mode.items():
             for observed_class, quantized_class in classes.items():
                 config.set_observed_to_quantized_mapping(observed_class, quantized_class, mode)
+        config.set_lowering(config_dict.get("lowering", "auto"))
+        config.keep_roundings = bool(config_dict.get("keep_roundings", False))
         return config.set_preserved_attributes(config_dict.get("preserved_attributes", []))
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,6 +342,8 @@ class ConvertCustomConfig(_CustomConfig):
             "observed_to_quantized_custom_module_class": {
                 mode: dict(classes) for mode, classes in self.observed_to_quantized_mapping.items()},
             "preserved_attributes": list(self.preserved_attributes),
+            "lowering": None if self.lowering == "auto" else self.lowering,
+            "keep_roundings": self.keep_roundings,
         }
         return {key: value for key, value in items.items() if value}
 

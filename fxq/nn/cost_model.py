@@ -4,7 +4,7 @@ The cost model answers one question for prepare: on this machine, is this Linear
 kernel than as the float op? Small layers often are not (an int8 kernel pays for requantizing its output and
 its fixed overheads, which a 32x32 linear never earns back). Each (kind, shapes, engine, threads) is timed
 once per process — the median of a few runs of both kernels on random data of the layer's shapes — and
-cached; ``FXQ_COST_CACHE=path.json`` keeps the cache across processes.
+cached, in memory and in a file per CPU (:func:`cache_path`; ``FXQ_COST_CACHE=path.json`` or ``off``).
 
     >>> cost = layer_cost("linear", weight_shape=(32, 32), input_shape=(1, 32))
     >>> cost.int8_ms > 0 and cost.float_ms > 0
@@ -12,10 +12,14 @@ cached; ``FXQ_COST_CACHE=path.json`` keeps the cache across processes.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import platform
+from pathlib import Path
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,7 @@ _RUNS, _WARMUP = 7, 2
 ENGINES = ("x86", "fbgemm", "onednn")
 # int8 must lose by this factor before a layer stays float: the timings are noisy
 SLOWER_MARGIN = 1.25
+PLAIN = "plain"  # the engine name of fxq.nn.plain's oneDNN kernels (the plain lowering)
 SWITCH_MARGIN = 1.15  # another engine must beat the default engine by this factor to get a layer
 _cache: Dict[str, "Cost"] = {}
 
@@ -55,11 +60,13 @@ def layer_cost(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[int,
                geometry: Tuple = (), engine: str = "") -> Cost:
     """Cost of ``kind`` ("linear" or "conv2d", with conv geometry (stride, padding, dilation, groups))."""
     engine = engine or torch.backends.quantized.engine
-    key = json.dumps([kind, list(weight_shape), list(input_shape), list(geometry), engine, torch.get_num_threads()])
+    key = json.dumps([kind, list(weight_shape), list(input_shape), list(geometry), engine, torch.get_num_threads(),
+                      cpu_identity()])
     if not _cache:
         _load_disk_cache()
     if key not in _cache:
-        _cache[key] = _MEASURE[kind](tuple(weight_shape), tuple(input_shape), tuple(geometry), engine)
+        measure = (_MEASURE_PLAIN if engine == PLAIN else _MEASURE)[kind]
+        _cache[key] = measure(tuple(weight_shape), tuple(input_shape), tuple(geometry), engine)
         _save_disk_cache()
     return _cache[key]
 
@@ -69,6 +76,8 @@ def fastest_int8(kind: str, weight_shape: Tuple[int, ...], input_shape: Tuple[in
     """(engine, cost) of the engine whose int8 kernel runs this layer fastest, among ``engines`` (default: every
     engine of ENGINES this torch has). x86, fbgemm and onednn compute the same int8 results for the same weights
     (but for rare rounding ties, see ENGINES), so the choice changes speed, not accuracy."""
+    if engines == (PLAIN,):
+        return PLAIN, layer_cost(kind, weight_shape, input_shape, geometry, PLAIN)
     candidates = [e for e in (engines or ENGINES) if e in torch.backends.quantized.supported_engines]
     if not candidates:
         raise ValueError(f"none of the engines {list(engines or ENGINES)} is in this torch build "
@@ -133,18 +142,83 @@ def _boundary_ms(quantized_input: torch.Tensor, float_output: torch.Tensor) -> f
                                torch.quantize_per_tensor(float_output, 0.05, 64, torch.quint8)))
 
 
+def _plain_reference(kind: str, weight_shape, geometry):
+    """A reference Linear / Conv2d of these shapes with symmetric per-channel int8 weights (random values)."""
+    from fxq.nn import reference
+    out_channels = weight_shape[0]
+    qparams = {"qscheme": torch.per_channel_symmetric, "dtype": torch.qint8, "axis": 0,
+               "scale": torch.full((out_channels,), 0.01), "zero_point": torch.zeros(out_channels, dtype=torch.long)}
+    if kind == "linear":
+        return reference.Linear.from_float(torch.nn.Linear(weight_shape[1], out_channels), qparams)
+    stride, padding, dilation, groups = geometry
+    conv = torch.nn.Conv2d(weight_shape[1] * groups, out_channels, tuple(weight_shape[2:]), stride, padding,
+                           dilation, groups)
+    return reference.Conv2d.from_float(conv, qparams)
+
+
+def _measure_plain(kind: str):
+    """Measure fxq.nn.plain's kernel against the float op. A float layer between int8 neighbours costs a quantize
+    of its output (the int8 layer before it returns fp32 straight from its kernel)."""
+    def measure(weight_shape, input_shape, geometry, engine) -> Cost:
+        from fxq.nn import plain
+        ref = _plain_reference(kind, weight_shape, geometry)
+        kernel = (plain.Linear if kind == "linear" else plain.Conv2d).from_reference(ref, 0.05, 64, 0.05, 64)
+        x = torch.randn(input_shape)
+        if kind == "conv2d":  # int8 convs write channels-last, so a float conv between them reads it too
+            x = x.contiguous(memory_format=torch.channels_last)
+        scale, zero_point = torch.tensor(0.05), torch.tensor(64)
+        integers = plain.ops.quantize_per_tensor(x, scale, zero_point)
+        int8 = _median_ms(lambda: kernel(integers))
+        float_ms = _median_ms(lambda: ref._conv_forward(x, ref.weight, ref.bias) if kind == "conv2d"
+                              else F.linear(x, ref.weight, ref.bias))
+        output = kernel(integers).float()
+        return Cost(int8, float_ms, _median_ms(lambda: plain.ops.quantize_per_tensor(output, scale, zero_point)))
+    return measure
+
+
 _MEASURE = {"linear": _measure_linear, "conv2d": _measure_conv2d}
+_MEASURE_PLAIN = {"linear": _measure_plain("linear"), "conv2d": _measure_plain("conv2d")}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_identity() -> str:
+    """What makes timings of one machine valid on another: CPU model, its ISA flags, torch version."""
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        lines = [platform.processor() or platform.machine()]
+    model = next((line for line in lines if line.startswith("model name")), "")
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    return hashlib.sha1(f"{model}|{flags}|{torch.__version__}".encode()).hexdigest()[:16]
+
+
+def cache_path() -> Optional[Path]:
+    """The file the timings persist in: ``FXQ_COST_CACHE`` ("off" for none), else one file per CPU identity in
+    the user's cache directory, so the second prepare of a model on this machine measures nothing."""
+    setting = os.environ.get("FXQ_COST_CACHE", "")
+    if setting.lower() in ("off", "0", "none"):
+        return None
+    if setting:
+        return Path(setting)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "fxq" / f"cost-{cpu_identity()}.json"
 
 
 def _load_disk_cache() -> None:
-    path = os.environ.get("FXQ_COST_CACHE")
-    if path and os.path.exists(path):
-        with open(path) as file:
-            _cache.update({key: Cost(**value) for key, value in json.load(file).items()})
+    path = cache_path()
+    if path is not None and path.exists():
+        try:
+            _cache.update({key: Cost(**value) for key, value in json.loads(path.read_text()).items()})
+        except (ValueError, TypeError, OSError):  # a damaged or foreign file: measure again, overwrite it
+            pass
 
 
 def _save_disk_cache() -> None:
-    path = os.environ.get("FXQ_COST_CACHE")
-    if path:
-        with open(path, "w") as file:
-            json.dump({key: asdict(cost) for key, cost in _cache.items()}, file, indent=1)
+    path = cache_path()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({key: asdict(cost) for key, cost in _cache.items()}, indent=1))
+    except OSError:  # a read-only home: the in-process cache still serves this run
+        pass

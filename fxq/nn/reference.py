@@ -94,9 +94,29 @@ class _ReferenceWeight:
                 ints, qweight.q_per_channel_scales(), qweight.q_per_channel_zero_points(), qweight.q_per_channel_axis())
         return torch._make_per_tensor_quantized_tensor(ints, qweight.q_scale(), qweight.q_zero_point())
 
+    def integer_weight(self) -> torch.Tensor:
+        """The weight's integers (int8 for qint8, uint8 for quint8), the same as ``quantized_weight().int_repr()``
+        but computed in float arithmetic: no (deprecated) quantized tensor is made."""
+        scale, zero_point = self._broadcast_qparams()
+        low, high = (int(v) for v in self.weight_quant_range)
+        integers = torch.round(self.weight.detach().float() * (1.0 / scale)).add_(zero_point).clamp_(low, high)
+        return integers.to(torch.int8 if self.weight_dtype == torch.qint8 else torch.uint8)
+
+    def _broadcast_qparams(self) -> tuple:
+        """(float32 scale, zero point) shaped to broadcast against the weight."""
+        scale, zero_point = self.weight_scale.float(), self.weight_zero_point
+        if self.is_per_channel:
+            shape = [1] * self.weight.dim()
+            shape[int(self.weight_axis)] = -1
+            return scale.reshape(shape), zero_point.reshape(shape)
+        return scale, zero_point
+
     def get_weight(self) -> torch.Tensor:
         """The weight after quantize-dequantize: what the int8 kernel effectively multiplies by."""
-        return self.quantized_weight().dequantize().to(self.weight.dtype)
+        if self.weight_qscheme == torch.per_channel_affine_float_qparams:  # embedding rows: another formula
+            return self.quantized_weight().dequantize().to(self.weight.dtype)
+        scale, zero_point = self._broadcast_qparams()
+        return ((self.integer_weight().float() - zero_point) * scale).to(self.weight.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight_qscheme={self.weight_qscheme}, weight_dtype={self.weight_dtype}"

@@ -22,4 +22,9 @@ from fxq.nn.plain.linear import Linear, LinearBinary
 from fxq.nn.plain.saturation import plain_linear_saturates
 
 __all__ = ["ops", "traced", "Linear", "LinearBinary", "Conv1d", "Conv2d", "Conv3d", "ConvBinary1d", "ConvBinary2d",
-           "DynamicLinear", "plain_linear_saturates"]
+           "DynamicLinear", "plain_linear_saturates", "reads_uint8"]
+
+
+def reads_uint8(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a plain kernel taking a uint8 input (DynamicLinear takes float)."""
+    return isinstance(module, (Linear, Conv1d, Conv2d, Conv3d)) and not isinstance(module, DynamicLinear)

@@ -6,7 +6,8 @@ fused post-op. ``ConvBinary1d/2d`` fuse a residual add, ``post_op(conv(x) + accu
 
 - 2-d and 3-d outputs come back channels_last, whatever the input layout; keeping activations channels_last
   through a chain saves the layout conversion at every conv (tools/bench_plain.py);
-- post-ops: relu, hardtanh(min, max), hardswish, swish (leaky_relu, tanh, gelu are refused by the kernel);
+- post-ops: relu, hardtanh(min, max), hardswish, swish in 2-d; relu only in 1-d; none in 3-d (leaky_relu, tanh,
+  gelu are refused by the kernel);
 - the "sum" accumulator must be channels_last and is written in place, so it is copied first; a uint8 accumulator
   needs a uint8 output, a float one a float output (the kernel returns wrong values for a float accumulator into
   a uint8 output, so that pairing is refused);
@@ -173,6 +174,7 @@ class Conv1d(_ConvNd):
     """
 
     _dims, _reference_type = 1, reference.Conv1d
+    _post_ops = {"none": 0, "relu": 0}  # measured: the 1-d kernel refuses the others
 
 
 class Conv2d(_ConvNd):
@@ -199,6 +201,7 @@ class Conv3d(_ConvNd):
     """
 
     _dims, _reference_type = 3, reference.Conv3d
+    _post_ops = {"none": 0}  # measured: the 3-d kernel refuses every post-op
 
 
 class _ConvBinary(_ConvNd):
@@ -243,6 +246,13 @@ class _ConvBinary(_ConvNd):
             accum, accum_scale, accum_zero_point = (accum.float() - accum_zero_point) * accum_scale, None, 0
         if self._dims == 1:
             x, accum = x.unsqueeze(2), accum.unsqueeze(2)
+        if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
+            weight = self.weight.unsqueeze(2) if self._dims == 1 else self.weight
+            y = torch.ops.fxq.plain_conv2d_binary(
+                x, weight, self.weight_scale, self.weight_zero_point, accum, self.bias, *self._geometry(),
+                self.groups, self.input_scale, self.input_zero_point, scale, zero_point, dtype,
+                1.0 if accum_scale is None else accum_scale, accum_zero_point, self.post_op)
+            return y.squeeze(2) if self._dims == 1 else y
         # the kernel sums into the residual in place and needs it channels_last: always a fresh copy
         accum = accum.clone(memory_format=torch.channels_last)
         y = torch.ops.onednn.qconv2d_pointwise.binary(

@@ -57,6 +57,8 @@ class Linear(PlainWeightedModule):
         Linear(in_features=8, out_features=3, input_scale=0.02, input_zero_point=64, output=float32, post_op=gelu(none))
     """
 
+    _post_ops = LINEAR_POST_OPS
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, input_scale: float = 1.0,
                  input_zero_point: int = 0, output_scale: Optional[float] = None, output_zero_point: int = 0,
                  post_op: str = "none", post_op_args: tuple = (), post_op_algorithm: str = "") -> None:
@@ -153,6 +155,10 @@ class LinearBinary(Linear):
             if self.other_scale is not None:
                 other = (other.float() - self.other_zero_point) * self.other_scale
             other, other_scale, other_zero_point, binary = other.float(), 1.0, 0, "add"
+        if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
+            return torch.ops.fxq.plain_linear_binary(
+                x, self.weight, self.weight_scale, self.weight_zero_point, other, self.bias, self.input_scale,
+                self.input_zero_point, scale, zero_point, dtype, other_scale, other_zero_point, binary, self.post_op)
         return torch.ops.onednn.qlinear_pointwise.binary(
             x, self.input_scale, self.input_zero_point, self.packed_weight(), self.weight_scale,
             self.weight_zero_point, other, self.bias, scale, zero_point, dtype, other_scale, other_zero_point,

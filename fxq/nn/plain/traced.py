@@ -1,6 +1,6 @@
 """``fxq::plain_linear`` / ``fxq::plain_conv``: the plain modules as single opaque ops, for torch.export and
 torch.compile (``fxq::plain_linear_tensor_qparams``: float output, activation qparams as tensors, for
-DynamicLinear).
+DynamicLinear; ``fxq::plain_linear_binary`` / ``fxq::plain_conv2d_binary``: with a fused residual add).
 
 oneDNN's prepack has no fake implementation, so a traced module cannot pack its weight inside the graph, and a
 traced weight has no storage to key the module's cache on. While tracing, the modules call these ops instead:
@@ -102,6 +102,59 @@ def _plain_conv_fake(x, weight, weight_scale, weight_zero_point, bias, stride, p
     out = x.new_empty([x.shape[0], weight.shape[0]] + spatial, dtype=output_dtype or torch.uint8)
     layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(out.dim(), torch.contiguous_format)
     return out.contiguous(memory_format=layout)
+
+
+torch.library.define(
+    "fxq::plain_linear_binary",
+    "(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_zero_point, Tensor other, Tensor? bias, "
+    "float input_scale, int input_zero_point, float output_scale, int output_zero_point, ScalarType? output_dtype, "
+    "float other_scale, int other_zero_point, str binary, str post_op) -> Tensor")
+torch.library.define(
+    "fxq::plain_conv2d_binary",
+    "(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_zero_point, Tensor accum, Tensor? bias, "
+    "int[] stride, int[] padding, int[] dilation, int groups, float input_scale, int input_zero_point, "
+    "float output_scale, int output_zero_point, ScalarType? output_dtype, float accum_scale, int accum_zero_point, "
+    "str post_op) -> Tensor")
+
+
+@torch.library.impl("fxq::plain_linear_binary", "CPU")
+def _plain_linear_binary(x, weight, weight_scale, weight_zero_point, other, bias, input_scale, input_zero_point,
+                         output_scale, output_zero_point, output_dtype, other_scale, other_zero_point, binary, post_op):
+    packed = packed_for(weight, (), lambda: torch.ops.onednn.qlinear_prepack(weight, None))
+    other = other.clone() if binary == "sum" else other  # the kernel sums into it
+    return torch.ops.onednn.qlinear_pointwise.binary(
+        x, input_scale, input_zero_point, packed, weight_scale, weight_zero_point, other, bias, output_scale,
+        output_zero_point, output_dtype, other_scale, other_zero_point, binary, 1.0, post_op, [], "")
+
+
+@torch.library.register_fake("fxq::plain_linear_binary")
+def _plain_linear_binary_fake(x, weight, weight_scale, weight_zero_point, other, bias, input_scale, input_zero_point,
+                              output_scale, output_zero_point, output_dtype, other_scale, other_zero_point, binary,
+                              post_op):
+    return x.new_empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=output_dtype or torch.uint8)
+
+
+@torch.library.impl("fxq::plain_conv2d_binary", "CPU")
+def _plain_conv2d_binary(x, weight, weight_scale, weight_zero_point, accum, bias, stride, padding, dilation, groups,
+                         input_scale, input_zero_point, output_scale, output_zero_point, output_dtype, accum_scale,
+                         accum_zero_point, post_op):
+    geometry = (list(stride), list(padding), list(dilation), groups)
+    key = (weight_scale._version, input_scale, input_zero_point, tuple(stride), tuple(padding), tuple(dilation))
+    packed = packed_for(weight, key,
+                        lambda: torch.ops.onednn.qconv_prepack(weight, weight_scale, input_scale, input_zero_point,
+                                                               *geometry, None))
+    accum = accum.clone(memory_format=torch.channels_last)  # the kernel sums into it, channels-last
+    return torch.ops.onednn.qconv2d_pointwise.binary(
+        x, input_scale, input_zero_point, packed, weight_scale, weight_zero_point, accum, bias, *geometry,
+        output_scale, output_zero_point, output_dtype, accum_scale, accum_zero_point, "sum", 1.0,
+        None if post_op == "none" else post_op, [], "")
+
+
+@torch.library.register_fake("fxq::plain_conv2d_binary")
+def _plain_conv2d_binary_fake(x, weight, weight_scale, weight_zero_point, accum, bias, stride, padding, dilation,
+                              groups, input_scale, input_zero_point, output_scale, output_zero_point, output_dtype,
+                              accum_scale, accum_zero_point, post_op):
+    return torch.empty_like(accum, dtype=output_dtype or torch.uint8, memory_format=torch.channels_last)
 
 
 def tracing() -> bool:
