@@ -33,7 +33,7 @@ from fxq.debug.calibration import calibrate
 from fxq.debug.numeric import compare, sensitivity
 from fxq.debug.budget import BudgetResult, quantize_with_budget
 from fxq.graph.tracer import TraceError
-from fxq.compiling import compile  # noqa: A004 (fxq.compile, next to torch.compile)
+from fxq.graph.compiling import compile  # noqa: A004 (fxq.compile, next to torch.compile)
 from fxq.graph.leaves import find_untraceable
 from fxq.config.registry import register_custom_module, unregister_custom_module
 from fxq.equalization import (CrossLayerEqualization, EqualizationQConfig, SmoothQuant, cross_layer_equalize,

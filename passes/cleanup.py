@@ -18,14 +18,20 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if _is_requantize_of_same(gm, node):
             node.replace_all_uses_with(node.args[0].args[0])
             ctx.count("dequantize/quantize pairs removed")
+    remove_dead(gm, ctx)
+    return gm
+
+
+def remove_dead(gm: fx.GraphModule, ctx: PassContext) -> None:
+    """Dead nodes, the submodules no node calls, and root buffers only dead nodes read (the state_dict need not
+    carry them)."""
     read_before = _read_attributes(gm)
     ctx.count("dead nodes removed", eliminate_dead_code(gm))
     delete_unused_submodules(gm)
-    for name in read_before - _read_attributes(gm):  # read only by dead nodes: the state_dict need not carry them
+    for name in read_before - _read_attributes(gm):
         if name in gm._buffers:
             del gm._buffers[name]
             ctx.count("unread buffers removed")
-    return gm
 
 
 def _read_attributes(gm: fx.GraphModule) -> set:

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxq.debug import provenance
 from fxq.nn import plain
-from fxq.passes.context import PassContext, eliminate_dead_code, modules_of
+from fxq.passes.cleanup import remove_dead
+from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.ops import aten
 
 _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish", nn.Tanh: "tanh",
@@ -37,7 +39,10 @@ _BINARY = {plain.Conv1d: plain.ConvBinary1d, plain.Conv2d: plain.ConvBinary2d, p
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    if ctx.lowering != "plain" or ctx.convert_config.keep_roundings:
+    if ctx.lowering != "plain":
+        return gm
+    if ctx.convert_config.keep_roundings:
+        remove_dead(gm, ctx)
         return gm
     modules = modules_of(gm)
     for node in list(gm.graph.nodes):
@@ -54,7 +59,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
         if _is_quantize(node) and _drop_rounding(node):
             ctx.count("roundings no int8 op reads removed")
-    eliminate_dead_code(gm)
+    remove_dead(gm, ctx)
     return gm
 
 
@@ -119,6 +124,7 @@ def _fuse_activation(node: fx.Node, module: nn.Module, modules: dict) -> bool:
     if post_op is None or activation.args[0] is not dequantize or not _kernel_fuses(module, *post_op):
         return False
     module.post_op, module.post_op_args, module.post_op_algorithm = post_op
+    _now_holds(node, activation)
     quantizes = [u for u in activation.users if _is_quantize(u)]
     if len(quantizes) == 1 and len(activation.users) == 1:  # one uint8 reader: the kernel writes its qparams
         (quantize,) = quantizes
@@ -174,6 +180,7 @@ def _fuse_residual_add(node: fx.Node, module: nn.Module) -> bool:
     binary = _as_binary(module, binary_type, _qparam_values(quantize), _qparam_values(other_dequantize), relu)
     _set_module(node.graph.owning_module, node.target, binary)
     quantize.replace_all_uses_with(node)
+    _now_holds(node, last)
     add.prepend(node)  # the kernel now also reads ``other``, which may be computed after it
     node.args = (node.args[0], other_dequantize.args[0])
     for dead in (quantize, last, add, dequantize) if relu else (quantize, add, dequantize):  # they read the kernel
@@ -209,6 +216,13 @@ def _after_add(add: fx.Node) -> tuple:
                 user.op == "call_method" and user.target == "relu"):
             return user, True
     return add, False
+
+
+def _now_holds(kernel: fx.Node, fused: fx.Node) -> None:
+    """The kernel's node now yields ``fused``'s output: fxq.compare pairs it with that op (fxq.debug.provenance)."""
+    for key in (provenance.ORIGIN_KEY, provenance.QCONFIG_KEY):
+        if key in fused.meta:
+            kernel.meta[key] = fused.meta[key]
 
 
 def _qparam_values(node: fx.Node) -> tuple:

@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from fxq.nn import plain
-from fxq.nn.plain.boundary import to_quantized_tensor
+from fxq.nn.plain.boundary import from_quantized_tensor, to_quantized_tensor
 from fxq.passes.context import PassContext, attribute_value, modules_of, register_new_buffer
 from fxq.patterns.plain_lowering import PLAIN_QPARAMS
 
@@ -45,7 +45,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         elif node.op == "call_method" and node.target == "dequantize" and values.qparams(node.args[0]) is not None:
             values.dequantize(node)
         elif node.op == "call_module" and plain.reads_uint8(modules[node.target]):
-            values.unwrap_quantized_inputs(node)
+            values.unwrap_quantized_inputs(node, modules[node.target])
     for node in list(gm.graph.nodes):
         values.wrap_for_quantized_readers(node, modules)
     return gm
@@ -98,9 +98,15 @@ class _Values:
         with self.gm.graph.inserting_before(node):
             return self.gm.graph.get_attr(name)
 
+    def _own_copies(self, attrs: tuple, before: fx.Node) -> tuple:
+        """get_attr nodes of the same buffers for one reader: torch.load rebuilds the graph with one get_attr per
+        use, and node metadata is restored only onto a graph of the same nodes (fxq.graph.node_meta)."""
+        with self.gm.graph.inserting_before(before):
+            return tuple(self.gm.graph.get_attr(attr.target) for attr in attrs)
+
     def dequantize(self, node: fx.Node) -> None:
         source = node.args[0]
-        scale, zero_point = self.qparams(source)
+        scale, zero_point = self._own_copies(self.qparams(source), node)
         with self.gm.graph.inserting_before(node):
             new = self.gm.graph.call_function(plain.ops.DEQUANTIZE, (source, scale, zero_point))
         new.meta.update(node.meta)
@@ -122,14 +128,17 @@ class _Values:
         node.replace_all_uses_with(new)
         self.gm.graph.erase_node(node)
 
-    def unwrap_quantized_inputs(self, node: fx.Node) -> None:
+    def unwrap_quantized_inputs(self, node: fx.Node, module: nn.Module) -> None:
         """A plain kernel reading a quantized tensor (a custom module's output, a quantized model input) reads
-        its integers: the kernel holds the same scale and zero point."""
+        its integers in the kernel's input scale and zero point."""
         source = node.args[0]
         if not isinstance(source, fx.Node) or self.qparams(source) is not None:
             return
+        names = (register_new_buffer(self.gm, f"{node.name}_input_scale", torch.tensor(module.input_scale)),
+                 register_new_buffer(self.gm, f"{node.name}_input_zero_point", torch.tensor(module.input_zero_point)))
         with self.gm.graph.inserting_before(node):
-            integers = self.gm.graph.call_method("int_repr", (source,))
+            qparams = tuple(self.gm.graph.get_attr(name) for name in names)
+            integers = self.gm.graph.call_function(from_quantized_tensor, (source, *qparams))
         node.replace_input_with(source, integers)
 
     def wrap_for_quantized_readers(self, node: fx.Node, modules: dict) -> None:
@@ -142,7 +151,7 @@ class _Values:
             if user in self.created or _takes_plain(user, modules) or user.op == "get_attr":
                 continue
             with self.gm.graph.inserting_before(user):
-                wrapped = self.gm.graph.call_function(to_quantized_tensor, (node, *attrs))
+                wrapped = self.gm.graph.call_function(to_quantized_tensor, (node, *self._own_copies(attrs, user)))
             user.replace_input_with(node, wrapped)
 
 

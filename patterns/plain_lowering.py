@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, STATIC
 from fxq.nn import fused, plain, reference
+from fxq.nn.plain._base import has_seven_bit_weights, seven_bit_weights
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.lowering import arg, read_shape_from_quantized
@@ -54,6 +55,17 @@ def _post_op(low: Lowering, match: Match, module: Optional[nn.Module] = None) ->
     if op in BOUNDED:
         return "hardtanh", _bounds(low, last)
     return "none", ()
+
+
+def _may_saturate(low: Lowering, node: fx.Node, ref: nn.Module) -> bool:
+    """Whether full-range uint8 activations meet 8-bit weights on a CPU whose int8 kernels saturate their pair
+    sums (no VNNI: fxq.nn.plain.saturation). The default x86 qconfigs keep activations to 7 bits, and the
+    transformer mapping picks 7-bit weights where that probe says so; a full-range qconfig (qnnpack's) does not."""
+    if not plain.plain_linear_saturates() or has_seven_bit_weights(ref):
+        return False
+    qconfig = low.qconfig(node)
+    activation = qconfig.activation() if qconfig is not None else None
+    return activation is None or activation.quant_max - activation.quant_min > 127
 
 
 def _kernel_post_op(plain_type: type, name: str, args: tuple, output_zero_point: int) -> tuple:
@@ -96,6 +108,8 @@ def _lower_to(low: Lowering, match: Match, node: fx.Node, ref: nn.Module, build:
     post_op, post_args = _kernel_post_op(plain_type, post_op, post_args, out.zero_point)
     if post_op is None:
         return None
+    if _may_saturate(low, node, ref):
+        ref = seven_bit_weights(ref)
     return build(plain_type.from_reference(ref, *in_qparams, out.scale, out.zero_point, post_op, post_args), source,
                  out)
 
@@ -147,11 +161,11 @@ def dynamic_linear(low: Lowering, match: Match) -> bool:
     node = match.anchor
     module = low.modules[node.target]
     linear, relu = (module[0], True) if isinstance(module, fused.LinearReLU) else (module, False)
-    if low.mode(node) != DYNAMIC or relu or not isinstance(linear, reference.Linear) \
-            or not plain.DynamicLinear.accepts(linear):
+    if low.mode(node) != DYNAMIC or not isinstance(linear, reference.Linear) or not plain.DynamicLinear.accepts(linear):
         return False
     per_token = getattr(low.qconfig(node).activation(), "per_token", False)
-    low.set_module(node.target, plain.DynamicLinear.from_reference(linear, per_token=per_token))
+    dynamic = plain.DynamicLinear.from_reference(linear, per_token=per_token)
+    low.set_module(node.target, nn.Sequential(dynamic, nn.ReLU()) if relu else dynamic)
     return True
 
 

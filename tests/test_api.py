@@ -42,7 +42,7 @@ class Gates(nn.Module):
 
 # ---- ops torch.ao leaves in float ----
 
-def test_functional_softmax_on_a_quantized_input_runs_the_quantized_kernel():
+def test_functional_softmax_on_a_quantized_input_runs_the_quantized_kernel(quantized_lowering):
     x = torch.randn(64, 16)
     model = LinearSoftmax().eval()
     _, quantized = _quantize(model, (x,))
@@ -50,7 +50,7 @@ def test_functional_softmax_on_a_quantized_input_runs_the_quantized_kernel():
     assert sqnr(model(x).detach(), quantized(x)) > 25
 
 
-def test_fixed_qparams_ops_run_on_quantized_tensors_with_torch_aos_ranges():
+def test_fixed_qparams_ops_run_on_quantized_tensors_with_torch_aos_ranges(quantized_lowering):
     x = torch.randn(64, 8)
     model = Gates().eval()
     _, quantized = _quantize(model, (x,))
@@ -76,7 +76,7 @@ def test_a_dynamic_qconfig_on_a_conv_warns_that_it_stays_float():
     with pytest.warns(UserWarning, match=r"no dynamic/weight-only kernel for _0 \(0\): left float"):
         _, quantized = _quantize(model, (torch.randn(2, 3, 2, 2),), mapping=mapping)
     assert type(quantized.get_submodule("0")) is nn.Conv2d
-    assert type(quantized.get_submodule("2")).__name__ == "Linear" and "Dynamic" in repr(quantized.get_submodule("2"))
+    assert "Dynamic" in quantized.get_submodule("2")._get_name()
 
 
 def test_unknown_qconfig_dict_key_lists_the_valid_ones():
@@ -216,7 +216,7 @@ def test_a_module_called_twice_becomes_one_quantized_module_per_call():
     quantized = fxq.convert_fx(prepared)
     calls = [n for n in quantized.graph.nodes if n.op == "call_module"]
     assert len(calls) == 2 and calls[0].target != calls[1].target  # each call has its own output qparams
-    assert all("Quantized" in quantized.get_submodule(n.target)._get_name() for n in calls)
+    assert all("Int8" in quantized.get_submodule(n.target)._get_name() for n in calls)
     assert sqnr(model(x).detach(), quantized(x)) > 30
     assert type(model.shared) is nn.Linear
 

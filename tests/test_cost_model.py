@@ -29,7 +29,7 @@ def _fake_costs(monkeypatch, slow_int8_out_features):
     return calls
 
 
-def test_a_layer_slower_in_int8_stays_float_with_the_reason_recorded(monkeypatch):
+def test_a_layer_slower_in_int8_stays_float_with_the_reason_recorded(monkeypatch, quantized_lowering):
     calls = _fake_costs(monkeypatch, slow_int8_out_features=8)
     x = torch.randn(4, 8)
     prepared = fxq.prepare_fx(TwoLayers().eval(), fxq.get_default_qconfig_mapping(), (x,),
@@ -90,7 +90,7 @@ def test_real_measurements_are_positive_for_linear_and_conv():
     assert conv.int8_ms > 0 and conv.float_ms > 0
 
 
-def test_each_layer_is_packed_for_its_fastest_engine_with_the_single_engine_numerics(monkeypatch):
+def test_each_layer_is_packed_for_its_fastest_engine_with_the_single_engine_numerics(monkeypatch, quantized_lowering):
     fastest = {(8, 8): "onednn", (64, 8): "fbgemm"}
 
     def fake(kind, weight_shape, input_shape, geometry=(), engine=""):
@@ -109,7 +109,7 @@ def test_each_layer_is_packed_for_its_fastest_engine_with_the_single_engine_nume
     assert torch.equal(converted[True](x), converted[False](x))
 
 
-def test_an_engine_name_pins_the_engine(monkeypatch):
+def test_an_engine_name_pins_the_engine(monkeypatch, quantized_lowering):
     measured_engines = set()
 
     def fake(kind, weight_shape, input_shape, geometry=(), engine=""):

@@ -12,6 +12,10 @@ from custom_models import (DynamicQuantRecurrent, FloatLSTMLike, FloatRecurrent,
                            StaticQuantLSTMLike, StaticQuantRecurrent, TraceOnlySubmodule, WeightOnlyQuantRecurrent,
                            WithLSTMLike, WithLSTMLikeState, WithLSTMLikeWhole, WithRecurrent)
 
+# The custom-module flows are compared with PyTorch AO's graphs and outputs: quantized-tensor lowering (the plain
+# lowering's boundary is tested in test_plain_lowering.py).
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 _DATA = torch.Generator().manual_seed(0)  # module-level data must not depend on what was imported before
 X = torch.randn(5, 4, 8, generator=_DATA)
 CALIBRATION = [torch.randn(5, 4, 8, generator=_DATA) for _ in range(4)]
@@ -314,6 +318,8 @@ def test_every_custom_config_key_round_trips_through_to_dict_and_from_dict():
                                                           "dynamic": {FloatRecurrent: DynamicQuantRecurrent},
                                                           "weight_only": {FloatLSTMLike: StaticQuantLSTMLike}},
             "preserved_attributes": ["version"],
+            "lowering": "plain",
+            "keep_roundings": True,
         },
         fxq.FuseCustomConfig: {"preserved_attributes": ["version"], "fold_linear_chains": True},
     }

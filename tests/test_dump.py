@@ -15,6 +15,9 @@ from torch import nn
 
 import fxq
 
+# Golden dumps and dtype columns of the quantized-tensor graph (test_plain_lowering.py dumps a plain one).
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 GOLDEN = Path(__file__).parent / "golden"
 
 

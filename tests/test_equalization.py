@@ -6,6 +6,9 @@ from conftest import torch_ao
 from equalization_cases import (case_models, cle_case, cle_quantized, equalization_gain, fxq_quantized,
                                 mild_case_models, mul_count, sqnr, torch_ao_quantized)
 
+# Equalization is compared with PyTorch AO's numbers: quantized-tensor lowering.
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 CASES = case_models()
 MILD = mild_case_models()
 

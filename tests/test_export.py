@@ -21,6 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 from tools import hf_tiny  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+# Exported graphs are checked against the quantized-tensor modules and kernels they lower to (the plain lowering
+# of exported graphs: test_plain_lowering.py).
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 QUANTIZED_FUNCTIONS = {torch.ops.quantized.add, torch.ops.quantized.layer_norm, torch.ops.quantized.matmul,
                        torch.ops.quantized.softmax}
 

@@ -3,6 +3,7 @@
 import copy
 import io
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +12,10 @@ import fxq
 from conftest import sqnr
 from fxq.config import FloatOutputQConfig
 from fxq.nn.quantized import Linear, LinearFloatOutput
+
+# FloatOutputQConfig's quantized-tensor module; the plain lowering fuses float outputs itself
+# (test_plain_lowering.py).
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
 
 
 class Block(nn.Module):

@@ -10,6 +10,9 @@ from torch import nn
 import fxq
 from conftest import sqnr, torch_ao
 
+# Fused kernels are checked against PyTorch AO's quantized modules and outputs: quantized-tensor lowering.
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 
 def _randomise_bn(model):
     for module in model.modules():

@@ -35,7 +35,7 @@ def quantized(prepare, convert, mapping, model, batches):
     return convert(prepared)
 
 
-def test_pool_shares_the_quantize_of_a_float_value_another_reader_quantizes():
+def test_pool_shares_the_quantize_of_a_float_value_another_reader_quantizes(quantized_lowering):
     # one quantize for the SiLU output, read by both the pool and the mul (before the fix: a second one after the pool)
     model = FloatActivationSqueezeExcite().eval()
     batches = [(torch.randn(4, 3, 10, 10),) for _ in range(3)]

@@ -11,6 +11,10 @@ import fxq
 from conftest import sqnr, torch_ao
 from custom_models import FloatRecurrent, ObservedRecurrent, StaticQuantRecurrent, WithRecurrent
 
+# Leaves, standalone modules and quantized model inputs are compared with PyTorch AO's graphs and outputs:
+# quantized-tensor lowering (the plain lowering's boundary: test_plain_lowering.py).
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 
 class Gate(nn.Module):
     def forward(self, x):

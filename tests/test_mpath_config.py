@@ -12,6 +12,9 @@ from fxq.nn import quantized as nnq
 from mpath_models import doc_tree, doc_tree_inputs, transformer
 from conftest import sqnr
 
+# Selected layers are checked through the quantized-tensor modules' class and output scale.
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 
 def _quantize(model, mapping, inputs):
     prepared = fxq.prepare_fx(model, mapping, inputs)

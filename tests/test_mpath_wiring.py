@@ -15,6 +15,9 @@ from fxq.equalization import InputEqualizationObserver
 from fxq.mpath import MPathError
 from fxq.nn.quantized import weight_only
 
+# Selected layers are checked through the quantized-tensor modules' class.
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
+
 
 class Gate(nn.Module):
     """Data-dependent control flow: symbolic tracing fails inside it."""

@@ -85,7 +85,7 @@ def _op_nodes(gm):
             (torch.quantize_per_tensor, "dequantize")]
 
 
-def test_compare_pairs_nodes_that_convert_merged_and_renamed(tmp_path):
+def test_compare_pairs_nodes_that_convert_merged_and_renamed(tmp_path, quantized_lowering):
     torch.manual_seed(0)
     model, data = Functional().eval(), [torch.randn(8, 3, 8, 8) for _ in range(4)]
     prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (data[0],))
@@ -137,7 +137,7 @@ def test_sensitivity_ranks_the_bad_layer_most_sensitive():
     assert ranking[0].change > 10 > abs(ranking[-1].change)
 
 
-def test_sensitivity_of_a_prepared_model_ranks_like_the_float_model():
+def test_sensitivity_of_a_prepared_model_ranks_like_the_float_model(quantized_lowering):
     model, data, score, mapping = _sensitivity_setup()
     prepared = fxq.prepare_fx(model, mapping, (data[0],))
     before = fxq.dump(prepared, "json")

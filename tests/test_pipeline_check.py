@@ -38,6 +38,7 @@ def test_prepare_and_fuse_return_plain_graph_modules_with_current_code():
         assert type(gm).forward is not lazy._LazyGraphModule._lazy_forward
     assert "activation_post_process_0" in prepared.code  # generated after the observers went in
     prepared(torch.randn(3, 4))
-    scripted = torch.jit.script(copy.deepcopy(fxq.convert_fx(prepared)))
+    quantized = {"lowering": "quantized"}  # torch.jit.script takes the quantized-tensor modules only
+    scripted = torch.jit.script(copy.deepcopy(fxq.convert_fx(prepared, convert_custom_config=quantized)))
     x = torch.randn(2, 4)
-    assert torch.equal(scripted(x), fxq.convert_fx(prepared)(x))
+    assert torch.equal(scripted(x), fxq.convert_fx(prepared, convert_custom_config=quantized)(x))

@@ -56,11 +56,20 @@ def test_run_time_pack_follows_the_weight():
     assert identity not in traced._PACKS  # a freed weight takes its pack with it
 
 
-def test_modules_without_a_traced_op_say_so():
+def test_residual_kernels_export_as_one_op():
     ref = reference_of(torch.nn.Linear(8, 4))
-    residual = plain.LinearBinary.from_reference(ref, 0.05, 60, None)
-    with pytest.raises(Exception, match="cannot be traced by torch.export"):
-        torch.export.export(residual, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(2, 4)), strict=False)
+    linear = plain.LinearBinary.from_reference(ref, 0.05, 60, 0.04, 70, other_scale=0.03, other_zero_point=100)
+    x, other = torch.randint(0, 128, (2, 8), dtype=torch.uint8), torch.randint(0, 255, (2, 4), dtype=torch.uint8)
+    exported = torch.export.export(linear, (x, other), strict=False)
+    assert "fxq.plain_linear_binary.default" in [str(n.target) for n in exported.graph.nodes]
+    assert torch.equal(exported.module()(x, other), linear(x, other))
+    conv = plain.ConvBinary2d.from_reference(reference_of(torch.nn.Conv2d(4, 4, 3, padding=1)), 0.05, 60, 0.04, 70,
+                                             accum_scale=0.03, accum_zero_point=100)
+    x = torch.randint(0, 128, (1, 4, 5, 5), dtype=torch.uint8)
+    accum = torch.randint(0, 255, (1, 4, 5, 5), dtype=torch.uint8)
+    exported = torch.export.export(conv, (x, accum), strict=False)
+    assert "fxq.plain_conv2d_binary.default" in [str(n.target) for n in exported.graph.nodes]
+    assert torch.equal(exported.module()(x, accum), conv(x, accum))
 
 
 @pytest.mark.parametrize("per_token", [False, True])

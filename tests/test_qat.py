@@ -11,8 +11,9 @@ from fxq.nn import qat
 from fxq.observers import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
 from fxq.observers import MovingAveragePerChannelMinMaxObserver
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
+# Converted QAT models are compared, within one rounding step, with the fake-quant model: the quantized-tensor
+# lowering rounds where training did (the plain lowering fuses some roundings away).
+pytestmark = pytest.mark.usefixtures("one_thread", "quantized_lowering")  # one thread: tiny models train faster
 
 
 class ConvNet(nn.Module):

@@ -10,8 +10,8 @@ from torch import nn
 import fxq
 from conftest import sqnr, torch_ao
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
+# Twenty training steps and their conversion are compared with PyTorch AO's.
+pytestmark = pytest.mark.usefixtures("one_thread", "quantized_lowering")  # one thread: tiny models train faster
 
 
 class Net(nn.Module):

@@ -11,8 +11,8 @@ import fxq
 from conftest import saved_and_loaded
 from fxq.config import spec
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
+# Shared quantizers are checked through the quantized-tensor modules' output scales.
+pytestmark = pytest.mark.usefixtures("one_thread", "quantized_lowering")  # one thread: tiny models train faster
 
 
 def mlp():

@@ -1,10 +1,14 @@
 """A user teaches fxq a new op from outside the package: observed in prepare, lowered in convert."""
+import pytest
 import torch
 from torch import nn
 
 import fxq
 import fxq.patterns as patterns
 from conftest import sqnr
+
+# A registered op's lowering row applies to the quantized-tensor lowering (the plain lowering runs it in float).
+pytestmark = pytest.mark.usefixtures("quantized_lowering")
 
 
 class Swish(nn.Module):

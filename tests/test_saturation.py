@@ -46,5 +46,10 @@ def _bert_sqnr(weight_bits: int) -> float:
 
 
 @pytest.mark.skipif(not linear_kernel_saturates(), reason="this CPU's int8 linear kernel does not saturate")
-def test_where_the_kernel_saturates_seven_bit_weights_beat_eight():
+def test_where_the_kernel_saturates_seven_bit_weights_beat_eight(quantized_lowering):
     assert _bert_sqnr(7) >= _bert_sqnr(8) + 3
+
+
+@pytest.mark.skipif(not linear_kernel_saturates(), reason="this CPU's int8 linear kernel does not saturate")
+def test_the_plain_lowering_takes_seven_bit_weights_itself_where_activations_are_full_range():
+    assert _bert_sqnr(8) >= _bert_sqnr(7) - 1  # not the collapse of the quantized kernel above

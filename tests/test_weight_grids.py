@@ -9,14 +9,14 @@ from conftest import saved_and_loaded, sqnr
 from fxq.config import spec
 from fxq.observers import BinaryWeightFakeQuantize, GroupedWeightFakeQuantize, PlaceholderObserver
 
+# Converted models are compared with the fake-quant model through the quantized-tensor modules' scales.
+
 # 8-bit activations: a narrower range would add clamps whose bounds convert writes into the code, not the state_dict
 W4_GROUPED_QAT = fxq.LayerSpec(spec.UINT8_ACTIVATION.with_(rounding="ste"),
                                spec.INT4_GROUPED_WEIGHT.with_(rounding="ste"))
 BINARY_QAT = fxq.LayerSpec(spec.UINT8_ACTIVATION.with_(bit_width=7, rounding="ste"), spec.BINARY_WEIGHT)
 WEIGHT_ONLY_GROUPED = fxq.QConfig(PlaceholderObserver.with_args(dtype=torch.float32), spec.INT4_GROUPED_WEIGHT)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
+pytestmark = pytest.mark.usefixtures("one_thread", "quantized_lowering")  # one thread: tiny models train faster
 
 
 def mlp():

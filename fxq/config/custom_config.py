@@ -274,7 +274,10 @@ class PrepareCustomConfig(_CustomConfig):
             "cost_model": None if self.cost_model == "auto" else self.cost_model,
             "tracer": self.tracer if self.tracer != "auto" else None,
         }
-        return {key: value for key, value in items.items() if value or value is False}
+        kept = {key: value for key, value in items.items() if value}
+        if self.cost_model is False:  # off differs from the default ("auto", on)
+            kept["cost_model"] = False
+        return kept
 
 
 LOWERINGS = ("auto", "plain", "quantized")

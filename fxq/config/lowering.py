@@ -1,7 +1,7 @@
 """Which lowering convert_fx runs: plain uint8 tensors on oneDNN kernels, or PyTorch AO's quantized tensors.
 
-"auto" (the default) picks the plain lowering on x86 CPUs whose torch has the oneDNN int8 kernels, and the
-quantized-tensor lowering elsewhere. ``convert_custom_config={"lowering": "quantized"}`` (or the environment
+"auto" (the default) picks the plain lowering on x86 CPUs whose torch has the oneDNN int8 kernels, unless the
+quantized engine is set to qnnpack, and the quantized-tensor lowering elsewhere. ``convert_custom_config={"lowering": "quantized"}`` (or the environment
 variable ``FXQ_LOWERING=quantized`` for a whole program) keeps PyTorch AO's graphs and modules.
 
     >>> resolve_lowering("quantized")
@@ -26,8 +26,8 @@ def resolve_lowering(requested: str = "auto") -> str:
         requested = os.environ.get("FXQ_LOWERING", "auto")
         if requested not in LOWERINGS:
             raise ValueError(f"FXQ_LOWERING={requested!r}; choose one of {', '.join(LOWERINGS)}")
-    if requested == "quantized":
-        return requested
+    if requested == "quantized" or (requested == "auto" and torch.backends.quantized.engine == "qnnpack"):
+        return "quantized"  # qnnpack asked for: its kernels, exact on full-range activations (x86's saturate)
     missing = plain_kernels_missing()
     if requested == "plain" and missing:
         raise ValueError(f"convert_custom_config['lowering'] = 'plain' needs {missing}; use 'quantized' (PyTorch "

@@ -12,6 +12,7 @@ from tabulate import tabulate
 from torch import fx, nn
 
 from fxq.graph.node_meta import target_name
+from fxq.nn.plain.values import as_float
 from fxq.debug.provenance import provenance
 from fxq.debug.sensitivity import Sensitivity, sensitivity  # re-exported: the numeric suite's calls live here
 from fxq.graph.tracer import scope_of
@@ -69,6 +70,7 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
     """
     reference = _fused_float_graph(float_model)
     pairs = _match(reference, quantized_model)
+    quantized_nodes = {node.name: node for node in quantized_model.graph.nodes}
     signal: dict = {}
     noise: dict = {}
     for batch in inputs:
@@ -79,7 +81,7 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
             expected, actual = float_values.get(float_name), quantized_values.get(quantized_name)
             if not (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)):
                 continue
-            actual = actual.dequantize() if actual.is_quantized else actual
+            actual = as_float(quantized_model, quantized_nodes[quantized_name], actual)
             if actual.shape != expected.shape or not expected.is_floating_point():
                 continue
             signal[float_name] = signal.get(float_name, 0.0) + float(expected.double().pow(2).sum())

@@ -54,7 +54,7 @@ class Linear(PlainWeightedModule):
         >>> ref = reference.Linear.from_float(torch.nn.Linear(8, 3), {"qscheme": torch.per_tensor_symmetric,
         ...     "dtype": torch.qint8, "scale": torch.tensor(0.01), "zero_point": torch.tensor(0)})
         >>> Linear.from_reference(ref, 0.02, 64, None, post_op="gelu", post_op_algorithm="none")
-        Linear(in_features=8, out_features=3, input_scale=0.02, input_zero_point=64, output=float32, post_op=gelu(none))
+        Int8Linear(in_features=8, out_features=3, input_scale=0.02, input_zero_point=64, output=float32, post_op=gelu(none))
     """
 
     _post_ops = LINEAR_POST_OPS

@@ -81,6 +81,9 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.
     """``torch.ops.fxq.quantize_per_tensor`` (uint8 defaults): what converted graphs call. Under torch.export or
     torch.compile it is the registered op; run eagerly it computes the same integers without the dispatcher's
     round trip to a Python kernel, which measured 30 us a call (a third of a small layer's time)."""
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (torch.load rebuilding a graph): one node, as saved
+        return x.tracer.create_proxy("call_function", quantize_per_tensor,
+                                     (x, scale, zero_point, quant_min, quant_max, dtype), {})
     if tracing():
         return torch.ops.fxq.quantize_per_tensor(x, scale, zero_point, quant_min, quant_max, dtype)
     return _quantize_per_tensor(x, scale, zero_point, quant_min, quant_max, dtype)
@@ -89,6 +92,8 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.
 def dequantize_per_tensor(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """``torch.ops.fxq.dequantize_per_tensor``: ``(q - zero_point) * scale`` in float32 (called directly when
     not traced, as :func:`quantize_per_tensor`)."""
+    if isinstance(q, torch.fx.Proxy):  # symbolic tracing: one node, as saved
+        return q.tracer.create_proxy("call_function", dequantize_per_tensor, (q, scale, zero_point), {})
     if tracing():
         return torch.ops.fxq.dequantize_per_tensor(q, scale, zero_point)
     return _dequantize_per_tensor(q, scale, zero_point)
