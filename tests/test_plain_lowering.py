@@ -183,3 +183,62 @@ def test_dynamic_linear_is_plain_too():
     reference = fxq.convert_fx(prepared, convert_custom_config=QUANTIZED)(x)
     # this CPU saturates 8-bit pairs: plain takes 7-bit weights where the quantized kernel takes 7-bit activations
     assert sqnr(model(x), out) >= sqnr(model(x), reference) - 1.0
+
+
+def test_the_fx_guides_static_custom_module_gets_and_returns_quantized_tensors(monkeypatch):
+    """The one place the plain lowering makes quantized tensors: the boundary of a user's static quantized custom
+    module, written for the FX guide's contract (quantized tensors in and out)."""
+    import test_custom_modules as flows
+    from custom_models import StaticQuantRecurrent, WithRecurrent
+    plain_out = flows._run_flow(flows._fxq(), WithRecurrent, flows.flow_c)
+    quantized = flows.flow_c(flows._fxq(), WithRecurrent().eval())
+    assert type(quantized.recurrent) is StaticQuantRecurrent
+    assert any(plain.reads_uint8(m) for m in quantized.modules())
+    boundary = [n.target.__name__ for n in quantized.graph.nodes if n.op == "call_function"]
+    assert "to_quantized_tensor" in boundary and "from_quantized_tensor" in boundary
+    monkeypatch.setenv("FXQ_LOWERING", "quantized")
+    assert sqnr(flows._run_flow(flows._fxq(), WithRecurrent, flows.flow_c), plain_out) >= 30
+
+
+def test_a_model_input_quantized_with_other_qparams_is_requantized_for_the_kernel():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+    config = fxq.PrepareCustomConfig().set_input_quantized_indexes([0]).set_output_quantized_indexes([0])
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (torch.randn(8, 16),),
+                              prepare_custom_config=config)
+    for _ in range(3):
+        prepared(torch.randn(8, 16))
+    converted = fxq.convert_fx(prepared)
+    x = torch.randn(8, 16)
+    own = converted.get_submodule("0")  # the input's own qparams: its integers go straight in
+    same = converted(torch.quantize_per_tensor(x, own.input_scale, own.input_zero_point, torch.quint8))
+    other = converted(torch.quantize_per_tensor(x, 0.03, 128, torch.quint8))
+    assert same.dtype == torch.quint8 and other.dtype == torch.quint8
+    assert sqnr(model(x), same) >= 30 and sqnr(model(x), other) >= 25
+
+
+def test_dump_and_compare_read_a_plain_model():
+    model, prepared, x = _prepared("residual")
+    converted = fxq.convert_fx(prepared)
+    table = fxq.dump(converted, example_inputs=(x,))
+    assert "uint8[2x16x8x8]" in table and "fxq.nn.plain.ops.quantize_per_tensor" in table
+    errors = {e.node: e for e in fxq.compare(model, converted, [x])}
+    assert min(e.sqnr_db for e in errors.values()) > 20  # uint8 values are read with their scale
+
+
+@pytest.mark.slow
+def test_fxq_compile_computes_what_the_eager_model_does():
+    _, prepared, x = _prepared("residual")
+    converted = fxq.convert_fx(prepared)
+    compiled = fxq.compile(converted)
+    assert sqnr(converted(x), compiled(x)) >= 40
+    with pytest.raises(ValueError, match="expects the model fxq.convert_fx returned"):
+        fxq.compile(nn.Linear(2, 2))
+
+
+def test_exported_and_reloaded_plain_models_compute_the_same():
+    _, prepared, x = _prepared("mobile")
+    converted = fxq.convert_fx(prepared)
+    exported = torch.export.export(converted, (x,))
+    assert torch.equal(exported.module()(x), converted(x))
+    assert "fxq.quantize_per_tensor.default" in [str(n.target) for n in exported.graph.nodes]
