@@ -61,11 +61,20 @@ def _may_saturate(low: Lowering, node: fx.Node, ref: nn.Module) -> bool:
     """Whether full-range uint8 activations meet 8-bit weights on a CPU whose int8 kernels saturate their pair
     sums (no VNNI: fxq.nn.plain.saturation). The default x86 qconfigs keep activations to 7 bits, and the
     transformer mapping picks 7-bit weights where that probe says so; a full-range qconfig (qnnpack's) does not."""
-    if not plain.plain_linear_saturates() or has_seven_bit_weights(ref):
+    if not plain.plain_linear_saturates() or has_seven_bit_weights(ref) or _pairs_fit(ref):
         return False
     qconfig = low.qconfig(node)
     activation = qconfig.activation() if qconfig is not None else None
     return activation is None or activation.quant_max - activation.quant_min > 127
+
+
+def _pairs_fit(ref: nn.Module) -> bool:
+    """A Linear whose neighbouring weight integers never add up past 128 in magnitude: u8 x s8 pair sums then stay
+    within 16 bits whatever the activations (the transformer mapping's pair-limited weights)."""
+    if not isinstance(ref, reference.Linear) or ref.in_features % 2:
+        return False
+    integers = ref.integer_weight().to(torch.int16)
+    return bool((integers[:, 0::2] + integers[:, 1::2]).abs().max() <= 128)
 
 
 def _kernel_post_op(plain_type: type, name: str, args: tuple, output_zero_point: int) -> tuple:
