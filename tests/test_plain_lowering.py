@@ -242,3 +242,21 @@ def test_exported_and_reloaded_plain_models_compute_the_same():
     exported = torch.export.export(converted, (x,))
     assert torch.equal(exported.module()(x), converted(x))
     assert "fxq.quantize_per_tensor.default" in [str(n.target) for n in exported.graph.nodes]
+
+
+def test_weight_only_and_reference_modules_make_no_quantized_tensor():
+    """Weight-only layers and the reference modules an op without a plain kernel keeps (ConvTranspose) take their
+    int8 weights from float arithmetic. Dynamic LSTM / GRU still pack PyTorch AO's quantized weights (README)."""
+    embedding_model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 8)).eval()
+    tokens = torch.randint(0, 50, (2, 5))
+    prepared = fxq.prepare_fx(embedding_model, fxq.get_weight_only_qconfig_mapping(), (tokens,))
+    with no_quantized_tensors():
+        out = fxq.convert_fx(prepared)(tokens)
+    assert sqnr(embedding_model(tokens), out) >= 30
+    transposed = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2, stride=2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    prepared = fxq.prepare_fx(transposed, fxq.get_default_qconfig_mapping(), (x,))
+    prepared(x)
+    with no_quantized_tensors():
+        out = fxq.convert_fx(prepared)(x)
+    assert sqnr(transposed(x), out) >= 25

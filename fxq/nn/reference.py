@@ -99,7 +99,10 @@ class _ReferenceWeight:
         but computed in float arithmetic: no (deprecated) quantized tensor is made."""
         scale, zero_point = self._broadcast_qparams()
         low, high = (int(v) for v in self.weight_quant_range)
-        integers = torch.round(self.weight.detach().float() * (1.0 / scale)).add_(zero_point).clamp_(low, high)
+        if self.weight_qscheme == torch.per_channel_affine_float_qparams:  # embedding rows: zero point added unrounded
+            integers = torch.round(self.weight.detach().float() * (1.0 / scale) + zero_point).clamp_(low, high)
+        else:
+            integers = torch.round(self.weight.detach().float() * (1.0 / scale)).add_(zero_point).clamp_(low, high)
         return integers.to(torch.int8 if self.weight_dtype == torch.qint8 else torch.uint8)
 
     def _broadcast_qparams(self) -> tuple:
@@ -113,8 +116,6 @@ class _ReferenceWeight:
 
     def get_weight(self) -> torch.Tensor:
         """The weight after quantize-dequantize: what the int8 kernel effectively multiplies by."""
-        if self.weight_qscheme == torch.per_channel_affine_float_qparams:  # embedding rows: another formula
-            return self.quantized_weight().dequantize().to(self.weight.dtype)
         scale, zero_point = self._broadcast_qparams()
         return ((self.integer_weight().float() - zero_point) * scale).to(self.weight.dtype)
 

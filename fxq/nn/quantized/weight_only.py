@@ -112,12 +112,12 @@ class Linear(nn.Module):
         """From a reference Linear with symmetric per-channel (axis 0) qint8 weight qparams."""
         if not isinstance(ref, reference.Linear):
             raise TypeError(f"weight-only Linear.from_reference expects fxq.nn.reference.Linear, got {type(ref).__name__}")
-        weight = ref.quantized_weight()
-        if weight.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) or \
-                bool((weight.q_per_channel_zero_points() != 0).any()):
+        if not ref.is_per_channel or int(ref.weight_axis) != 0 or ref.weight_dtype != torch.qint8 or \
+                bool((ref.weight_zero_point != 0).any()):
             raise ValueError("weight-only Linear needs symmetric per-output-channel int8 weights (zero point 0); use "
                              "fxq.get_weight_only_qconfig(), whose weight observer is per_channel_symmetric")
-        return cls(weight.int_repr(), weight.q_per_channel_scales(), ref.bias, activation_dtype, exact)
+        # the integers in float arithmetic: no (deprecated) quantized tensor is made
+        return cls(ref.integer_weight(), ref.weight_scale.double(), ref.bias, activation_dtype, exact)
 
     @classmethod
     def from_grouped(cls, linear: nn.Module, quantizer: nn.Module,
@@ -161,9 +161,7 @@ class Embedding(nn.Module):
         if not isinstance(ref, reference.Embedding) or not ref.is_per_channel or int(ref.weight_axis) != 0:
             raise ValueError("weight-only Embedding needs fxq.nn.reference.Embedding with per-row (axis 0) qparams; "
                              "use fxq.float_qparams_weight_only_qconfig for embeddings")
-        weight = ref.quantized_weight()
-        return cls(weight.int_repr(), weight.q_per_channel_scales(), weight.q_per_channel_zero_points().float(),
-                   ref.padding_idx)
+        return cls(ref.integer_weight(), ref.weight_scale.double(), ref.weight_zero_point.float(), ref.padding_idx)
 
     def _get_name(self) -> str:
         return "WeightOnlyInt8Embedding"
