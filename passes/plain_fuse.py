@@ -49,7 +49,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node.op != "call_module" or not plain.reads_uint8(modules.get(node.target)):
             continue
         module = modules[node.target]
-        if _fuse_residual_add(node, module):
+        if _fuse_residual_add(node, module, modules):
             ctx.count("residual adds fused")
             module = node.graph.owning_module.get_submodule(node.target)  # the binary kernel now
         elif _fuse_activation(node, module, modules):
@@ -161,7 +161,7 @@ def _drop_rounding(quantize: fx.Node) -> bool:
     return True
 
 
-def _fuse_residual_add(node: fx.Node, module: nn.Module) -> bool:
+def _fuse_residual_add(node: fx.Node, module: nn.Module, modules: dict) -> bool:
     """conv -> dequantize -> add(., dequantize(other)) [-> relu] -> quantize  =>  conv accumulating into other."""
     dequantize = _only_dequantize(node)
     binary_type = _BINARY.get(type(module))
@@ -173,7 +173,7 @@ def _fuse_residual_add(node: fx.Node, module: nn.Module) -> bool:
     other_dequantize = add.args[1] if add.args[0] is dequantize else add.args[0]
     if not isinstance(other_dequantize, fx.Node) or not _is_dequantize(other_dequantize):
         return False
-    last, relu = _after_add(add)
+    last, relu = _after_add(add, modules)
     quantize = next(iter(last.users)) if len(last.users) == 1 else None
     if quantize is None or not _is_quantize(quantize):
         return False
@@ -208,12 +208,11 @@ def _set_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
-def _after_add(add: fx.Node) -> tuple:
+def _after_add(add: fx.Node, modules: dict) -> tuple:
     """(last node of add [-> relu], whether a relu follows)."""
     if len(add.users) == 1:
         (user,) = add.users
-        if (user.op == "call_function" and user.target in (F.relu, torch.relu, aten.relu.default)) or (
-                user.op == "call_method" and user.target == "relu"):
+        if _activation(user, modules) == ("relu", (), "") and user.args[0] is add:
             return user, True
     return add, False
 
