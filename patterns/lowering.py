@@ -124,11 +124,17 @@ def binary_scalar(kernel: Callable) -> Rewrite:
     return rewrite
 
 
+def list_sources(low: Lowering, node: fx.Node) -> tuple:
+    """(quantized sources of a cat / stack's tensor list, its output quantize), either None when there is none."""
+    tensors = arg(node, 0, "tensors")
+    sources = low.quantized_sources(list(tensors)) if isinstance(tensors, (list, tuple)) else None
+    return sources, low.output(node)
+
+
 def _cat(low: Lowering, match: Match) -> bool:
     node = match.anchor
-    tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
-    sources = low.quantized_sources(list(tensors)) if isinstance(tensors, (list, tuple)) else None
-    out = low.output(node)
+    dim = arg(node, 1, "dim", 0)
+    sources, out = list_sources(low, node)
     if sources is None or out is None:
         return False
     low.replace_output(out, low.call_before(out, "call_function", kernels.cat, (sources, dim, *out.qparam_nodes)))
@@ -138,9 +144,7 @@ def _cat(low: Lowering, match: Match) -> bool:
 def _stack(low: Lowering, match: Match) -> bool:
     """stack of quantized tensors sharing one observer (so one scale): torch.stack runs on them directly."""
     node = match.anchor
-    tensors = arg(node, 0, "tensors")
-    sources = low.quantized_sources(list(tensors)) if isinstance(tensors, (list, tuple)) else None
-    out = low.output(node)
+    sources, out = list_sources(low, node)
     if sources is None or out is None:
         return False
     node.args = (sources,) + tuple(node.args[1:])

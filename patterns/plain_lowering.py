@@ -21,7 +21,7 @@ from fxq.nn import fused, plain, reference
 from fxq.nn.plain._base import has_seven_bit_weights, seven_bit_weights
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
-from fxq.patterns.lowering import arg, read_shape_from_quantized
+from fxq.patterns.lowering import arg, list_sources, read_shape_from_quantized
 from fxq.patterns.matcher import Match, Table, chain, op_of, row
 from fxq.patterns.ops import (BOUNDED, CAT, CONV_FUNCTIONS, LINEAR_FUNCTIONS, RELU, SHARES_INPUT_QPARAMS,
                               TORCH_SPELLING, aten)
@@ -289,9 +289,7 @@ def nearest_resize(low: Lowering, match: Match) -> bool:
 def cat_same_qparams(low: Lowering, match: Match) -> bool:
     """cat of uint8 tensors that share the output's scale and zero point -> torch.cat of the uint8 tensors."""
     node = match.anchor
-    tensors = arg(node, 0, "tensors")
-    sources = low.quantized_sources(list(tensors)) if isinstance(tensors, (list, tuple)) else None
-    out = low.output(node)
+    sources, out = list_sources(low, node)
     if sources is None or out is None:
         return False
     if any(input_qparams(low, s) != (out.scale, out.zero_point) for s in sources):

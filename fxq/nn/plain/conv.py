@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fxq.nn import reference
+from fxq.nn.quantized.conv import conv_geometry_repr
 from fxq.nn.plain._base import PlainWeightedModule, check_activation, weight_int8, weight_qparams_accepted
 from fxq.nn.plain.traced import tracing
 
@@ -152,16 +153,7 @@ class _ConvNd(PlainWeightedModule):
         return (x.shape[0], self.out_channels) + spatial
 
     def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if any(self.padding):
-            text += f", padding={self.padding}"
-        if any(d != 1 for d in self.dilation):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias is None:
-            text += ", bias=False"
-        return f"{text}, {self._qparams_repr()}"
+        return f"{conv_geometry_repr(self, self.bias is not None)}, {self._qparams_repr()}"
 
 
 class Conv1d(_ConvNd):

@@ -18,6 +18,19 @@ from fxq.nn import reference
 from fxq.nn.quantized._base import WeightedQuantizedModule
 from fxq.nn.quantized._packing import pack_conv, unpack_conv
 
+def conv_geometry_repr(conv, has_bias: bool) -> str:
+    """``in, out, kernel_size=.., stride=..`` and the padding, dilation, groups and bias that differ from the
+    defaults: the start of an int8 conv's repr (fxq.nn.quantized's and fxq.nn.plain's)."""
+    text = f"{conv.in_channels}, {conv.out_channels}, kernel_size={conv.kernel_size}, stride={conv.stride}"
+    if any(conv.padding):
+        text += f", padding={conv.padding}"
+    if any(d != 1 for d in conv.dilation):
+        text += f", dilation={conv.dilation}"
+    if conv.groups != 1:
+        text += f", groups={conv.groups}"
+    return text if has_bias else text + ", bias=False"
+
+
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
 Size = Union[int, Tuple[int, ...], List[int]]
@@ -76,16 +89,7 @@ class _ConvNd(WeightedQuantizedModule):
         return unpack_conv(self._packed_params, self._dims)
 
     def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if any(self.padding):
-            text += f", padding={self.padding}"
-        if any(d != 1 for d in self.dilation):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias() is None:
-            text += ", bias=False"
-        return f"{text}, {self._output_repr()}"
+        return f"{conv_geometry_repr(self, self.bias() is not None)}, {self._output_repr()}"
 
     @classmethod
     def from_reference(cls, ref: nn.Module, output_scale: float, output_zero_point: int,
