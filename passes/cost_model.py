@@ -25,6 +25,7 @@ import torch
 from torch import fx, nn
 
 from fxq.config.lowering import resolve_lowering
+from fxq.debug import provenance
 from fxq.nn import cost_model
 from fxq.graph.modes import STATIC
 from fxq.nn import fused
@@ -78,6 +79,7 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
         relu = gm.graph.call_function(torch.relu, (node,))
     node.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
     relu.meta.update(node.meta)  # same scope, same output shape
+    relu.meta[provenance.HOLDS_KEY], node.meta[provenance.HOLDS_KEY] = node.name, None  # fxq.compare pairs the relu
     return [node, relu]
 
 

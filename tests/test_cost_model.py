@@ -129,3 +129,13 @@ def test_a_near_tie_keeps_the_default_engine(monkeypatch):
         int8_ms=0.95 if engine == "onednn" else 1.0, float_ms=10.0))
     engine, _ = cost_model.fastest_int8("linear", (8, 8), (4, 8))
     assert engine == torch.backends.quantized.engine == "x86"  # 5% faster is within timing noise
+
+
+def test_compare_pairs_a_fused_layer_the_cost_model_split_with_its_relu(monkeypatch):
+    _fake_costs(monkeypatch, slow_int8_out_features=8)
+    model, data = TwoLayers().eval(), [torch.randn(4, 8) for _ in range(3)]
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (data[0],),
+                              prepare_custom_config={"cost_model": True})
+    prepared(data[0])
+    errors = {e.node: e for e in fxq.compare(model, fxq.convert_fx(prepared), data)}
+    assert errors["small"].sqnr_db > 40  # its linear + relu is compared (the rounding for big), not the linear alone

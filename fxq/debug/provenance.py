@@ -34,6 +34,8 @@ from fxq.observers import ObserverBase
 ORIGIN_KEY = "fxq_origin"
 QCONFIG_KEY = "fxq_qconfig"
 ATTRIBUTE = "_fxq_provenance"
+# set by a prepare pass that split a fused op: the op name whose output the node now holds (None: no op's whole)
+HOLDS_KEY = "fxq_holds"
 _CALLS = ("call_module", "call_function", "call_method")
 
 
@@ -49,7 +51,7 @@ def stamp(gm: fx.GraphModule, qconfigs: dict) -> None:
                 node.meta[ORIGIN_KEY], node.meta[QCONFIG_KEY] = source.meta[ORIGIN_KEY], source.meta[QCONFIG_KEY]
             continue
         qconfig = qconfigs.get(node.name)
-        node.meta[ORIGIN_KEY] = node.name
+        node.meta[ORIGIN_KEY] = node.meta.get(HOLDS_KEY, node.name)
         node.meta[QCONFIG_KEY] = qconfig.short() if qconfig is not None else None
 
 
