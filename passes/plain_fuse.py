@@ -25,6 +25,7 @@ from fxq.nn import plain
 from fxq.passes.cleanup import remove_dead
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.ops import aten
+from fxq.patterns.plain_lowering import MOVES_VALUES, PLAIN_QPARAMS
 
 _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish", nn.Tanh: "tanh",
                        nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ReLU6: "hardtanh", nn.Hardtanh: "hardtanh"}
@@ -35,6 +36,9 @@ _ACTIVATION_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", aten.relu.default: 
                          F.relu6: "hardtanh", F.hardtanh: "hardtanh", aten.hardtanh.default: "hardtanh",
                          "relu": "relu", "tanh": "tanh"}
 _ADD = (operator.add, torch.add, aten.add.Tensor)
+# ops of the plain table's MOVES_VALUES that compute the same on float as on uint8 (not the uint8 max pool kernel,
+# nor the pad whose value became a zero point)
+_SAME_ON_FLOAT = frozenset(op for op in MOVES_VALUES if not isinstance(op, type))
 _BINARY = {plain.Conv1d: plain.ConvBinary1d, plain.Conv2d: plain.ConvBinary2d, plain.Linear: plain.LinearBinary}
 
 
@@ -152,13 +156,35 @@ def _fuse_float_output(node: fx.Node, module: nn.Module) -> bool:
 
 
 def _drop_rounding(quantize: fx.Node) -> bool:
-    """quantize -> dequantize with nothing else reading the uint8 value: the pair only rounds, so the readers
-    take the float value (the plain lowering rounds where an int8 op reads the value, nowhere else)."""
-    if not quantize.users or not all(_is_dequantize(u) for u in quantize.users):
+    """A uint8 value no int8 kernel reads: the quantize and the dequantizes only round it, so the readers take the
+    float value (the plain lowering rounds where an int8 op reads a value, nowhere else). Shape ops, dropout and
+    the like between them run on the float value as they ran on the uint8 one."""
+    region, dequantizes = _region_read_in_float(quantize)
+    if region is None or not dequantizes:
         return False
-    for dequantize in list(quantize.users):
-        dequantize.replace_all_uses_with(quantize.args[0])
+    for dequantize in dequantizes:
+        dequantize.replace_all_uses_with(dequantize.args[0])
+    quantize.replace_all_uses_with(quantize.args[0])
+    for node in region:
+        node.meta.pop(PLAIN_QPARAMS, None)
     return True
+
+
+def _region_read_in_float(quantize: fx.Node) -> tuple:
+    """(one-input ops between ``quantize`` and its dequantizes, the dequantizes), or (None, None) when anything
+    else reads the uint8 value: a kernel, the custom-module boundary, an op rewritten for uint8 (max pool, pad)."""
+    region, dequantizes, frontier = [], [], list(quantize.users)
+    while frontier:
+        node = frontier.pop()
+        if _is_dequantize(node):
+            dequantizes.append(node)
+        elif PLAIN_QPARAMS in node.meta and node.op != "call_module" and node.target in _SAME_ON_FLOAT \
+                and [a for a in node.all_input_nodes if a.op != "get_attr"] == [node.args[0]]:
+            region.append(node)
+            frontier.extend(node.users)
+        else:
+            return None, None
+    return region, dequantizes
 
 
 def _fuse_residual_add(node: fx.Node, module: nn.Module, modules: dict) -> bool:
