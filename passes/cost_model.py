@@ -29,7 +29,8 @@ from fxq.debug import provenance
 from fxq.nn import cost_model
 from fxq.graph.modes import STATIC
 from fxq.nn import fused
-from fxq.passes.context import PassContext, modules_of
+from fxq.passes.context import PassContext, attribute_value, modules_of
+from fxq.patterns.ops import LINEAR_FUNCTIONS
 from fxq.passes.record_values import value_of
 
 REASON_KEY = "fxq_float_reason"
@@ -41,11 +42,15 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     if engines is None:
         return gm
     modules = modules_of(gm)
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or ctx.state.modes.get(node.name) != STATIC or not node.args:
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_module", "call_function") or ctx.state.modes.get(node.name) != STATIC \
+                or not node.args:
             continue
         shape = value_of(node.args[0]).shape if isinstance(node.args[0], fx.Node) else None
-        engine, cost = _fastest(modules[node.target], shape, engines)
+        layer = modules[node.target] if node.op == "call_module" else _functional_linear(gm, node)
+        if layer is None:
+            continue
+        engine, cost = _fastest(layer, shape, engines)
         if cost is not None and not cost.int8_is_slower:
             ctx.state.engines[node.name] = engine
             ctx.count(f"layers packed for {engine}")
@@ -66,10 +71,22 @@ def _engines(setting) -> Optional[tuple]:
     return (setting,) if setting else None
 
 
+def _functional_linear(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Linear]:
+    """A meta-device nn.Linear of the shape of ``F.linear`` / ``aten.linear`` on a weight attribute (exported
+    graphs call linears this way), None for any other call."""
+    if node.target not in LINEAR_FUNCTIONS or len(node.args) < 2 or not isinstance(node.args[1], fx.Node) \
+            or node.args[1].op != "get_attr":
+        return None
+    weight = attribute_value(gm, node.args[1].target)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return None
+    return nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+
+
 def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     """A float layer runs faster as its parts than as a fused Sequential (one module call less per layer):
     split a fused Linear/Conv + ReLU back into the layer and ``torch.relu``. Returns the nodes left float."""
-    module = modules[node.target]
+    module = modules.get(node.target) if node.op == "call_module" else None
     if not isinstance(module, _FUSED_WITH_RELU):
         return [node]
     parent, _, name = node.target.rpartition(".")

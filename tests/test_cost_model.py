@@ -139,3 +139,21 @@ def test_compare_pairs_a_fused_layer_the_cost_model_split_with_its_relu(monkeypa
     prepared(data[0])
     errors = {e.node: e for e in fxq.compare(model, fxq.convert_fx(prepared), data)}
     assert errors["small"].sqnr_db > 40  # its linear + relu is compared (the rounding for big), not the linear alone
+
+
+def test_functional_linears_of_exported_graphs_are_measured_too(monkeypatch):
+    calls = _fake_costs(monkeypatch, slow_int8_out_features=8)
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 8))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.weight)
+
+    prepared = fxq.prepare_fx(Functional().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(4, 8),),
+                              prepare_custom_config={"cost_model": True})
+    assert ("linear", (8, 8), (4, 8)) in calls
+    (linear,) = [n for n in prepared.graph.nodes if n.target is torch.nn.functional.linear]
+    assert linear.meta["fxq_float_reason"].startswith("cost model")
