@@ -96,10 +96,16 @@ FXQ_EAGER = ("fxq-plain", "fxq", "fxq-quantized")
 
 
 def has_plain_lowering() -> bool:
-    """Whether the installed fxq knows convert_custom_config={"lowering": "plain"} (it ships fxq.nn.plain)."""
+    """Whether the installed fxq knows convert_custom_config={"lowering": "plain"}.
+
+    fxq.nn.plain importing is not enough: the modules landed before convert_fx learned the key, which an fxq
+    without it refuses.
+    """
     try:
+        fxq = importlib.import_module("fxq")
         importlib.import_module("fxq.nn.plain")
-    except ImportError:
+        fxq.ConvertCustomConfig.coerce({"lowering": "plain"})
+    except (ImportError, ValueError, KeyError, TypeError):
         return False
     return True
 
