@@ -35,7 +35,8 @@ def tiny_model(monkeypatch):
     return "tiny"
 
 
-@pytest.mark.parametrize("impls", [["fxq"], ["torch.ao", "fxq"]], ids=["fxq", "fxq-vs-torch.ao"])
+# the quantized-tensor lowering is the one that matches torch.ao's graphs; fxq's default may be the plain one
+@pytest.mark.parametrize("impls", [["fxq"], ["torch.ao", "fxq-quantized"]], ids=["fxq", "fxq-quantized-vs-torch.ao"])
 def test_every_metric_is_measured_and_positive(tiny_model, impls):
     if "torch.ao" in impls:
         torch_ao()  # skips where this torch has no torch.ao
@@ -49,7 +50,7 @@ def test_every_metric_is_measured_and_positive(tiny_model, impls):
         assert all(value > 0 for value in result[name].values()), (name, result[name])
         assert 0 < result[name]["convert_observers_share"] <= 1  # a part of convert, measured inside it
     if "torch.ao" in impls:  # same observers, same qparams: SQNR within a hair of torch.ao's
-        compared = result["ratios"]["fxq/torch.ao"]
+        compared = result["ratios"]["fxq-quantized/torch.ao"]
         assert set(compared) == expected_keys()
         assert abs(compared["sqnr_db"]) < 0.5
         assert all(value > 0 and math.isfinite(value) for key, value in compared.items() if key != "sqnr_db")
