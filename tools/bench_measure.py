@@ -1,4 +1,10 @@
-"""The measurements behind tools/bench.py: one implementation (fxq, fxq + cost model or torch.ao) on one model.
+"""The measurements behind tools/bench.py: one implementation (a column of the tables) on one model.
+
+The columns: fxq with its default lowering ("fxq"), with the plain-tensor lowering ("fxq-plain", once fxq has one)
+and with the quantized-tensor lowering ("fxq-quantized"), fxq with its cost model, torch.ao FX, and torchao's pt2e
+flow (torch.export -> prepare_pt2e with X86InductorQuantizer -> convert_pt2e) run eagerly; and two compiled
+columns, "fxq.compile" (when fxq has it) and "pt2e+compile" (torch.compile with inductor freezing), which compile
+another column's converted model and report the first call's seconds as their compile time.
 
 measure() returns a flat dict of positive numbers, one key per metric (METRICS), and the converted model per
 engine. interleaved_latencies() then times every converted model and the float one taking turns call by call, so
@@ -13,10 +19,13 @@ batch / thread count), so bench_report.py can print any subset side by side.
     >>> timings = interleaved_latencies({"fp32": (model, None), "int8": (converted["x86"], "x86")}, example, settings)
     >>> result["prepare_s"] > 0 and timings["int8"][latency_key("int8_s", "x86", 1, 1)] > 0
     True
+    >>> [flag for flag, present in cpu_isa_flags("flags\t\t: fpu avx2 avx512f").items() if present]
+    ['avx2', 'avx512f']
 """
 import contextlib
 import copy
 import functools
+import importlib
 import io
 import math
 import statistics
@@ -24,7 +33,8 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -47,6 +57,7 @@ class Settings:
     repeats: int = 3  # prepare and convert runs per implementation; medians reported
     min_seconds: float = 2.0  # latency rounds go on until this much time has passed (at most _MAX_ROUNDS)
     batch_limit: Optional[int] = None  # a model may cap the larger batch (BERT at seq 128)
+    compile_backend: str = "inductor"  # what "pt2e+compile" hands torch.compile; tests use "eager" for speed
 
     def batch_sizes(self) -> List[int]:
         limit = self.batch_limit or max(self.batches)
@@ -55,24 +66,69 @@ class Settings:
 
 @dataclass
 class Implementation:
-    """One column of the comparison: how it traces, prepares, converts, and its observer base classes."""
+    """One column of the comparison: how it traces, prepares, converts, and its observer base classes.
+
+    trace(model, example) and prepare(model, mapping, example): the example feeds torch.export; FX ignores it.
+    """
     name: str
-    trace: Callable[[torch.nn.Module], torch.nn.Module]
+    trace: Callable[[torch.nn.Module, tuple], torch.nn.Module]
     prepare: Callable
     convert: Callable
     mapping: Callable
     observer_bases: Tuple[type, ...]
 
 
-def load_implementation(name: str) -> Tuple[Optional[Implementation], Optional[str]]:
-    """(implementation, None), or (None, why it is unavailable) — the tool then prints n/a for it."""
+@dataclass
+class Compiled:
+    """A column that compiles the converted model of another column: the first of `bases` that was measured.
+
+    compile(converted, settings) returns something callable like the model; its first call is the compile time.
+    """
+    name: str
+    bases: Tuple[str, ...]
+    compile: Callable[[torch.nn.Module, Settings], Callable]
+
+
+Column = Union[Implementation, Compiled]
+NO_PLAIN_LOWERING = "fxq has no plain lowering"
+# The fxq columns that run eagerly, the default lowering first: issue 17 makes "plain" the default once it lands.
+FXQ_EAGER = ("fxq-plain", "fxq", "fxq-quantized")
+
+
+def has_plain_lowering() -> bool:
+    """Whether the installed fxq knows convert_custom_config={"lowering": "plain"}.
+
+    fxq.nn.plain importing is not enough: the modules landed before convert_fx learned the key, which an fxq
+    without it refuses.
+    """
+    try:
+        fxq = importlib.import_module("fxq")
+        importlib.import_module("fxq.nn.plain")
+        fxq.ConvertCustomConfig.coerce({"lowering": "plain"})
+    except (ImportError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def load_implementation(name: str) -> Tuple[Optional[Column], Optional[str]]:
+    """(column, None), or (None, why it is unavailable) — the tool then prints n/a for it."""
+    loaders = {"torch.ao": _torch_ao, "fxq": lambda: _fxq(name, lowering=None, cost_model=False),
+               "fxq+cost_model": lambda: _fxq(name, lowering=None, cost_model=True),
+               "fxq-plain": lambda: _fxq(name, lowering="plain", cost_model=False),
+               "fxq-quantized": lambda: _fxq(name, lowering="quantized", cost_model=False),
+               "pt2e": _pt2e, "pt2e+compile": _pt2e_compiled, "fxq.compile": _fxq_compiled}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return (_torch_ao() if name == "torch.ao" else _fxq(cost_model=name == "fxq+cost_model")), None
-    except Exception as failure:  # torch.ao may be gone from this torch; fxq may be mid-edit: report, do not crash
-        print(f"[{name}] unavailable: {type(failure).__name__}: {failure}", file=sys.stderr)
-        return None, f"{type(failure).__name__}: {failure}"
+            return loaders[name](), None
+    except Exception as failure:  # torch.ao may be gone, torchao not installed, fxq mid-edit: report, do not crash
+        reason = str(failure) if isinstance(failure, Unavailable) else f"{type(failure).__name__}: {failure}"
+        print(f"[{name}] unavailable: {reason}", file=sys.stderr)
+        return None, reason
+
+
+class Unavailable(Exception):
+    """A column this installation cannot offer, with the reason printed in its place."""
 
 
 def _torch_ao() -> Implementation:
@@ -82,24 +138,102 @@ def _torch_ao() -> Implementation:
     from torch.ao.quantization.observer import ObserverBase
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    def trace(model):  # what prepare_fx does first, with no skipped modules
+    def trace(model, example):  # what prepare_fx does first, with no skipped modules
         return torch.fx.GraphModule(model, QuantizationTracer([], []).trace(model))
 
     return Implementation("torch.ao", trace, prepare_fx, convert_fx, lambda: get_default_qconfig_mapping("x86"),
                           (ObserverBase, FakeQuantizeBase))
 
 
-def _fxq(cost_model: bool) -> Implementation:
+def _fxq(name: str, lowering: Optional[str], cost_model: bool) -> Implementation:
+    """fxq, converted with {"lowering": lowering} when fxq knows the key; "quantized" is all an older fxq has."""
     import fxq
     from fxq.graph.leaves import trace_for_prepare
     from fxq.observers import ObserverBase
 
+    plain = has_plain_lowering()
+    if lowering == "plain" and not plain:
+        raise Unavailable(NO_PLAIN_LOWERING)
     config = {"cost_model": True} if cost_model else None
     prepare = functools.partial(fxq.prepare_fx, prepare_custom_config=config)
-    trace = functools.partial(trace_for_prepare, config=fxq.PrepareCustomConfig.coerce(config))
-    name = "fxq+cost_model" if cost_model else "fxq"
-    return Implementation(name, trace, prepare, fxq.convert_fx, lambda: fxq.get_default_qconfig_mapping("x86"),
-                          (ObserverBase,))
+    convert = fxq.convert_fx
+    if lowering is not None and plain:  # without the plain lowering the key may be refused; the default is quantized
+        convert = functools.partial(fxq.convert_fx, convert_custom_config={"lowering": lowering})
+    traced = functools.partial(trace_for_prepare, config=fxq.PrepareCustomConfig.coerce(config))
+    return Implementation(name, lambda model, example: traced(model), prepare, convert,
+                          lambda: fxq.get_default_qconfig_mapping("x86"), (ObserverBase,))
+
+
+def _pt2e() -> Implementation:
+    try:
+        from torchao.quantization.pt2e import ObserverBase
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    except ImportError as missing:
+        raise Unavailable(f"torchao is not installed ({missing})") from missing
+
+    def trace(model, example):
+        # strict: the non-strict export gives a module called twice (ResNet's shared ReLU) one source partition
+        # with two outputs, which X86InductorQuantizer refuses
+        return torch.export.export(model, example, strict=True).module()
+
+    def quantizer():
+        return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+
+    def prepare(model, quantizer, example):
+        return prepare_pt2e(trace(model, example), quantizer)
+
+    return Implementation("pt2e", trace, prepare, convert_pt2e, quantizer, (ObserverBase,))
+
+
+def _pt2e_compiled() -> Compiled:
+    _pt2e()  # n/a exactly when pt2e is
+    return Compiled("pt2e+compile", ("pt2e",), compile_with_freezing)
+
+
+def compile_with_freezing(model: torch.nn.Module, settings: Settings) -> Callable:
+    """torch.compile(model), every call under inductor's freezing, which the int8 pt2e lowering needs.
+
+    Freezing is set per call rather than through torch.compile(options=...) (with options it fails on
+    onednn.qconv_prepack under torch 2.13), and per call rather than once so a recompile for a new batch size
+    freezes too.
+    """
+    compiled = torch.compile(model, backend=settings.compile_backend)
+
+    def frozen(*inputs):
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(*inputs)
+    return frozen
+
+
+def _fxq_compiled() -> Compiled:
+    import fxq
+
+    if not hasattr(fxq, "compile"):
+        raise Unavailable("fxq has no fxq.compile")
+    return Compiled("fxq.compile", FXQ_EAGER, lambda model, settings: fxq.compile(model))
+
+
+def cpu_isa_flags(cpuinfo: Optional[str] = None) -> Dict[str, bool]:
+    """Which of the int8-relevant ISA extensions the CPU has, from /proc/cpuinfo's first flags line.
+
+    Without VNNI the int8 dot product saturates and runs on a slower path, so every ratio depends on these.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set = set()
+    for line in cpuinfo.splitlines():
+        if line.split(":")[0].strip() == "flags":
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {flag: flag in flags for flag in ISA_FLAGS}
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def timed(function: Callable, *args):
@@ -212,7 +346,7 @@ def measure(implementation: Implementation, factory: Callable,
     model per engine, for interleaved_latencies.
     """
     model, example = factory()
-    result = {"trace_s": timed(implementation.trace, model)[1]}
+    result = {"trace_s": timed(implementation.trace, model, example)[1]}
     batches = calibration_batches(example, settings.calibration_batches)
     forward_all(model, batches)  # warm the kernels' caches, so both timed forwards start equal
     prepare_s = []
@@ -236,6 +370,16 @@ def measure(implementation: Implementation, factory: Callable,
             result["size_ratio"] = serialized_bytes(converted) / serialized_bytes(model)
         converted_per_engine[engine] = converted
     return result, converted_per_engine
+
+
+def measure_compiled(column: Compiled, model: torch.nn.Module, converted: torch.nn.Module, example: tuple,
+                     settings: Settings) -> Tuple[Dict[str, float], Callable]:
+    """Compile a converted model; its first call's seconds (tracing and code generation included) and its SQNR."""
+    compiled = column.compile(converted, settings)
+    with torch.no_grad():
+        output, seconds = timed(compiled, *example)
+        reference = model(*example)
+    return {"compile_s": seconds, "sqnr_db": sqnr(reference, output)}, compiled
 
 
 def _timed_converts(implementation: Implementation, prepared: torch.nn.Module, engine: str, repeats: int,

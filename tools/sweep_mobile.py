@@ -98,6 +98,34 @@ class EfficientNet(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class LiteMBConv(nn.Module):
+    """EfficientNet-Lite's block with SE kept: ReLU6 for the activations, the SE gate still a sigmoid."""
+
+    def __init__(self, channels: int, expand: int, kernel: int):
+        super().__init__()
+        hidden = channels * expand
+        self.block = nn.Sequential(*conv_bn(channels, hidden, 1), nn.ReLU6(inplace=True),
+                                   *conv_bn(hidden, hidden, kernel, groups=hidden), nn.ReLU6(inplace=True),
+                                   SqueezeExcitation(hidden, channels // 4, nn.ReLU6, nn.Sigmoid),
+                                   *conv_bn(hidden, channels, 1))
+
+    def forward(self, x):
+        return self.block(x) + x
+
+
+@case("efficientnet_lite", "EfficientNet", images(3, 16, 16), "EfficientNet-Lite: ReLU6, 5x5 depthwise, SE kept")
+class EfficientNetLite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(*conv_bn(3, 16, 3, 2), nn.ReLU6(inplace=True), LiteMBConv(16, 4, 3),
+                                      LiteMBConv(16, 4, 5))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     batch, channels, height, width = x.size()
     x = x.view(batch, groups, channels // groups, height, width)

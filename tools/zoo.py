@@ -162,6 +162,82 @@ def mobilenet_v2() -> BenchEntry:
 
 
 # ---------------------------------------------------------------------------------------------
+# EfficientNet-B0 / EfficientNet-Lite0: MBConv blocks with 3x3 and 5x5 depthwise convs and squeeze-and-excitation
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gate: global average -> 1x1 conv -> activation -> 1x1 conv -> sigmoid, times the input."""
+
+    def __init__(self, channels: int, squeezed: int, activation: Callable[[], nn.Module]):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce, self.act = nn.Conv2d(channels, squeezed, 1), activation()
+        self.expand, self.gate = nn.Conv2d(squeezed, channels, 1), nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class MBConv(nn.Module):
+    """1x1 expansion, kxk depthwise, squeeze-and-excitation, 1x1 projection; a skip where the shape allows."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel: int, stride: int, expansion: int,
+                 activation: Callable[[], nn.Module]):
+        super().__init__()
+        hidden = channels_in * expansion
+        layers: List[nn.Module] = []
+        if expansion != 1:
+            layers += [*_conv_bn(channels_in, hidden, 1), activation()]
+        layers += [*_conv_bn(hidden, hidden, kernel, stride, groups=hidden), activation()]
+        layers.append(SqueezeExcitation(hidden, max(1, channels_in // 4), activation))
+        layers += _conv_bn(hidden, channels_out, 1)
+        self.body = nn.Sequential(*layers)
+        self.use_skip = stride == 1 and channels_in == channels_out
+
+    def forward(self, x):
+        return x + self.body(x) if self.use_skip else self.body(x)
+
+
+# (expansion, kernel, first stride, channels, repeats), the EfficientNet-B0 stages (Lite0 keeps them).
+EFFICIENTNET_B0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet-B0's layout with a choice of activation: SiLU as in B0, ReLU6 as in the Lite variants.
+
+    Unlike the published Lite0, the Lite flavour keeps squeeze-and-excitation: it is the part that stresses a
+    quantizer (a sigmoid gate multiplied into the feature map), so the bench keeps it.
+    """
+
+    def __init__(self, activation: Callable[[], nn.Module], classes: int = 1000):
+        super().__init__()
+        layers: List[nn.Module] = [*_conv_bn(3, 32, 3, 2), activation()]
+        channels = 32
+        for expansion, kernel, stride, width, repeats in EFFICIENTNET_B0_STAGES:
+            for index in range(repeats):
+                layers.append(MBConv(channels, width, kernel, stride if index == 0 else 1, expansion, activation))
+                channels = width
+        layers += [*_conv_bn(channels, 1280, 1), activation()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1280, classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def efficientnet_lite() -> BenchEntry:
+    """EfficientNet-Lite0-style: ReLU6 everywhere, SE kept, 224x224 input."""
+    return _seeded(3, lambda: EfficientNet(nn.ReLU6)), _image()
+
+
+def efficientnet_b0() -> BenchEntry:
+    """EfficientNet-B0-style: SiLU everywhere, 224x224 input."""
+    return _seeded(4, lambda: EfficientNet(nn.SiLU)), _image()
+
+
+# ---------------------------------------------------------------------------------------------
 # BERT-base encoder (post-norm), from Linear / LayerNorm / matmul / softmax / GELU
 
 
@@ -224,6 +300,8 @@ MODELS: Dict[str, Callable[[], BenchEntry]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
+    "efficientnet_lite": efficientnet_lite,
+    "efficientnet_b0": efficientnet_b0,
     "bert": bert,
     "narrow_chain": lambda: narrow_chain(100),  # int8 loses to float here in torch.ao (issue 8)
 }
