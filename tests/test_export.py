@@ -80,6 +80,13 @@ def test_an_exported_program_and_its_module_are_both_accepted():
         assert any(isinstance(m, qnn.Linear) for m in quantized.modules())
 
 
+def test_float_output_linears_of_an_exported_graph_return_fp32():
+    # a functional linear lowers to a new module call: float_outputs finds its qconfig through provenance
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    quantized = _quantize(_exported(model, x), (x,), _images(2), None, fxq.get_transformer_qconfig_mapping())
+    assert sum(isinstance(m, qnn.LinearFloatOutput) for m in quantized.modules()) == 2
+
+
 def test_the_converted_exported_model_saves_and_loads():
     model, x = Small().eval(), torch.randn(2, 3, 8, 8)
     quantized = _quantize(_exported(model, x), (x,), _images(2))
@@ -199,12 +206,8 @@ def test_transformers_models_go_through_plain_prepare_fx(name):
     assert value > 15
 
 
-_PT2E_GAP = ("fxq's int8 Linear requantizes its output (pt2e's stays float), and on AVX2 CPUs without VNNI "
-             "fbgemm saturates full-range int8 weights: measured 53 vs 67 dB here (62.6 with 7-bit weights)")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vit", pytest.param("bert", marks=pytest.mark.xfail(reason=_PT2E_GAP, strict=False))])
+@pytest.mark.parametrize("name", ["vit", "bert"])
 def test_fxq_against_torchao_pt2e_on_the_same_calibration_data(name):
     # pt2e's X86InductorQuantizer quantizes the linears' inputs only: fxq's linears-only mapping is the comparison
     pytest.importorskip("torchao", reason="torchao is not installed; nothing to compare with")
