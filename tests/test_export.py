@@ -44,7 +44,8 @@ class Small(nn.Module):
 
 
 def _quantize(model, example, batches, config=None, mapping=None):
-    prepared = fxq.prepare_fx(model, mapping or fxq.get_default_qconfig_mapping(), example, config)
+    # Small's layer norm feeds a linear: "keep" holds the x86 default on its exported graph too, as on the traced one
+    prepared = fxq.prepare_fx(model, mapping or fxq.get_default_qconfig_mapping(transformers="keep"), example, config)
     for batch in batches:
         prepared(*batch)
     return fxq.convert_fx(prepared)
@@ -87,6 +88,32 @@ def test_float_output_linears_of_an_exported_graph_return_fp32():
     assert sum(isinstance(m, qnn.LinearFloatOutput) for m in quantized.modules()) == 2
 
 
+def test_the_default_mapping_on_an_exported_transformer_is_the_transformer_mapping(caplog, tmp_path):
+    # a layer norm feeds a linear: the untouched x86 default becomes get_transformer_qconfig_mapping(), said once
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    with caplog.at_level(logging.INFO, logger="fxq"):
+        prepared = fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,),
+                                  debug_dump_dir=str(tmp_path))
+    notes = [r.getMessage() for r in caplog.records if "get_transformer_qconfig_mapping()" in r.getMessage()]
+    assert len(notes) == 1 and "layer norm" in notes[0]
+    assert "# qconfig mapping: get_transformer_qconfig_mapping()" in (tmp_path / "prepare" / "05-assign_qconfig.txt") \
+        .read_text()
+    prepared(x)
+    quantized = fxq.convert_fx(prepared)
+    assert sum(isinstance(m, qnn.LinearFloatOutput) for m in quantized.modules()) == 2
+    assert not QUANTIZED_FUNCTIONS & {n.target for n in quantized.graph.nodes}  # norm, add, softmax stay float
+
+
+def test_an_edited_default_or_a_traced_graph_keeps_the_backend_default():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    edited = fxq.get_default_qconfig_mapping().set_module_name("conv", None)
+    for model_or_graph, mapping in ((_exported(model, x), edited), (model, fxq.get_default_qconfig_mapping())):
+        quantized = _quantize(model_or_graph, (x,), _images(1), None, mapping)
+        assert torch.ops.quantized.matmul in {n.target for n in quantized.graph.nodes}  # the transformer mapping has none
+    with pytest.raises(ValueError, match="expected 'auto' or 'keep'"):
+        fxq.get_default_qconfig_mapping(transformers="always")
+
+
 def test_the_converted_exported_model_saves_and_loads():
     model, x = Small().eval(), torch.randn(2, 3, 8, 8)
     quantized = _quantize(_exported(model, x), (x,), _images(2))
@@ -96,7 +123,7 @@ def test_the_converted_exported_model_saves_and_loads():
 def test_module_name_and_object_type_select_nodes_of_an_exported_graph():
     # scopes come from nn_module_stack: the aten.linear of `out` is selected by its module path and its class
     model, x = Small().eval(), torch.randn(2, 3, 8, 8)
-    by_name = fxq.get_default_qconfig_mapping().set_module_name("out", None)
+    by_name = fxq.get_default_qconfig_mapping().set_module_name("out", None)  # an edited default is kept
     by_type = fxq.get_default_qconfig_mapping().set_object_type(nn.Linear, None)
     linears = [sum(isinstance(m, qnn.Linear) for m in _quantize(_exported(model, x), (x,), _images(1), None, mapping)
                    .modules()) for mapping in (by_name, by_type)]
@@ -197,7 +224,7 @@ def _transformers_case(name):
 @pytest.mark.parametrize("name", ["bert", "gpt2", "vit"])
 def test_transformers_models_go_through_plain_prepare_fx(name):
     model, example, calibration, held_out = _transformers_case(name)
-    quantized = _quantize(model, example, calibration)
+    quantized = _quantize(model, example, calibration, None, fxq.get_default_qconfig_mapping())
     output, reference = quantized(*held_out), model(*held_out)
     assert type(output) is type(reference) and list(output.keys()) == list(reference.keys())  # ModelOutput kept
     assert hf_tiny.int8_linears(quantized) == hf_tiny.linear_layers(model)  # every Linear / Conv1D runs int8

@@ -42,8 +42,14 @@ def fixed_qparams_observers() -> dict:
     }
 
 
-def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
+def get_default_qconfig_mapping(backend: str = "x86", transformers: str = "auto") -> QConfigMapping:
     """PyTorch AO's default post-training mapping for `backend` ("x86", "fbgemm", "qnnpack", "onednn").
+
+    ``transformers="auto"``: on a torch.export graph that looks like a transformer (a layer norm feeding a linear
+    layer; fxq.passes.choose_default_mapping), prepare_fx quantizes with :func:`get_transformer_qconfig_mapping`
+    instead, on the x86 and fbgemm backends (whose kernels return float linear outputs), and logs it once. The
+    backend default quantizes the residual stream and the norms' outputs, which costs transformers 30 dB of SQNR
+    (tools/export_acceptance.py). ``transformers="keep"``, or any change to the returned mapping, keeps it as it is.
 
     Global: get_default_qconfig(backend), plus per-op exceptions:
     reshape reuses its input's observer (when fxq.observers has ReuseInputObserver); conv-transpose has per-tensor weights on x86/fbgemm (no
@@ -57,6 +63,9 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     reuse_input = getattr(obs, "ReuseInputObserver", None)
     if reuse_input is not None:  # absent from fxq.observers so far; reshape then follows the global qconfig
         mapping.set_object_type("reshape", QConfig(reuse_input, obs.NoopObserver))
+    if transformers not in ("auto", "keep"):
+        raise ValueError(f"get_default_qconfig_mapping(transformers={transformers!r}): expected 'auto' or 'keep'")
+    mapping.stock_default = backend if transformers == "auto" else None
     return mapping
 
 
