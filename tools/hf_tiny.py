@@ -48,8 +48,15 @@ def _resnet(t):
     return t.ResNetModel(t.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])), _images
 
 
+def _convnext(t):
+    # depthwise 7x7 convs, LayerNorm over channels (channels-last in the blocks, channels-first between stages),
+    # GELU, layer scale; layer_scale_init_value 0.5 so that the blocks matter against the residual at random init
+    return t.ConvNextModel(t.ConvNextConfig(num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, patch_size=4,
+                                            layer_scale_init_value=0.5, image_size=IMAGE)), _images
+
+
 BUILDERS: Dict[str, Callable] = {"bert": _bert, "distilbert": _distilbert, "gpt2": _gpt2, "vit": _vit,
-                                 "resnet": _resnet}
+                                 "resnet": _resnet, "convnext": _convnext}
 
 
 def build(name: str, batch: int = 2, calibration_batches: int = 4, seed: int = 0) -> tuple:
