@@ -59,6 +59,30 @@ BUILDERS: Dict[str, Callable] = {"bert": _bert, "distilbert": _distilbert, "gpt2
                                  "resnet": _resnet, "convnext": _convnext}
 
 
+def _bert_base(t):
+    # BERT-base dimensions (hidden 768, 12 heads, intermediate 3072) at sequence length 128; `layers` from the caller
+    return lambda layers: (t.BertModel(t.BertConfig(num_hidden_layers=layers)),
+                           lambda batch: (torch.randint(0, 30522, (batch, 128)),))
+
+
+def _vit_base(t):
+    # ViT-B/16 at 224: ViTConfig's defaults
+    return lambda layers: (t.ViTModel(t.ViTConfig(num_hidden_layers=layers)), lambda batch: (torch.randn(batch, 3, 224, 224),))
+
+
+REALISTIC: Dict[str, Callable] = {"bert": _bert_base, "vit": _vit_base}
+
+
+def build_realistic(name: str, layers: int = 12, calibration_batches: int = 2, seed: int = 0) -> tuple:
+    """(model, example, calibration batches, held-out batch) at a realistic size, batch 1, random weights."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model, inputs = REALISTIC[name](transformers)(layers)
+    model.eval()
+    return model, inputs(1), [inputs(1) for _ in range(calibration_batches)], inputs(1)
+
+
 def build(name: str, batch: int = 2, calibration_batches: int = 4, seed: int = 0) -> tuple:
     """(model, example inputs, calibration batches, held-out batch) of the tiny ``name`` model."""
     import transformers
