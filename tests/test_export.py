@@ -1,6 +1,6 @@
 """torch.export graphs through prepare_fx / convert_fx: the aten spellings, the tracer strategy, transformers models.
 
-The transformers and torchao cases skip cleanly without those packages (CI installs only ``.[test]``).
+The transformers and torchao cases skip cleanly without those packages (``.[test]`` brings transformers, not torchao).
 """
 import logging
 import sys
