@@ -27,6 +27,7 @@ class PassContext:
     smoothing: Any = None  # fxq.SmoothQuant options when _equalization_config asks for outlier smoothing
     lowering: str = "quantized"  # convert: "plain" (uint8 tensors, oneDNN kernels) or "quantized" (quantized tensors)
     tracer: str = ""  # prepare: the tracer that made the graph ("fx", "export", "given"), for dumps
+    mapping_note: str = ""  # prepare: why the mapping in use is not the one given (choose_default_mapping), for dumps
     state: Any = None  # the fxq state stored on the observed GraphModule (fxq.graph.state.FxqState)
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)

@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from fxq.config.qconfig import FloatOutputQConfig
+from fxq.debug.provenance import ORIGIN_KEY
 from fxq.nn.quantized import Linear, LinearFloatOutput
 from fxq.nn.quantized._base import QuantizedModule
 from fxq.passes.context import PassContext, attribute_value, eliminate_dead_code, modules_of
@@ -35,12 +36,18 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 def _qualifies(node: fx.Node, modules: dict, ctx: PassContext) -> bool:
     if node.op != "call_module" or type(modules.get(node.target)) is not Linear:
         return False
-    if not isinstance(ctx.state.qconfigs.get(node.name), FloatOutputQConfig):
+    if not isinstance(_qconfig_of(node, ctx), FloatOutputQConfig):
         return False
     if not (_from_quantize(node.args[0]) or _from_quantized_module(node.args[0], modules)):
         return False
     readers = [user for user in node.users if not _reads_shape_only(user)]
     return bool(readers) and all(user.op == "call_method" and user.target == "dequantize" for user in readers)
+
+
+def _qconfig_of(node: fx.Node, ctx: PassContext):
+    """The qconfig of the op ``node`` computes: a functional linear (torch.export's aten.linear) lowers to a new
+    ``linear_quantized_0`` module call, which provenance stamps with the name of the op it replaced."""
+    return ctx.state.qconfigs.get(node.name) or ctx.state.qconfigs.get(node.meta.get(ORIGIN_KEY))
 
 
 def _from_quantize(source) -> bool:

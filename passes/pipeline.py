@@ -21,7 +21,7 @@ from fxq.debug.dump import format_table
 from fxq.debug.graph_records import node_records
 from fxq.graph.lazy_code import make_eager
 from fxq.debug import provenance
-from fxq.passes import (assign_qconfig, cleanup, fuse, insert_observers, lower, record_values, to_reference)
+from fxq.passes import (assign_qconfig, choose_default_mapping, cleanup, fuse, insert_observers, lower, record_values, to_reference)
 from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, prepare_standalone,
                         quantize_custom_modules, quantized_io)
 from fxq.passes import cost_model, equalize, insert_equalization_observers, insert_smoothing_observers, smooth
@@ -36,6 +36,7 @@ PREPARE = [
     functionalize_inplace.run,  # first: later passes may then assume a node's value never changes after it runs
     record_values.run,     # later passes read the shapes and dtypes it records
     fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
+    choose_default_mapping.run,  # after fuse (GPT-2's addmm is a linear by then), before assign_qconfig reads it
     assign_qconfig.run,
     cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
     insert_observers.run,
@@ -102,6 +103,7 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
             gm.recompile()  # the Python code is only regenerated when someone reads it
             table = format_table(node_records(gm, qconfigs=ctx.state.qconfigs if ctx.state else None))
             header = f"# traced by: {ctx.tracer}\n" if ctx.tracer else ""
+            header += f"# qconfig mapping: {ctx.mapping_note}\n" if ctx.mapping_note else ""
             (directory / f"{index:02d}-{name}.txt").write_text(header + table + "\n" + gm.code)
     if not check_each_pass:
         _check_graph(gm, stage)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, DYNAMIC_FP16, STATIC, WEIGHT_ONLY
@@ -28,7 +29,7 @@ from fxq.observers.weight_grids import is_grouped
 from fxq.passes.context import (PassContext, attribute_value, delete_unused_submodules, free_name,
                                 modules_of)
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
-from fxq.patterns.ops import LINEAR_FUNCTIONS
+from fxq.patterns.ops import LINEAR_FUNCTIONS, aten
 
 _REFERENCE = {nn.Linear: reference.Linear, nn.Conv1d: reference.Conv1d, nn.Conv2d: reference.Conv2d,
               nn.Conv3d: reference.Conv3d, nn.Embedding: reference.Embedding,
@@ -211,8 +212,12 @@ def _reference_module(node: fx.Node, inner: nn.Module, qconfig, mode: str) -> nn
 
 
 def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
-    """F.linear in a dynamic / weight-only mode: its weight attribute goes through quantize -> dequantize."""
+    """F.linear in a dynamic / weight-only mode: its weight attribute goes through quantize -> dequantize.
+    F.embedding / aten.embedding on a weight attribute in weight-only mode: a reference Embedding module call, which
+    lowers as nn.Embedding's does."""
     for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _EMBEDDING_WEIGHT:
+            _embedding_module(gm, node, ctx)
         if node.op != "call_function" or node.target not in LINEAR_FUNCTIONS or len(node.args) < 2:
             continue
         weight = node.args[1]
@@ -228,6 +233,30 @@ def _quantize_functional_weights(gm: fx.GraphModule, ctx: PassContext) -> None:
             dequantized = gm.graph.call_method("dequantize", (quantized,))
         node.replace_input_with(weight, dequantized)
         ctx.count("functional weights quantized")
+
+
+# the embedding functions and the position of their weight: F.embedding(indices, weight), aten.embedding(weight, indices)
+_EMBEDDING_WEIGHT = {F.embedding: 1, aten.embedding.default: 0}
+
+
+def _embedding_module(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
+    weight_index = _EMBEDDING_WEIGHT[node.target]
+    weight = node.args[weight_index] if len(node.args) > 1 else None
+    if ctx.state.modes.get(node.name) != WEIGHT_ONLY or not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return
+    table = attribute_value(gm, weight.target)
+    float_module = nn.Embedding(*table.shape, _weight=table.detach(), _freeze=True)
+    qconfig = ctx.state.qconfigs[node.name]
+    module = reference.Embedding.from_float(float_module, weight_qparams(qconfig.weight(), table))
+    name = free_name(gm, f"{node.name}_embedding")
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(name, (node.args[1 - weight_index],))
+    call.meta.update(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+    ctx.state.modes[call.name], ctx.state.qconfigs[call.name] = WEIGHT_ONLY, qconfig
+    ctx.count("functional embeddings made reference modules")
 
 
 def _is_observed_op(node: fx.Node, observed: set, modules: dict, chain_ends: dict) -> bool:

@@ -1,5 +1,6 @@
-"""Where the int8 linear kernel saturates full-range products (fbgemm without VNNI), the transformer mapping
-narrows the weights to 7 bits; elsewhere they keep 8 (fxq/nn/quantized/saturation.py)."""
+"""Where the int8 linear kernel saturates full-range products (fbgemm without VNNI), the transformer mapping keeps
+every neighbour pair of weights in range (fxq/observers/pair_limited.py) when the probe finds the pair layout
+(fxq/nn/weight_pairs.py), and narrows the weights to 7 bits when it does not; elsewhere they keep 8."""
 import pytest
 import torch
 
@@ -7,6 +8,8 @@ import fxq
 from conftest import sqnr
 from fxq.nn.quantized._packing import pack_linear
 from fxq.nn.quantized.saturation import linear_kernel_saturates
+from fxq.nn.weight_pairs import kernel_pairs_saturate
+from fxq.observers import PairLimitedPerChannelObserver
 from tools.zoo import BertEncoder
 
 
@@ -24,9 +27,13 @@ def test_the_probe_agrees_with_the_kernel_and_seven_bit_weights_are_exact():
     assert abs(_full_range_product(63.0, engine) - 1) <= 0.01  # |w1| + |w2| <= 128: every int16 pair sum fits
 
 
-def test_the_transformer_mapping_takes_its_weight_width_from_the_probe():
+def test_the_transformer_mapping_takes_its_weights_from_the_probes():
     weight = fxq.get_transformer_qconfig_mapping().qconfig_for("fc", (torch.nn.Linear,)).weight()
-    assert (weight.quant_max == 63) == linear_kernel_saturates()
+    pairs = linear_kernel_saturates() and kernel_pairs_saturate()
+    assert isinstance(weight, PairLimitedPerChannelObserver) == pairs
+    assert (weight.quant_max == 63) == (linear_kernel_saturates() and not pairs)
+    reduced = fxq.get_transformer_qconfig_mapping(reduce_range=True).qconfig_for("fc", (torch.nn.Linear,)).weight()
+    assert type(reduced) is fxq.observers.PerChannelMinMaxObserver and reduced.quant_max == 127  # 7-bit inputs fit
     assert fxq.get_transformer_qconfig_mapping(weight_bits=8).qconfig_for("fc", (torch.nn.Linear,)).weight() \
         .quant_max == 127
     with pytest.raises(ValueError, match="weight_bits=9"):
@@ -53,3 +60,34 @@ def test_where_the_kernel_saturates_seven_bit_weights_beat_eight(quantized_lower
 @pytest.mark.skipif(not linear_kernel_saturates(), reason="this CPU's int8 linear kernel does not saturate")
 def test_the_plain_lowering_takes_seven_bit_weights_itself_where_activations_are_full_range():
     assert _bert_sqnr(8) >= _bert_sqnr(7) - 1  # not the collapse of the quantized kernel above
+
+
+def _kernel_error(ints: torch.Tensor, engine: str) -> float:
+    """Largest |kernel - exact| of full-range uint8 inputs (zero point 128, as after a LayerNorm) times ``ints``."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, ints.shape[1])).float()
+    weight = torch._make_per_tensor_quantized_tensor(ints.to(torch.int8), 1.0, 0)
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, 1.0, 0, pack_linear(weight, None, engine))
+    return float((y.double() - x.double() @ ints.double().t()).abs().max())
+
+
+@pytest.mark.skipif(not kernel_pairs_saturate(), reason="this CPU's int8 linear kernel does not saturate pairs")
+def test_pair_limited_weights_are_exact_on_the_kernel_and_wider_than_seven_bits():
+    # the probe's pair layout is the kernel's: pair-limited 8-bit weights never saturate, plain 8-bit ones do
+    torch.manual_seed(1)
+    weight = torch.randn(96, 256)
+    observer = PairLimitedPerChannelObserver()
+    observer(weight)
+    scale = observer.calculate_qparams()[0].reshape(-1, 1)
+    ints = (weight / scale).round().clamp(-127, 127)
+    plain = (weight / (weight.abs().amax(1, keepdim=True) / 127)).round()
+    engine = torch.backends.quantized.engine
+    assert _kernel_error(ints, engine) == 0 and _kernel_error(plain, engine) > 1000
+    assert float(ints.abs().amax(1).float().mean()) > 80  # more than 7 bits on average (7-bit weights stop at 63)
+
+
+def test_pair_limited_scale_bounds_every_same_sign_pair():
+    # [1, 1] is the largest same-sign pair of row 0 (2.0); row 1's pairs mix signs, so its largest weight sets it
+    observer = PairLimitedPerChannelObserver()
+    observer(torch.tensor([[1.0, 1.0, -0.5, 0.2, 0.3], [1.0, -1.0, 0.3, 0.3, -0.9]]))
+    assert torch.allclose(observer.calculate_qparams()[0] * 127, torch.tensor([2.0, 1.0]))

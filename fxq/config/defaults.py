@@ -20,6 +20,7 @@ from fxq.config.qconfig import (FloatOutputQConfig, QConfig, check_backend, defa
                                 per_token_dynamic_qconfig)
 from fxq.config.qconfig_mapping import QConfigMapping
 from fxq.nn.quantized.saturation import linear_kernel_saturates
+from fxq.nn.weight_pairs import kernel_pairs_saturate
 
 __all__ = ["get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "fixed_qparams_observers",
            "get_transformer_qconfig_mapping"]
@@ -41,8 +42,14 @@ def fixed_qparams_observers() -> dict:
     }
 
 
-def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
+def get_default_qconfig_mapping(backend: str = "x86", transformers: str = "auto") -> QConfigMapping:
     """PyTorch AO's default post-training mapping for `backend` ("x86", "fbgemm", "qnnpack", "onednn").
+
+    ``transformers="auto"``: on a torch.export graph that looks like a transformer (a layer norm feeding a linear
+    layer; fxq.passes.choose_default_mapping), prepare_fx quantizes with :func:`get_transformer_qconfig_mapping`
+    instead, on the x86 and fbgemm backends (whose kernels return float linear outputs), and logs it once. The
+    backend default quantizes the residual stream and the norms' outputs, which costs transformers 30 dB of SQNR
+    (tools/export_acceptance.py). ``transformers="keep"``, or any change to the returned mapping, keeps it as it is.
 
     Global: get_default_qconfig(backend), plus per-op exceptions:
     reshape reuses its input's observer (when fxq.observers has ReuseInputObserver); conv-transpose has per-tensor weights on x86/fbgemm (no
@@ -56,6 +63,9 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     reuse_input = getattr(obs, "ReuseInputObserver", None)
     if reuse_input is not None:  # absent from fxq.observers so far; reshape then follows the global qconfig
         mapping.set_object_type("reshape", QConfig(reuse_input, obs.NoopObserver))
+    if transformers not in ("auto", "keep"):
+        raise ValueError(f"get_default_qconfig_mapping(transformers={transformers!r}): expected 'auto' or 'keep'")
+    mapping.stock_default = backend if transformers == "auto" else None
     return mapping
 
 
@@ -119,23 +129,40 @@ def get_transformer_qconfig_mapping(reduce_range: bool = False, weight_bits: Opt
     of 0.23; this mapping 0.955 with int8 linear outputs and 0.993 with float ones (0.995 with SmoothQuant), at
     1.6x fp32's speed; the linears are almost all of the time. Pair it with ``_equalization_config=fxq.SmoothQuant()``.
 
-    ``weight_bits`` (default: 7 where this CPU's int8 linear kernel saturates full-range products, checked by
-    fxq.nn.quantized.saturation, else 8): on an AVX2 host the zoo's 4-layer BERT measured 25.3 dB SQNR vs float
-    with 8-bit weights, 41.4 dB with 7-bit ones (36.9 dB with 7-bit activations instead), and MiniLM 0.955 either way.
+    ``weight_bits`` (default: what this CPU's int8 linear kernel computes exactly): 8 where the kernel is exact
+    (VNNI, AMX); where it adds neighbouring products into a saturating int16 (fbgemm without VNNI,
+    fxq.nn.quantized.saturation and fxq.nn.weight_pairs probe it), 8-bit weights whose per-channel scales keep
+    every same-sign neighbour pair in range (fxq.observers.PairLimitedPerChannelObserver, between 7 and 8 bits per
+    channel); 7 bits where it saturates in a layout the probe does not know. ``weight_bits=8`` or ``7`` forces plain
+    min-max weights of that width. On an AVX2 host the zoo's 4-layer BERT measured 25.3 dB SQNR vs float with plain
+    8-bit weights (saturated), 41.4 dB with 7-bit ones (36.9 dB with 7-bit activations instead).
 
     >>> get_transformer_qconfig_mapping(weight_bits=8).qconfig_for("fc", (torch.nn.Linear,)).short()
     'FloatOutputQConfig(act=HistogramObserver(reduce_range=False), w=PerChannelMinMaxObserver(qint8, per_channel_symmetric))'
     """
+    activation = obs.HistogramObserver.with_args(reduce_range=reduce_range)
     if weight_bits is None:
-        weight_bits = 7 if linear_kernel_saturates() else 8
+        return _linears_with(FloatOutputQConfig(activation, _exact_weight_observer(reduce_range)))
     if not 2 <= weight_bits <= 8:
         raise ValueError(f"get_transformer_qconfig_mapping(weight_bits={weight_bits}): the int8 kernels take 2 to 8 "
                          f"bits")
-    largest = 2 ** (weight_bits - 1) - 1
-    narrower = {"quant_min": -largest, "quant_max": largest} if weight_bits < 8 else {}
-    activation = obs.HistogramObserver.with_args(reduce_range=reduce_range)
-    weight = obs.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                    **narrower)
-    qconfig = FloatOutputQConfig(activation, weight)
+    return _linears_with(FloatOutputQConfig(activation, _per_channel_weights(weight_bits)))
+
+
+def _per_channel_weights(bits: int) -> Callable:
+    largest = 2 ** (bits - 1) - 1
+    narrower = {"quant_min": -largest, "quant_max": largest} if bits < 8 else {}
+    return obs.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, **narrower)
+
+
+def _exact_weight_observer(reduce_range: bool) -> Callable:
+    """The widest weights this CPU's int8 linear kernel multiplies exactly by the activations (7-bit ones never
+    overflow a pair; neither do 8-bit weights times them)."""
+    if reduce_range or not linear_kernel_saturates():
+        return _per_channel_weights(8)
+    return obs.PairLimitedPerChannelObserver.with_args() if kernel_pairs_saturate() else _per_channel_weights(7)
+
+
+def _linears_with(qconfig: QConfig) -> QConfigMapping:
     # F.linear too: torch.export spells transformers' Conv1D (GPT-2) as a linear on its transposed weight
     return QConfigMapping().set_object_type(nn.Linear, qconfig).set_object_type(F.linear, qconfig)

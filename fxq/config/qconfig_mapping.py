@@ -58,18 +58,23 @@ class QConfigMapping:
         self._rules = {kind.key: kind() for kind in PRECEDENCE}
         self._order = tuple(self._rules[kind.key] for kind in PRECEDENCE)
         self._cache: dict[NodeQuery, QConfigAny] = {}
+        # the backend whose untouched default mapping this is (get_default_qconfig_mapping sets it); any setter
+        # clears it: prepare_fx may replace an untouched default on transformer-like torch.export graphs only
+        self.stock_default: Optional[str] = None
 
     # ---- setters (PyTorch AO's API) ----
 
     def _set(self, kind: str, rule_key: Any, qconfig: Any, where: str) -> "QConfigMapping":
         self._rules[kind].set(rule_key, as_qconfig(qconfig, where))
         self._cache.clear()
+        self.stock_default = None
         return self
 
     def set_global(self, qconfig: QConfigAny) -> "QConfigMapping":
         """Set the qconfig of every node no other rule matches."""
         self._rules[""].qconfig = as_qconfig(qconfig, "set_global")
         self._cache.clear()
+        self.stock_default = None
         return self
 
     def set_object_type(self, object_type: Any, qconfig: QConfigAny) -> "QConfigMapping":

@@ -19,6 +19,7 @@ from fxq.observers.base import ObserverBase, UniformQuantizationObserverBase
 from fxq.observers.constructor import ObserverConstructor, constructor_parts
 from fxq.observers.histogram import HistogramObserver
 from fxq.observers.percentile import PercentileObserver
+from fxq.observers.pair_limited import PairLimitedPerChannelObserver
 from fxq.observers.minmax import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -43,6 +44,7 @@ __all__ = [
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "PerChannelMinMaxObserver",
+    "PairLimitedPerChannelObserver",
     "MovingAveragePerChannelMinMaxObserver",
     "HistogramObserver",
     "PercentileObserver",
