@@ -25,6 +25,7 @@ The CPU's ISA flags are printed beside each table: the int8 kernels, their exact
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -34,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxq  # noqa: E402
+from fxq.config.lowering import resolve_lowering  # noqa: E402
 from fxq.debug.timing import median_ms  # noqa: E402
 from tools.hf_tiny import (BUILDERS, REALISTIC, build, build_realistic, first_output, int8_linears,  # noqa: E402
                            linear_layers)
@@ -154,8 +156,12 @@ def main(argv=None) -> None:
     if args.pretrained:
         from tools.minilm_export import print_pretrained
         return print_pretrained(quantize_fxq, quantize_pt2e)
+    # the tiny configs are here for the numerics: at hidden 64 every linear is faster in float, so the cost model
+    # (on by default) would leave them all float; --realistic and --pretrained keep it on
+    os.environ.setdefault("FXQ_COST_MODEL", "off")
     print("SQNR in dB vs float on a held-out batch; 'fxq' = get_default_qconfig_mapping() (no extra arguments), "
-          "'fxq x86' = get_default_qconfig_mapping(transformers='keep')")
+          "'fxq x86' = get_default_qconfig_mapping(transformers='keep'); lowering "
+          f"{resolve_lowering()}, cost model {os.environ['FXQ_COST_MODEL']}")
     print(f"{'model':<11} {'fxq dB':>7} {'fxq x86 dB':>11} {'pt2e dB':>8} {'int8 linears':>13} "
           f"{'prepare+convert s':>18}")
     for name in args.models or list(BUILDERS):

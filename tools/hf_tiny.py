@@ -99,10 +99,13 @@ def linear_layers(model: nn.Module) -> int:
 
 
 def int8_linears(quantized: nn.Module) -> int:
-    """The converted model's linear layers that run an int8 kernel (fxq's quantized Linear / LinearReLU)."""
+    """The converted model's linear layers that run an int8 kernel: fxq's plain Int8Linear (the default lowering)
+    or the quantized-tensor Linear / LinearReLU."""
+    from fxq.nn import plain
     from fxq.nn import quantized as qnn
 
-    return sum(isinstance(m, (qnn.Linear, qnn.LinearReLU)) for m in quantized.modules())
+    return sum(isinstance(m, (qnn.Linear, qnn.LinearReLU)) or
+               (isinstance(m, plain.Linear) and not isinstance(m, plain.DynamicLinear)) for m in quantized.modules())
 
 
 def first_output(output) -> torch.Tensor:
