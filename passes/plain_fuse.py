@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.nn import plain
-from fxq.passes.context import PassContext, eliminate_dead_code, modules_of
+from fxq.passes.context import PassContext, drop_unread_buffers, eliminate_dead_code, modules_of, read_attributes
 from fxq.patterns.ops import aten
 
 _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish", nn.Tanh: "tanh",
@@ -39,6 +39,7 @@ _BINARY = {plain.Conv1d: plain.ConvBinary1d, plain.Conv2d: plain.ConvBinary2d, p
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     if ctx.lowering != "plain" or ctx.convert_config.keep_roundings:
         return gm
+    read_before = read_attributes(gm)
     modules = modules_of(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not plain.reads_uint8(modules.get(node.target)):
@@ -55,6 +56,11 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if _is_quantize(node) and _drop_rounding(node):
             ctx.count("roundings no int8 op reads removed")
     eliminate_dead_code(gm)
+    # Runs after cleanup: the qparams of the quantizes it folded into kernels (a Linear's output scale, now fp32)
+    # would otherwise stay in the state_dict, unread.
+    dropped = drop_unread_buffers(gm, read_before)
+    if dropped:
+        ctx.count("unread buffers removed", dropped)
     return gm
 
 
