@@ -7,6 +7,13 @@ from torch import nn
 import fxq
 from conftest import sqnr
 
+# Both lowerings' spellings: the quantized one's ``x.dequantize()``, the plain one's fxq op on uint8.
+DEQUANTIZES = (".dequantize()", "dequantize_per_tensor(")
+
+
+def dequantizes(code: str) -> int:
+    return sum(code.count(spelling) for spelling in DEQUANTIZES)
+
 
 class Between(nn.Module):
     """conv -> op -> conv: the op's input and output should both stay int8."""
@@ -53,8 +60,9 @@ def test_op_between_convs_stays_int8(name):
     for batch in batches:
         prepared(batch)
     quantized = fxq.convert_fx(prepared)
-    assert quantized.code.count(".dequantize()") == 1, quantized.code  # only at the model's output
-    assert quantized.code.count("quantize_per_tensor(") == 1
+    # At most one dequantize, at the model's output: the plain lowering folds even that one into conv2 (fp32 out).
+    assert dequantizes(quantized.code) <= 1, quantized.code
+    assert quantized.code.count("quantize_per_tensor(") - quantized.code.count("dequantize_per_tensor(") == 1
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         assert sqnr(model(x), quantized(x)) > 25  # two int8 convs, random weights
@@ -73,5 +81,5 @@ def test_stack_of_quantized_branches():
     prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,))
     prepared(x)
     quantized = fxq.convert_fx(prepared)
-    assert "torch.stack" in quantized.code and quantized.code.count(".dequantize()") == 1
+    assert "torch.stack" in quantized.code and dequantizes(quantized.code) <= 1
     assert sqnr(model(x).detach(), quantized(x)) > 30
