@@ -69,6 +69,7 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
     """
     reference = _fused_float_graph(float_model)
     pairs = _match(reference, quantized_model)
+    plain_qparams = _plain_qparams(quantized_model, set(pairs))
     signal: dict = {}
     noise: dict = {}
     for batch in inputs:
@@ -80,6 +81,9 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
             if not (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)):
                 continue
             actual = actual.dequantize() if actual.is_quantized else actual
+            if actual.dtype == torch.uint8 and quantized_name in plain_qparams:  # the plain lowering's raw codes
+                scale, zero_point = plain_qparams[quantized_name]
+                actual = (actual.float() - zero_point) * scale
             if actual.shape != expected.shape or not expected.is_floating_point():
                 continue
             signal[float_name] = signal.get(float_name, 0.0) + float(expected.double().pow(2).sum())
@@ -88,6 +92,35 @@ def compare(float_model: nn.Module, quantized_model: fx.GraphModule, inputs: Ite
     result = Comparison(_layer_error(nodes[name], signal[name], noise[name], reference) for name in signal)
     result.sort(key=lambda e: (e.sqnr_db, e.node))
     return result
+
+
+def _plain_qparams(gm: fx.GraphModule, names: set) -> dict[str, tuple]:
+    """Node name -> (scale, zero point) of the uint8 tensors the plain lowering passes between its kernels, read
+    from whatever reads or writes them (a dequantize, a kernel's input or output qparams). Without them compare
+    took the raw codes for float values (-30 dB on every layer)."""
+    from fxq.nn.plain import ops
+    modules = dict(gm.named_modules())
+
+    def number(value):
+        return float(gm.get_buffer(value.target)) if isinstance(value, fx.Node) and value.op == "get_attr" \
+            else float(value)
+
+    found = {}
+    for node in gm.graph.nodes:
+        if node.name not in names:
+            continue
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if getattr(module, "output_scale", None) is not None:
+            found[node.name] = (module.output_scale, module.output_zero_point)
+        elif node.op == "call_function" and node.target is ops.quantize_per_tensor:
+            found[node.name] = (number(node.args[1]), number(node.args[2]))
+        for user in node.users:
+            user_module = modules.get(user.target) if user.op == "call_module" else None
+            if user.op == "call_function" and user.target is ops.dequantize_per_tensor and user.args[0] is node:
+                found.setdefault(node.name, (number(user.args[1]), number(user.args[2])))
+            elif hasattr(user_module, "input_scale") and user.args and user.args[0] is node:
+                found.setdefault(node.name, (user_module.input_scale, user_module.input_zero_point))
+    return found
 
 
 def _layer_error(node: fx.Node, signal: float, noise: float, gm: fx.GraphModule) -> LayerError:
