@@ -46,10 +46,12 @@ def test_every_metric_is_measured_and_positive(tiny_model, impls):
         assert set(result[name]) == expected_keys(), name
         assert all(value > 0 for value in result[name].values()), (name, result[name])
         assert 0 < result[name]["convert_observers_share"] <= 1  # a part of convert, measured inside it
-    if "torch.ao" in impls:  # same observers, same qparams: SQNR within a hair of torch.ao's
+    if "torch.ao" in impls:  # same observers, same qparams: SQNR no worse than torch.ao's
         compared = result["ratios"]["fxq/torch.ao"]
         assert set(compared) == expected_keys()
-        assert abs(compared["sqnr_db"]) < 0.5
+        # Was abs(...) < 0.5: the plain default rounds less often than torch.ao (fused activations, fp32 outputs),
+        # so it may be better by more than a hair, never worse.
+        assert compared["sqnr_db"] > -0.5
         assert all(value > 0 and math.isfinite(value) for key, value in compared.items() if key != "sqnr_db")
 
 
