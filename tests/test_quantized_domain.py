@@ -83,3 +83,21 @@ def test_stack_of_quantized_branches():
     quantized = fxq.convert_fx(prepared)
     assert "torch.stack" in quantized.code and dequantizes(quantized.code) <= 1
     assert sqnr(model(x).detach(), quantized(x)) > 30
+
+
+def test_conv3d_relu_before_a_float_op_keeps_its_relu():
+    # plain Conv3d has no relu post-op: the lowering folds the ReLU into the uint8 output's saturation at zero, so
+    # plain_fuse must not turn that output into fp32 (it did, and dropped the ReLU) when a float op reads it.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(3, 8, 3), nn.ReLU(), nn.MaxPool3d((1, 2, 2)), nn.AdaptiveAvgPool3d(1),
+                          nn.Flatten(), nn.Linear(8, 4)).eval()
+    batches = [torch.randn(2, 3, 4, 8, 8) for _ in range(4)]
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (batches[0],))
+    for batch in batches:
+        prepared(batch)
+    quantized = fxq.convert_fx(prepared)
+    x, seen = torch.randn(2, 3, 4, 8, 8), []
+    quantized.get_submodule("0").register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.no_grad():
+        assert sqnr(model(x), quantized(x)) > 25
+    assert seen[0].float().min() >= 0  # the conv's output is the ReLU's
