@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from fxq.passes.context import PassContext, delete_unused_submodules, eliminate_dead_code
+from fxq.passes.context import (PassContext, delete_unused_submodules, drop_unread_buffers, eliminate_dead_code,
+                                 read_attributes)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -25,17 +26,12 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 def remove_dead(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Dead nodes, the submodules no node calls, and root buffers only dead nodes read (the state_dict need not
     carry them)."""
-    read_before = _read_attributes(gm)
+    read_before = read_attributes(gm)
     ctx.count("dead nodes removed", eliminate_dead_code(gm))
     delete_unused_submodules(gm)
-    for name in read_before - _read_attributes(gm):
-        if name in gm._buffers:
-            del gm._buffers[name]
-            ctx.count("unread buffers removed")
-
-
-def _read_attributes(gm: fx.GraphModule) -> set:
-    return {node.target for node in gm.graph.nodes if node.op == "get_attr"}
+    dropped = drop_unread_buffers(gm, read_before)
+    if dropped:
+        ctx.count("unread buffers removed", dropped)
 
 
 def _is_requantize_of_same(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -120,3 +120,17 @@ def eliminate_dead_code(gm: fx.GraphModule) -> int:
     before = len(gm.graph.nodes)
     gm.graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure() or out_of_place(node) is not None)
     return before - len(gm.graph.nodes)
+
+
+def read_attributes(gm: fx.GraphModule) -> set:
+    """The targets of the graph's get_attr nodes."""
+    return {node.target for node in gm.graph.nodes if node.op == "get_attr"}
+
+
+def drop_unread_buffers(gm: fx.GraphModule, read_before: set) -> int:
+    """Delete the root buffers among ``read_before`` that the graph no longer reads (only removed nodes read them:
+    the state_dict need not carry them). Returns how many were deleted."""
+    unread = [name for name in read_before - read_attributes(gm) if name in gm._buffers]
+    for name in unread:
+        del gm._buffers[name]
+    return len(unread)

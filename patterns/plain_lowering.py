@@ -260,18 +260,29 @@ def max_pool2d(low: Lowering, match: Match) -> bool:
     return True
 
 
+_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+
+
 def pad_with_zero_point(low: Lowering, match: Match) -> bool:
-    """F.pad(dq(q), pad, "constant", v) -> F.pad(q, pad, value=the uint8 code of v)."""
+    """F.pad(dq(q), pad, "constant", v) or ZeroPad2d / ConstantPad2d(dq(q)) -> F.pad(q, pad, value=the uint8
+    code of v). The modules need this row too: _COMPUTES_ON_VALUES keeps them out of moves_values (on raw uint8
+    they would pad with 0, not the zero point), so without it they ran as dq -> float pad -> q."""
     node = match.anchor
     found = _same_qparams(low, match)
-    if found is None or arg(node, 2, "mode", "constant") != "constant":
+    if node.op == "call_module":
+        module = low.modules[node.target]
+        pad, mode, value = tuple(module.padding), "constant", float(module.value)
+    else:
+        pad, mode, value = arg(node, 1, "pad"), arg(node, 2, "mode", "constant"), arg(node, 3, "value", 0.0)
+    if found is None or mode != "constant":
         return False
     source, out = found
-    value = float(arg(node, 3, "value", 0.0) or 0.0)
-    code = round(value / out.scale) + out.zero_point
+    code = round(float(value or 0.0) / out.scale) + out.zero_point
     if not 0 <= code <= 255:
         return False
-    node.args, node.kwargs = (source, arg(node, 1, "pad")), {"mode": "constant", "value": float(code)}
+    if node.op == "call_module":
+        node.op, node.target = "call_function", F.pad
+    node.args, node.kwargs = (source, pad), {"mode": "constant", "value": float(code)}
     _yield(low, out, node)
     return True
 
@@ -317,7 +328,7 @@ def _rows():
         yield row(chain(conv, BOUNDED + RELU), functional_weighted(float_conv))
         yield row(conv, functional_weighted(float_conv))
     yield row(MAX_POOL_2D, max_pool2d)                                               # dq -> max pool -> q
-    yield row((F.pad,), pad_with_zero_point)                                         # dq -> pad -> q
+    yield row((F.pad,) + _PAD_MODULES, pad_with_zero_point)                          # dq -> pad -> q
     yield row((F.interpolate, nn.Upsample), nearest_resize)                          # dq -> nearest resize -> q
     yield row(CAT, cat_same_qparams)                                                 # [dq...] -> cat -> q
     yield row((getattr, "size", "dim", "numel"), read_shape_from_quantized)          # dq(q).shape -> q.shape

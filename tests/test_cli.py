@@ -181,7 +181,9 @@ def test_debug_shows_the_traceback(workdir, monkeypatch, capsys):
 def test_dump_of_a_saved_model_in_a_process(workdir):
     result = _fxq("dump", "model_int8.pt", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    assert re.search(r"quantize_per_tensor\s+call_function\s+torch.quantize_per_tensor", result.stdout)
+    # the plain default's uint8 quantize (torch.quantize_per_tensor under the quantized lowering)
+    assert re.search(r"quantize_per_tensor_?\d*\s+call_function\s+(torch|fxq\.nn\.plain\.ops)\.quantize_per_tensor",
+                     result.stdout)
     # the saved model keeps each op's qconfig: the lowered conv shows the x86 default's short form
     conv_row = next(line for line in result.stdout.splitlines() if re.match(r"\d+\s+_0\s", line))
     assert "act=Histogram(rr), w=PerChannelMinMax(qint8, pc_symmetric)" in conv_row
@@ -195,7 +197,7 @@ def test_dump_of_a_saved_model_as_json(workdir, monkeypatch, capsys):
 
 @pytest.mark.parametrize("stage, expected", [("traced", r"\b_0\s+call_module"),
                                              ("prepared", r"activation_post_process_0\s+call_module"),
-                                             ("converted", r"quint8\[2x8x6x6\]")])
+                                             ("converted", r"\bq?uint8\[2x8x6x6\]")])  # plain: uint8
 def test_dump_each_stage(workdir, monkeypatch, capsys, stage, expected):
     code, out, err = _run_main(["dump", "mymodels:build", "--input-shape", "2,3,8,8", "--stage", stage], workdir,
                                monkeypatch, capsys)

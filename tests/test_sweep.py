@@ -17,7 +17,7 @@ from conftest import torch_ao
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, where the `tools` package lives
 from tools.sweep import run_sweep, to_json  # noqa: E402
 from tools.sweep_models import CASES  # noqa: E402
-from tools.sweep_measure import quantize_dequantize_counts, same_snapshot, snapshot  # noqa: E402
+from tools.sweep_measure import plain_requantize_counts, quantize_dequantize_counts, same_snapshot, snapshot  # noqa: E402, E501
 from tools.sweep_report import format_table, goal_misses  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -87,3 +87,20 @@ def test_quantize_and_dequantize_calls_are_counted_in_nested_graphs_too():
     outer = nn.Sequential(fx.symbolic_trace(QuantizeTwice()), fx.symbolic_trace(QuantizeTwice()))
     assert quantize_dequantize_counts(fx.symbolic_trace(QuantizeTwice())) == (2, 2)
     assert quantize_dequantize_counts(outer) == (4, 4)
+
+
+
+def test_plain_round_trips_with_the_same_qparams_are_counted():
+    # q -> dq -> q with the same qparams is waste (counted); dq -> q with other qparams is a requantize (not).
+    from fxq.nn.plain import ops
+    root = nn.Module()
+    for name, value in (("scale", 0.1), ("zero_point", 3), ("other", 0.2)):
+        root.register_buffer(name, torch.tensor(value))
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    scale, zero_point, other = (graph.get_attr(name) for name in ("scale", "zero_point", "other"))
+    quantize = lambda value, s: graph.call_function(ops.quantize_per_tensor, (value, s, zero_point, 0, 255, torch.uint8))  # noqa: E731,E501
+    dequantize = lambda value: graph.call_function(ops.dequantize_per_tensor, (value, scale, zero_point))  # noqa: E731
+    same = quantize(dequantize(quantize(x, scale)), scale)
+    graph.output(quantize(dequantize(same), other))
+    assert plain_requantize_counts(fx.GraphModule(root, graph)) == (True, 1)

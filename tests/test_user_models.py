@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxq
+from fxq.nn.plain import ops as plain_ops
 from conftest import sqnr, torch_ao
 
 
@@ -51,15 +52,18 @@ class ReusedModules(nn.Module):
         return self.dropout(self.act(self.act(x) + x))
 
 
-def test_weightless_modules_called_twice_convert_and_match_torch_ao():
+@pytest.mark.parametrize("lowering", ["plain", "quantized"])
+def test_weightless_modules_called_twice_convert_and_match_torch_ao(lowering):
     torch.manual_seed(0)
     model = ReusedModules().eval()
     batches = [torch.randn(2, 3, 32, 32) for _ in range(4)]
-    quantized = fxq.convert_fx(_calibrated(model, batches))  # KeyError 'pool_call1' in pass lower before
+    # KeyError 'pool_call1' in pass lower before
+    quantized = fxq.convert_fx(_calibrated(model, batches), convert_custom_config={"lowering": lowering})
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected, got = model(x), quantized(x)
-    assert quantized.code.count(".dequantize()") == 1, quantized.code  # both pools and both hardswishes int8
+    if lowering == "quantized":  # PyTorch AO's graph; the plain one runs the hardswish module in float by design
+        assert quantized.code.count(".dequantize()") == 1, quantized.code  # both pools and both hardswishes int8
     assert sqnr(expected, got) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
 
 
@@ -98,22 +102,25 @@ class Attention(nn.Module):
         return 2 * (self.q(scores.softmax(-1)) + 1)
 
 
-def test_scalar_mul_and_add_stay_int8_like_torch_ao():
+@pytest.mark.parametrize("lowering", ["plain", "quantized"])
+def test_scalar_mul_and_add_stay_int8_like_torch_ao(lowering):
     torch.manual_seed(0)
     model = Attention().eval()
     batches = [torch.randn(2, 16, 16) for _ in range(4)]
-    quantized = fxq.convert_fx(_calibrated(model, batches))
+    quantized = fxq.convert_fx(_calibrated(model, batches), convert_custom_config={"lowering": lowering})
     code = quantized.code
-    assert "torch.ops.quantized.mul(matmul_1, 0.25)" in code, code  # torch.ao's kernel: output scale = scale * 0.25
-    assert code.count("torch.ops.quantized.add(") == 1 and code.count("torch.ops.quantized.mul(") == 2
-    assert code.count(".dequantize()") == 1 and code.count("quantize_per_tensor(") == 1, code
+    if lowering == "quantized":  # PyTorch AO's kernels; the plain lowering runs scalar arithmetic in float
+        assert "torch.ops.quantized.mul(matmul_1, 0.25)" in code, code  # output scale = scale * 0.25
+        assert code.count("torch.ops.quantized.add(") == 1 and code.count("torch.ops.quantized.mul(") == 2
+        assert code.count(".dequantize()") == 1 and code.count("quantize_per_tensor(") == 1, code
     x = torch.randn(2, 16, 16)
     with torch.no_grad():
         expected = model(x)
     assert sqnr(expected, quantized(x)) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
 
 
-def test_scalar_ops_alone_leave_no_quantize_dequantize_pair_with_nothing_between():
+@pytest.mark.parametrize("lowering", ["plain", "quantized"])
+def test_scalar_ops_alone_leave_no_quantize_dequantize_pair_with_nothing_between(lowering):
     class Scalars(nn.Module):
         def __init__(self):
             super().__init__()
@@ -125,11 +132,13 @@ def test_scalar_ops_alone_leave_no_quantize_dequantize_pair_with_nothing_between
     torch.manual_seed(0)
     model = Scalars().eval()
     batches = [torch.randn(2, 3, 8, 8) for _ in range(4)]
-    quantized = fxq.convert_fx(_calibrated(model, batches))
+    quantized = fxq.convert_fx(_calibrated(model, batches), convert_custom_config={"lowering": lowering})
     for node in quantized.graph.nodes:
-        if node.op == "call_function" and node.target is torch.quantize_per_tensor:
-            assert all(user.target != "dequantize" for user in node.users), quantized.code
-    assert "torch.ops.quantized.add_relu(conv, 1)" in quantized.code, quantized.code
+        if node.op == "call_function" and node.target in (torch.quantize_per_tensor, plain_ops.quantize_per_tensor):
+            assert all(user.target not in ("dequantize", plain_ops.dequantize_per_tensor) for user in node.users), \
+                quantized.code
+    if lowering == "quantized":  # PyTorch AO's kernel
+        assert "torch.ops.quantized.add_relu(conv, 1)" in quantized.code, quantized.code
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model(x)
@@ -261,21 +270,25 @@ def _then_conv(model: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*model, conv)
 
 
+@pytest.mark.parametrize("lowering", ["plain", "quantized"])
 @pytest.mark.parametrize("name", list(INT8_MODULES))
-def test_module_runs_int8_and_is_at_least_as_accurate_as_torch_ao(name):
+def test_module_runs_int8_and_is_at_least_as_accurate_as_torch_ao(name, lowering):
     torch.manual_seed(0)
     build, shape, quantized_class = INT8_MODULES[name]
     model = _then_conv(build()).eval()
     batches = [torch.randn(*shape) for _ in range(4)]
-    quantized = fxq.convert_fx(_calibrated(model, batches))
-    assert type(quantized.get_submodule("1")) is getattr(fxq.nn.quantized, quantized_class)
-    assert quantized.code.count(".dequantize()") == 1, quantized.code  # no float detour around the op
+    config = {"lowering": lowering}
+    quantized = fxq.convert_fx(_calibrated(model, batches), convert_custom_config=config)
+    if lowering == "quantized":  # PyTorch AO's modules; the plain lowering runs these ops in float by design
+        assert type(quantized.get_submodule("1")) is getattr(fxq.nn.quantized, quantized_class)
+        assert quantized.code.count(".dequantize()") == 1, quantized.code  # no float detour around the op
     x = torch.randn(*shape)
     with torch.no_grad():
         expected, got = model(x), quantized(x)
     assert sqnr(expected, got) > 25
     assert sqnr(expected, got) >= sqnr(expected, _torch_ao_output(model, batches, x)) - 0.5
-    again = fxq.convert_fx(_calibrated(_then_conv(build()).eval(), batches))  # another model of the same shape
+    # another model of the same shape
+    again = fxq.convert_fx(_calibrated(_then_conv(build()).eval(), batches), convert_custom_config=config)
     again.load_state_dict(quantized.state_dict())
     with torch.no_grad():
         assert torch.equal(again(x), got) and torch.equal(copy.deepcopy(quantized)(x), got)

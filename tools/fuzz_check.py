@@ -5,7 +5,9 @@ For one GraphSpec (tools/fuzz_graphs.py), with the same calibration batches for 
 1. prepare_fx, calibration, convert_fx and convert_to_reference_fx raise nothing but a documented fxq error
    (``is_documented``), and the converted model runs;
 2. its outputs are finite;
-3. convert_to_reference_fx and convert_fx agree (SQNR >= ``MIN_SQNR_REFERENCE`` dB);
+3. convert_to_reference_fx and convert_fx with ``keep_roundings`` (which rounds where the reference does) agree
+   (SQNR >= ``MIN_SQNR_REFERENCE`` dB), and the default convert_fx, which skips roundings on purpose (fused
+   activations, fp32 outputs), is no less accurate against float than the reference (- ``MAX_SQNR_LOSS_VS_REFERENCE``);
 4. SQNR vs float >= torch.ao's - ``MAX_SQNR_LOSS_VS_TORCH_AO`` dB, where that comparison is fair
    (tools/fuzz_torch_ao.py: torch.ao converts the graph, and fxq rounds no more values to int8 than it);
 5. torch.save/load, deepcopy and a state_dict loaded into a differently calibrated convert give identical outputs;
@@ -47,6 +49,8 @@ MIN_SQNR_REFERENCE = 35.0
 # scalar and rounds to the output observer's qparams), a constant error worth a few dB on a small graph
 MIN_SQNR_REFERENCE_WITH_SCALARS = 30.0
 MAX_SQNR_LOSS_VS_TORCH_AO = 1.0
+MAX_SQNR_LOSS_VS_REFERENCE = 0.5
+KEEP_ROUNDINGS = {"keep_roundings": True}  # the plain lowering rounds where the reference model does
 CALIBRATION_BATCHES = 4
 CALIBRATION_BATCH = 8
 _FXQ_SOURCES = tuple(os.path.dirname(module.__file__) + os.sep for module in (fxq, fxq.passes, fxq.patterns))
@@ -135,6 +139,8 @@ def _check(spec: GraphSpec) -> Outcome:
         output = flat_output(converted, data.evaluation)
         stage = "convert_to_reference_fx"
         reference = flat_output(fxq.convert_to_reference_fx(prepared), data.evaluation)
+        stage = "convert_fx keeping the reference's roundings"
+        kept = flat_output(fxq.convert_fx(prepared, convert_custom_config=KEEP_ROUNDINGS), data.evaluation)
     except Exception as error:  # property 1: which errors are allowed is the point of the check
         documented = is_documented(error) and not stage.startswith("run")
         return Outcome("documented_error" if documented else "undocumented_exception",
@@ -143,7 +149,7 @@ def _check(spec: GraphSpec) -> Outcome:
         return Outcome("non_finite", ["the converted model's output is not finite"])
     comparison, theirs = compare_with_torch_ao(spec, model, data, converted, flat_output)
     has_scalars = any(step.op in ("add_scalar", "mul_scalar") for step in spec.steps)
-    failures = _numeric_failures(before.output, output, reference, theirs, has_scalars)
+    failures = _numeric_failures(before.output, (output, kept), reference, theirs, has_scalars)
     failures += _lifecycle_failures(model, data, prepared, converted, output)
     failures += before.differences(_Snapshot.of(model, data))
     unread = set(converted._buffers) - {node.target for node in converted.graph.nodes if node.op == "get_attr"}
@@ -152,14 +158,20 @@ def _check(spec: GraphSpec) -> Outcome:
     return Outcome("property_failure" if failures else "passed", failures, torch_ao=comparison)
 
 
-def _numeric_failures(float_output: torch.Tensor, output: torch.Tensor, reference: torch.Tensor,
+def _numeric_failures(float_output: torch.Tensor, outputs: tuple, reference: torch.Tensor,
                       torch_ao_output: Optional[torch.Tensor], has_scalars: bool) -> List[str]:
-    """Properties 3 and 4: convert_fx vs convert_to_reference_fx, and SQNR vs float against torch.ao's."""
+    """Properties 3 and 4: convert_fx vs convert_to_reference_fx, and SQNR vs float against torch.ao's.
+    ``outputs`` is (default convert_fx, convert_fx with keep_roundings)."""
     failures = []
-    agreement = sqnr(reference, output)
+    output, kept = outputs
+    agreement = sqnr(reference, kept)
     floor = MIN_SQNR_REFERENCE_WITH_SCALARS if has_scalars else MIN_SQNR_REFERENCE
     if agreement < floor:
-        failures.append(f"convert_fx vs convert_to_reference_fx: {agreement:.1f} dB < {floor} dB")
+        failures.append(f"convert_fx (keep_roundings) vs convert_to_reference_fx: {agreement:.1f} dB < {floor} dB")
+    ours, the_reference = sqnr(float_output, output), sqnr(float_output, reference)
+    if ours < the_reference - MAX_SQNR_LOSS_VS_REFERENCE:
+        failures.append(f"SQNR vs float: convert_fx {ours:.1f} dB < convert_to_reference_fx {the_reference:.1f} dB"
+                        f" - {MAX_SQNR_LOSS_VS_REFERENCE} dB")
     if torch_ao_output is not None:
         ours, theirs = sqnr(float_output, output), sqnr(float_output, torch_ao_output)
         if ours < theirs - MAX_SQNR_LOSS_VS_TORCH_AO:

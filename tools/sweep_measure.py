@@ -41,6 +41,8 @@ class FlowResult:
     warnings: List[str] = field(default_factory=list)
     unchanged: bool = True
     roundings: Optional[int] = None  # tensors the converted model rounds to int8 on one evaluation batch
+    plain: bool = False  # converted to fxq's plain uint8 ops (fxq.nn.plain) rather than quantized tensors
+    requantized: Optional[int] = None  # dequantizes whose only use re-quantizes with the same qparams
     converted: Optional[nn.Module] = field(default=None, repr=False)
 
     @property
@@ -97,6 +99,37 @@ def quantize_dequantize_counts(module: nn.Module) -> tuple:
                 dequantize += "dequantize" in name
                 quantize += name.startswith("quantize_per")
     return quantize, dequantize
+
+
+def _is_plain_op(node: fx.Node, name: str) -> bool:
+    from fxq.nn.plain import ops
+    return node.op == "call_function" and node.target is getattr(ops, name)
+
+
+def _qparam_values(graph_module: fx.GraphModule, args: tuple) -> tuple:
+    """Scale and zero point arguments as numbers (get_attr buffers read)."""
+    def value(arg):
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            return tuple(torch.as_tensor(graph_module.get_buffer(arg.target)).flatten().tolist())
+        return arg
+    return tuple(value(arg) for arg in args)
+
+
+def plain_requantize_counts(module: nn.Module) -> tuple:
+    """(uses fxq's plain ops, plain dequantizes re-quantized at once with the same scale and zero point) in every
+    GraphModule inside ``module``: the plain lowering's redundant round trips (a float op between a dequantize and
+    a quantize is by design, a nothing between them is waste)."""
+    plain, requantized = False, 0
+    for graph_module in (m for m in module.modules() if isinstance(m, fx.GraphModule)):
+        for node in graph_module.graph.nodes:
+            if not _is_plain_op(node, "quantize_per_tensor"):
+                continue
+            plain = True
+            source = node.args[0]
+            if isinstance(source, fx.Node) and _is_plain_op(source, "dequantize_per_tensor"):
+                requantized += _qparam_values(graph_module, source.args[1:3]) == \
+                    _qparam_values(graph_module, node.args[1:3])
+    return plain, requantized
 
 
 def snapshot(model: nn.Module, inputs: tuple) -> tuple:
@@ -159,6 +192,7 @@ def run_flow(flow: Flow, sweep_case: SweepCase) -> FlowResult:
             result.stages["run"] = _one_line(error)
             return result
         result.quantize, result.dequantize = quantize_dequantize_counts(state["converted"])
+        result.plain, result.requantized = plain_requantize_counts(state["converted"])
         result.roundings = rounding_count(state["converted"], evaluation[0])
         result.converted = state["converted"]
     return result
