@@ -311,7 +311,8 @@ def torchscript_methods_torch_ao_supports(name: str) -> List[str]:
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("name", ZOO_NAMES)
-def test_torchscript_where_torch_ao_supports_it(name):
+def test_torchscript_where_torch_ao_supports_it(name, quantized_lowering):
+    # torch.jit takes the quantized-tensor modules; a plain model goes through torch.export (test_plain_lowering.py)
     methods = torchscript_methods_torch_ao_supports(name)
     if not methods:
         pytest.skip(f"torch.ao's converted {name} can be neither scripted nor traced")

@@ -61,10 +61,11 @@ def test_fuzzed_graphs_keep_every_property(spec):
 
 
 def test_the_generator_draws_every_op_and_spelling():
-    # Without this a table edit could silently stop the fuzzer from drawing an op.
+    # Without this a table edit could silently stop the fuzzer from drawing an op. 1200 draws: with 800 the
+    # derandomized sequence stopped reaching x.flatten() once the op tables grew (this session's merges).
     drawn, reused = set(), []
 
-    @settings(max_examples=800, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=1200, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(spec=graph_specs())
     def collect(spec):
         drawn.update((step.op, step.spelling) for step in spec.steps)

@@ -79,7 +79,8 @@ def run_demo(progress: bool = True) -> int:
     model, data = load_demo()
     test, labels = to_input(data["test_images"]), data["test_labels"].long()
     calibration = list(to_input(data["calib_images"]).split(16))
-    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping("x86"), (calibration[0],))
+    # the example input has the batch the model will run at: the cost model times each layer at that shape
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping("x86"), (test,))
     fxq.calibrate(prepared, calibration, progress=progress)
     quantized = fxq.convert_fx(prepared)
     threads = torch.get_num_threads()
