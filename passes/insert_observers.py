@@ -154,7 +154,13 @@ def _observe_own(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, obs
 def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, observe: Observe) -> None:
     """The output (and, for cat, every input) uses the first observed input's observer instance."""
     values = [v for v in inserter.input_values(node, observe.inputs) if isinstance(v, fx.Node)]
-    first = next((v for v in values if v in inserter.observer_nodes), None)
+    observed = [v for v in values if v in inserter.observer_nodes]
+    # a fixed-range observer (a sigmoid's [0, 1)) cannot stand for the other inputs of a cat: they would be clipped
+    first = next((v for v in observed if not _is_fixed(inserter, v)), None)
+    unobserved = [v for v in values if v not in inserter.observer_nodes]
+    if first is None and observed and unobserved:
+        first = inserter.observe_input(node, unobserved[0], qconfig.activation)
+    first = first or next(iter(observed), None)
     if first is None and len(values) == 1 and _quantized_elsewhere(inserter, node, values[0], last):
         first = inserter.observe_input(node, values[0], qconfig.activation)
     if first is None:
@@ -165,6 +171,12 @@ def _observe_shared(inserter: _Inserter, node: fx.Node, last: fx.Node, qconfig, 
             inserter.shared_with[inserter.root(observer.target)] = inserter.root(first.target)
     inserter.observe_output(last, inserter.observer_call(first.target, last, "activation/output"))
     inserter.ctx.count("shared observers")
+
+
+def _is_fixed(inserter: _Inserter, observer_node: fx.Node) -> bool:
+    """Whether the observer (or fake quantizer) behind ``observer_node`` has fixed qparams."""
+    module = inserter.gm.get_submodule(observer_node.target)  # added by this pass: not in inserter.modules
+    return isinstance(module, (FixedQParamsObserver, FixedQParamsFakeQuantize))
 
 
 def _quantized_elsewhere(inserter: _Inserter, node: fx.Node, value: fx.Node, last: fx.Node) -> bool:

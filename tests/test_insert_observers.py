@@ -109,3 +109,23 @@ def test_bmm_without_an_int8_kernel_is_not_quantized_before_a_selection():
     with torch.no_grad():
         expected = model(*batches[0])
         assert sqnr(expected, converted(*batches[0])) >= sqnr(expected, reference(*batches[0])) - 0.5
+
+
+def test_a_cat_of_a_float_branch_and_a_sigmoid_does_not_clip_the_branch_to_the_sigmoids_range():
+    # detection heads: boxes and sigmoid scores concatenated. With the head float (a user's choice or the cost
+    # model's), the boxes had no observer and took the sigmoid's fixed [0, 1) one, clipping them (15 dB)
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 9, 1)
+
+        def forward(self, x):
+            y = self.head(torch.relu(self.conv(x))).permute(0, 2, 3, 1)
+            return torch.cat([y[..., :4], torch.sigmoid(y[..., 4:])], -1)
+
+    torch.manual_seed(0)
+    model, x = Head().eval(), torch.randn(4, 3, 10, 10)
+    mapping = fxq.get_default_qconfig_mapping().set_module_name("head", None)
+    prepared = fxq.prepare_fx(model, mapping, (x,))
+    prepared(x)
+    assert sqnr(model(x), fxq.convert_fx(prepared)(x)) > 30
