@@ -60,21 +60,23 @@ class _Values:
 
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
-        self.attrs: dict = {}  # fx.Node yielding a plain value -> (scale buffer, zero-point buffer) names
+        self.attrs: dict = {}  # fx.Node yielding a plain value -> (scale get_attr, zero-point get_attr)
         self.created: set = set()  # nodes this pass made, which read plain values on purpose
 
     def qparams(self, node) -> Optional[tuple]:
-        """(scale, zero point) buffer names of a plain value, None for anything else."""
+        """(scale, zero point) get_attr nodes of a plain value, None for anything else."""
         if not isinstance(node, fx.Node):
             return None
         if node not in self.attrs and PLAIN_QPARAMS in node.meta:
             scale, zero_point = node.meta[PLAIN_QPARAMS]
-            self.attrs[node] = self._buffers(node.name, scale, zero_point)
+            self.attrs[node] = self._constants(node, scale, zero_point)
         return self.attrs.get(node)
 
-    def _buffers(self, prefix: str, scale: float, zero_point: int) -> tuple:
-        return (register_new_buffer(self.gm, f"{prefix}_scale", torch.tensor(scale)),
-                register_new_buffer(self.gm, f"{prefix}_zero_point", torch.tensor(zero_point)))
+    def _constants(self, node: fx.Node, scale: float, zero_point: int) -> tuple:
+        names = (register_new_buffer(self.gm, f"{node.name}_scale", torch.tensor(scale)),
+                 register_new_buffer(self.gm, f"{node.name}_zero_point", torch.tensor(zero_point)))
+        with self.gm.graph.inserting_after(node):
+            return tuple(self.gm.graph.get_attr(name) for name in names)
 
     def quantize(self, node: fx.Node) -> None:
         x, scale, zero_point, dtype = node.args
@@ -86,7 +88,7 @@ class _Values:
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
         self.gm.graph.erase_node(node)
-        self.attrs[new] = (scale.target, zero_point.target)
+        self.attrs[new] = (scale, zero_point)
 
     def _as_attr(self, node: fx.Node, value, kind: str) -> fx.Node:
         """A qparam as a get_attr node (the op takes 0-dim tensors): passed through, or a new buffer."""
@@ -96,11 +98,11 @@ class _Values:
         with self.gm.graph.inserting_before(node):
             return self.gm.graph.get_attr(name)
 
-    def _own_copies(self, names: tuple, before: fx.Node) -> tuple:
-        """get_attr nodes of these buffers for one reader: torch.load rebuilds the graph with one get_attr per use,
-        and node metadata is restored only onto a graph of the same nodes (fxq.graph.node_meta)."""
+    def _own_copies(self, attrs: tuple, before: fx.Node) -> tuple:
+        """get_attr nodes of the same buffers for one reader: torch.load rebuilds the graph with one get_attr per
+        use, and node metadata is restored only onto a graph of the same nodes (fxq.graph.node_meta)."""
         with self.gm.graph.inserting_before(before):
-            return tuple(self.gm.graph.get_attr(name) for name in names)
+            return tuple(self.gm.graph.get_attr(attr.target) for attr in attrs)
 
     def dequantize(self, node: fx.Node) -> None:
         source = node.args[0]
@@ -132,9 +134,10 @@ class _Values:
         source = node.args[0]
         if not isinstance(source, fx.Node) or self.qparams(source) is not None:
             return
-        names = self._buffers(f"{node.name}_input", module.input_scale, module.input_zero_point)
-        qparams = self._own_copies(names, node)
+        names = (register_new_buffer(self.gm, f"{node.name}_input_scale", torch.tensor(module.input_scale)),
+                 register_new_buffer(self.gm, f"{node.name}_input_zero_point", torch.tensor(module.input_zero_point)))
         with self.gm.graph.inserting_before(node):
+            qparams = tuple(self.gm.graph.get_attr(name) for name in names)
             integers = self.gm.graph.call_function(from_quantized_tensor, (source, *qparams))
         node.replace_input_with(source, integers)
 
