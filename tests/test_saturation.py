@@ -91,3 +91,44 @@ def test_pair_limited_scale_bounds_every_same_sign_pair():
     observer = PairLimitedPerChannelObserver()
     observer(torch.tensor([[1.0, 1.0, -0.5, 0.2, 0.3], [1.0, -1.0, 0.3, 0.3, -0.9]]))
     assert torch.allclose(observer.calculate_qparams()[0] * 127, torch.tensor([2.0, 1.0]))
+
+
+def test_seven_bit_refit_has_no_channel_gain_error():
+    """Rounding 8-bit integers again onto a 7-bit grid moves each channel's largest weight by up to half a step,
+    a gain the same for every input that compounds through a network; the refit starts from the float weight."""
+    from fxq.nn import reference
+    from fxq.nn.plain._base import seven_bit_weights
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 64)
+    observer = fxq.observers.PerChannelMinMaxObserver(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    observer(layer.weight)
+    scale, zero_point = observer.calculate_qparams()
+    ref = reference.Linear.from_float(layer, {"qscheme": torch.per_channel_symmetric, "dtype": torch.qint8,
+                                              "axis": 0, "scale": scale, "zero_point": zero_point})
+    narrowed = seven_bit_weights(ref)
+    gain = (narrowed.get_weight() * layer.weight).sum(1) / layer.weight.pow(2).sum(1)
+    assert narrowed.integer_weight().abs().max() <= 63
+    assert float((gain - 1).abs().max()) < 2e-3  # re-rounding the 8-bit grid gave 1/127 = 8e-3 in some channels
+
+
+@pytest.mark.skipif(not linear_kernel_saturates(), reason="this CPU's int8 kernels do not saturate")
+def test_functional_seven_bit_conv_weights_are_not_rounded_again():
+    """torch.export's aten.conv2d takes its weight from quantize_per_channel, which carries no quant range: the
+    plain lowering must read the integers, not the declared range, to see that 7-bit weights already fit."""
+    from fxq.config import QConfig
+    from fxq.config.defaults import mapping_with_op_exceptions
+    from fxq.observers import HistogramObserver, PerChannelMinMaxObserver, default_weight_observer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+                                  for _ in range(4)]).eval()
+    x = torch.rand(2, 8, 12, 12)
+    weights = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                 quant_min=-63, quant_max=63)
+    mapping = mapping_with_op_exceptions(QConfig(HistogramObserver.with_args(reduce_range=False), weights), None,
+                                         lambda o: QConfig(o, default_weight_observer))
+    results = {}
+    for tracer in ("fx", "export"):
+        prepared = fxq.prepare_fx(model, mapping, (x,), {"tracer": tracer})
+        prepared(x)
+        results[tracer] = sqnr(model(x), fxq.convert_fx(prepared)(x))
+    assert results["export"] >= results["fx"] - 0.5, results
