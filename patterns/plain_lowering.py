@@ -19,6 +19,7 @@ from torch import fx, nn
 from fxq.graph.modes import DYNAMIC, STATIC
 from fxq.nn import fused, plain, reference
 from fxq.nn.plain._base import has_seven_bit_weights, seven_bit_weights
+from fxq.observers.pair_limited import neighbour_pairs
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.lowering import arg, list_sources, read_shape_from_quantized
@@ -69,12 +70,14 @@ def _may_saturate(low: Lowering, node: fx.Node, ref: nn.Module) -> bool:
 
 
 def _pairs_fit(ref: nn.Module) -> bool:
-    """A Linear whose neighbouring weight integers never add up past 128 in magnitude: u8 x s8 pair sums then stay
-    within 16 bits whatever the activations (the transformer mapping's pair-limited weights)."""
-    if not isinstance(ref, reference.Linear) or ref.in_features % 2:
+    """A Linear / Conv whose neighbouring weight integers (inputs 2i, 2i+1 at each tap) never add up past 128 in
+    magnitude: u8 x s8 pair sums then stay within 16 bits whatever the activations (pair-limited weights)."""
+    if not isinstance(ref, (reference.Linear, reference.Conv1d, reference.Conv2d)):  # the layouts measured
         return False
-    integers = ref.integer_weight().to(torch.int16)
-    return bool((integers[:, 0::2] + integers[:, 1::2]).abs().max() <= 128)
+    if getattr(ref, "groups", 1) > 1 and ref.weight.shape[1] > 1:
+        return False  # grouped convs with several inputs per group: layout not measured; depthwise ones pass below
+    sums = neighbour_pairs(ref.integer_weight().to(torch.int16)).sum(-1)
+    return bool(sums.abs().max() <= 128)
 
 
 def _kernel_post_op(plain_type: type, name: str, args: tuple, output_zero_point: int) -> tuple:

@@ -132,3 +132,30 @@ def test_functional_seven_bit_conv_weights_are_not_rounded_again():
         prepared(x)
         results[tracer] = sqnr(model(x), fxq.convert_fx(prepared)(x))
     assert results["export"] >= results["fx"] - 0.5, results
+
+
+def _plain_conv_error(ints: torch.Tensor) -> float:
+    """Largest |kernel - exact| of oneDNN's plain int8 conv on full-range uint8 inputs times ``ints``."""
+    from fxq.nn import reference
+    from fxq.nn.plain.conv import Conv2d
+    conv = torch.nn.Conv2d(ints.shape[1], ints.shape[0], ints.shape[2:], bias=False)
+    conv.weight.data = ints.float()
+    ones = torch.ones(ints.shape[0])
+    ref = reference.Conv2d.from_float(conv, {"qscheme": torch.per_channel_symmetric, "dtype": torch.qint8, "axis": 0,
+                                             "scale": ones, "zero_point": torch.zeros(len(ones), dtype=torch.long)})
+    x = torch.randint(200, 256, (2, ints.shape[1], 6, 6)).to(torch.uint8)
+    exact = torch.nn.functional.conv2d(x.double(), ints.double())
+    return float((Conv2d.from_reference(ref, 1.0, 0, None)(x).double() - exact).abs().max())
+
+
+@pytest.mark.skipif(not kernel_pairs_saturate("plain"), reason="this CPU's int8 kernels do not saturate pairs")
+def test_pair_limited_conv_weights_are_exact_on_the_plain_conv_kernel():
+    # oneDNN pairs a conv's input channels (2i, 2i+1) at each tap, as the linear pairs its columns
+    torch.manual_seed(2)
+    weight = torch.randn(8, 16, 3, 3)
+    observer = PairLimitedPerChannelObserver()
+    observer(weight)
+    ints = (weight / observer.calculate_qparams()[0].reshape(-1, 1, 1, 1)).round().clamp(-127, 127)
+    full = (weight / (weight.flatten(1).abs().amax(1).reshape(-1, 1, 1, 1) / 127)).round()
+    assert _plain_conv_error(ints) < 1e-3 * 255 * 127 and _plain_conv_error(full) > 1000
+    assert float(ints.flatten(1).abs().amax(1).float().mean()) > 80

@@ -19,8 +19,10 @@ from fxq.config.qconfig import (FloatOutputQConfig, QConfig, check_backend, defa
                                 float_qparams_weight_only_qconfig, get_default_qconfig,
                                 per_token_dynamic_qconfig)
 from fxq.config.qconfig_mapping import QConfigMapping
+from fxq.config.lowering import resolve_lowering
+from fxq.nn.plain.saturation import plain_linear_saturates
 from fxq.nn.quantized.saturation import linear_kernel_saturates
-from fxq.nn.weight_pairs import kernel_pairs_saturate
+from fxq.nn.weight_pairs import PLAIN, kernel_pairs_saturate
 
 __all__ = ["get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "fixed_qparams_observers",
            "get_transformer_qconfig_mapping"]
@@ -49,7 +51,8 @@ def get_default_qconfig_mapping(backend: str = "x86", transformers: str = "auto"
     layer; fxq.passes.choose_default_mapping), prepare_fx quantizes with :func:`get_transformer_qconfig_mapping`
     instead, on the x86 and fbgemm backends (whose kernels return float linear outputs), and logs it once. The
     backend default quantizes the residual stream and the norms' outputs, which costs transformers 30 dB of SQNR
-    (tools/export_acceptance.py). ``transformers="keep"``, or any change to the returned mapping, keeps it as it is.
+    (tools/export_acceptance.py). On other exported graphs it takes :func:`full_range_default` (8-bit activations,
+    kernel-exact weights). ``transformers="keep"``, or any change to the returned mapping, keeps it as it is.
 
     Global: get_default_qconfig(backend), plus per-op exceptions:
     reshape reuses its input's observer (when fxq.observers has ReuseInputObserver); conv-transpose has per-tensor weights on x86/fbgemm (no
@@ -67,6 +70,26 @@ def get_default_qconfig_mapping(backend: str = "x86", transformers: str = "auto"
         raise ValueError(f"get_default_qconfig_mapping(transformers={transformers!r}): expected 'auto' or 'keep'")
     mapping.stock_default = backend if transformers == "auto" else None
     return mapping
+
+
+def full_range_default(backend: str = "x86") -> QConfigMapping:
+    """The backend default with 8-bit activations and weights this CPU's int8 kernels multiply by them exactly:
+    8 bits with VNNI / AMX; without, where the kernels add neighbouring products into a saturating int16,
+    pair-limited per-channel weights (fxq.observers.PairLimitedPerChannelObserver: 7 to 8 bits per channel), or
+    7 bits where the pair layout is unknown. prepare_fx takes it in place of an untouched x86 / fbgemm default on
+    torch.export graphs that are not transformers (passes/choose_default_mapping.py): PyTorch AO's FX default
+    narrows the activations to 7 bits instead (transformers' ResNet, tools/export_acceptance.py: 34.5 dB with 7-bit
+    activations, pt2e 38.1 dB).
+
+    >>> full_range_default().to_dict()["object_type"][0][1].activation.p.keywords
+    {'reduce_range': False}
+    """
+    check_backend(backend)
+    narrow = _kernel_saturates()
+    transpose = (obs.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-63,
+                                              quant_max=63) if narrow else obs.default_weight_observer)
+    qconfig = QConfig(obs.HistogramObserver.with_args(reduce_range=False), _exact_weight_observer(False))
+    return mapping_with_op_exceptions(qconfig, transpose, lambda observer: QConfig(observer, obs.default_weight_observer))
 
 
 def mapping_with_op_exceptions(qconfig: QConfig, transpose_weight: Optional[Callable],
@@ -158,9 +181,17 @@ def _per_channel_weights(bits: int) -> Callable:
 def _exact_weight_observer(reduce_range: bool) -> Callable:
     """The widest weights this CPU's int8 linear kernel multiplies exactly by the activations (7-bit ones never
     overflow a pair; neither do 8-bit weights times them)."""
-    if reduce_range or not linear_kernel_saturates():
+    if reduce_range or not _kernel_saturates():
         return _per_channel_weights(8)
-    return obs.PairLimitedPerChannelObserver.with_args() if kernel_pairs_saturate() else _per_channel_weights(7)
+    pairs = kernel_pairs_saturate(PLAIN if resolve_lowering() == "plain" else None)
+    return obs.PairLimitedPerChannelObserver.with_args() if pairs else _per_channel_weights(7)
+
+
+def _kernel_saturates() -> bool:
+    """Whether the int8 linear kernel convert_fx lowers to by default saturates full-range products here, probed
+    on that kernel: the plain oneDNN one (no quantized tensor made, so no deprecation warning) unless
+    FXQ_LOWERING or the engine asks for the quantized-tensor one."""
+    return plain_linear_saturates() if resolve_lowering() == "plain" else linear_kernel_saturates()
 
 
 def _linears_with(qconfig: QConfig) -> QConfigMapping:

@@ -23,9 +23,12 @@ from fxq.nn.quantized._packing import current_engine, pack_linear
 
 __all__ = ["kernel_pairs_saturate"]
 
+PLAIN = "plain"  # the engine name of fxq's plain lowering: onednn::qlinear_pointwise on plain uint8 / int8 tensors
+
 
 def kernel_pairs_saturate(engine: Optional[str] = None) -> bool:
-    """True when ``quantized::linear`` on ``engine`` saturates exactly the neighbour pairs (2i, 2i+1)."""
+    """True when ``quantized::linear`` on ``engine`` (or, for ``engine="plain"``, oneDNN's plain-tensor linear)
+    saturates exactly the neighbour pairs (2i, 2i+1)."""
     return _pairs_saturate(engine or current_engine())
 
 
@@ -34,12 +37,26 @@ def _product_error(first: int, second: int, engine: str) -> float:
     x, weight = torch.zeros(1, 8), torch.zeros(1, 8)
     x[0, [first, second]], weight[0, [first, second]] = 255.0, 127.0
     exact = 2 * 255.0 * 127.0
+    if engine == PLAIN:
+        return _plain_product_error(x, weight, exact)
     try:
         packed = pack_linear(torch.quantize_per_tensor(weight, 1.0, 0, torch.qint8), None, engine)
         y = torch.ops.quantized.linear(torch.quantize_per_tensor(x, 1.0, 0, torch.quint8), packed, exact / 200, 0)
     except RuntimeError:  # no such kernel here
         return 0.0
     return abs(float(y.dequantize()) - exact) / exact
+
+
+def _plain_product_error(x: torch.Tensor, weight: torch.Tensor, exact: float) -> float:
+    """The same measurement on ``onednn::qlinear_pointwise``, with plain tensors only (no quantized tensor)."""
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(weight.to(torch.int8), None)
+        y = torch.ops.onednn.qlinear_pointwise(x.to(torch.uint8), 1.0, 0, packed, torch.ones(1),
+                                               torch.zeros(1, dtype=torch.long), None, 1.0, 0, torch.float32, "none",
+                                               [], "")
+    except (RuntimeError, AttributeError):  # no oneDNN kernel in this build
+        return 0.0
+    return abs(float(y) - exact) / exact
 
 
 @functools.lru_cache(maxsize=None)
