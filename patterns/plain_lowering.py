@@ -18,8 +18,7 @@ from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, STATIC
 from fxq.nn import fused, plain, reference
-from fxq.nn.plain._base import has_seven_bit_weights, seven_bit_weights
-from fxq.observers.pair_limited import neighbour_pairs
+from fxq.nn.plain._base import seven_bit_weights, weights_never_saturate
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.lowering import arg, list_sources, read_shape_from_quantized
@@ -62,22 +61,11 @@ def _may_saturate(low: Lowering, node: fx.Node, ref: nn.Module) -> bool:
     """Whether full-range uint8 activations meet 8-bit weights on a CPU whose int8 kernels saturate their pair
     sums (no VNNI: fxq.nn.plain.saturation). The default x86 qconfigs keep activations to 7 bits, and the
     transformer mapping picks 7-bit weights where that probe says so; a full-range qconfig (qnnpack's) does not."""
-    if not plain.plain_linear_saturates() or has_seven_bit_weights(ref) or _pairs_fit(ref):
+    if not plain.plain_linear_saturates() or weights_never_saturate(ref):
         return False
     qconfig = low.qconfig(node)
     activation = qconfig.activation() if qconfig is not None else None
     return activation is None or activation.quant_max - activation.quant_min > 127
-
-
-def _pairs_fit(ref: nn.Module) -> bool:
-    """A Linear / Conv whose neighbouring weight integers (inputs 2i, 2i+1 at each tap) never add up past 128 in
-    magnitude: u8 x s8 pair sums then stay within 16 bits whatever the activations (pair-limited weights)."""
-    if not isinstance(ref, (reference.Linear, reference.Conv1d, reference.Conv2d)):  # the layouts measured
-        return False
-    if getattr(ref, "groups", 1) > 1 and ref.weight.shape[1] > 1:
-        return False  # grouped convs with several inputs per group: layout not measured; depthwise ones pass below
-    sums = neighbour_pairs(ref.integer_weight().to(torch.int16)).sum(-1)
-    return bool(sums.abs().max() <= 128)
 
 
 def _kernel_post_op(plain_type: type, name: str, args: tuple, output_zero_point: int) -> tuple:
@@ -175,10 +163,34 @@ def dynamic_linear(low: Lowering, match: Match) -> bool:
     linear, relu = (module[0], True) if isinstance(module, fused.LinearReLU) else (module, False)
     if low.mode(node) != DYNAMIC or not isinstance(linear, reference.Linear) or not plain.DynamicLinear.accepts(linear):
         return False
-    per_token = getattr(low.qconfig(node).activation(), "per_token", False)
-    dynamic = plain.DynamicLinear.from_reference(linear, per_token=per_token)
+    dynamic = plain.DynamicLinear.from_reference(linear, per_token=_per_token(low, node))
     low.set_module(node.target, nn.Sequential(dynamic, nn.ReLU()) if relu else dynamic)
     return True
+
+
+def dynamic_functional_linear(low: Lowering, match: Match) -> bool:
+    """F.linear(x, dequantize(quantize(w)), b) in dynamic mode (torch.export's linears) -> a plain dynamic Linear
+    module called on x."""
+    node = match.anchor
+    if low.mode(node) != DYNAMIC:
+        return False
+    float_module, weight_qparams = float_linear(low, node)
+    if float_module is None:
+        return False
+    linear = reference.Linear.from_float(float_module, weight_qparams)
+    if not plain.DynamicLinear.accepts(linear):
+        return False
+    name = low.add_module(node.name + "_quantized",
+                          plain.DynamicLinear.from_reference(linear, per_token=_per_token(low, node)))
+    with low.gm.graph.inserting_before(node):
+        call = low.gm.graph.call_module(name, (node.args[0],))
+    call.meta.update(node.meta)
+    node.replace_all_uses_with(call)
+    return True
+
+
+def _per_token(low: Lowering, node: fx.Node) -> bool:
+    return bool(getattr(low.qconfig(node).activation(), "per_token", False))
 
 
 # ---- ops that move uint8 values without changing them ----
@@ -323,6 +335,7 @@ _WEIGHTED = tuple(_PLAIN_TYPE) + _FUSED
 
 def _rows():
     yield row((reference.Linear, fused.LinearReLU), dynamic_linear)                  # dynamic: x -> linear
+    yield row(LINEAR_FUNCTIONS, dynamic_functional_linear)                           # dynamic: x -> F.linear
     yield row(chain(_WEIGHTED, BOUNDED + RELU), weighted_module)                     # dq -> conv -> relu6 -> q
     yield row(_WEIGHTED, weighted_module)                                            # dq -> linear(+relu) -> q
     yield row(chain(LINEAR_FUNCTIONS, BOUNDED + RELU), functional_weighted(float_linear))

@@ -20,8 +20,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from fxq.nn import reference
+from fxq.observers.pair_limited import neighbour_pairs
+
 __all__ = ["PlainWeightedModule", "weight_int8", "weight_qparams_accepted", "check_activation", "seven_bit_weights",
-           "has_seven_bit_weights"]
+           "has_seven_bit_weights", "weights_never_saturate"]
 
 
 def weight_qparams_accepted(ref: nn.Module) -> Tuple[bool, str]:
@@ -58,6 +61,21 @@ def has_seven_bit_weights(ref: nn.Module) -> bool:
         return True
     integers = ref.integer_weight()
     return bool(integers.min() >= -64 and integers.max() <= 63)
+
+
+def weights_never_saturate(ref: nn.Module) -> bool:
+    """Whether ``ref``'s weight integers keep every uint8 x int8 pair sum within 16 bits on a CPU without VNNI,
+    whatever the activations: 7-bit integers, or neighbouring integers (inputs 2i, 2i+1 at each tap, the pairs
+    oneDNN's AVX2 linear and conv kernels add; fxq.observers.pair_limited) that never add up past 128 in magnitude.
+    Grouped convs with several inputs per group have a layout not measured, and Conv3d too: they need 7 bits."""
+    if has_seven_bit_weights(ref):
+        return True
+    if not isinstance(ref, (reference.Linear, reference.Conv1d, reference.Conv2d)):
+        return False
+    if getattr(ref, "groups", 1) > 1 and ref.weight.shape[1] > 1:
+        return False
+    sums = neighbour_pairs(ref.integer_weight().to(torch.int16)).sum(-1)
+    return bool(sums.abs().max() <= 128)
 
 
 def seven_bit_weights(ref: nn.Module) -> nn.Module:
