@@ -27,7 +27,7 @@ from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, 
 from fxq.passes import cost_model, equalize, insert_equalization_observers, insert_smoothing_observers, smooth
 from fxq.passes import functionalize_inplace, reshape_views, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes import convert_qat_modules, float_outputs, swap_qat_modules
-from fxq.passes import plain_fuse, plain_values
+from fxq.passes import per_token_fallback, plain_fuse, plain_values
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -54,6 +54,7 @@ CONVERT = [
     convert_qat_modules.run,  # first: freezes fake-quants and hands QAT modules over as reference modules
     smooth.run,            # before to_reference: rescales weights and rebuilds the norms' output observers
     equalize.run,          # before to_reference: rescales weights and the observers to_reference reads
+    per_token_fallback.run,  # after smooth / equalize (they rebuild observers), before to_reference reads the modes
     to_reference.run,      # observers -> quantize/dequantize pairs; weighted modules -> reference modules
     lower.run,             # reference patterns -> quantized kernels
     float_outputs.run,     # after lower: FloatOutputQConfig linears whose readers dequantize return fp32 instead

@@ -5,7 +5,8 @@ arguments (``get_default_qconfig_mapping()``: on these exported transformers pre
 mapping itself, passes/choose_default_mapping.py), fxq with the x86 default kept
 (``transformers="keep"``: residual stream and norms quantized, as PyTorch AO's FX flow does), and torchao's pt2e
 (prepare_pt2e / convert_pt2e with X86InductorQuantizer's default config, run eagerly), all calibrated on the same
-batches; how many linear layers run an int8 kernel.
+batches; how many linear layers run an int8 kernel, and how many of those quantize their input per token
+(passes/per_token_fallback.py).
 
 ``--realistic``: BERT-base dimensions at sequence length 128 and ViT-B/16 at 224 (random weights, ``--layers``
 encoder layers), batch 1 on one thread: fp32, fxq int8 and pt2e latency (eager; ``--compile`` adds pt2e through
@@ -37,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxq  # noqa: E402
 from fxq.config.lowering import resolve_lowering  # noqa: E402
 from fxq.debug.timing import median_ms  # noqa: E402
-from tools.hf_tiny import (BUILDERS, REALISTIC, build, build_realistic, first_output, int8_linears,  # noqa: E402
-                           linear_layers)
+from tools.hf_tiny import (BUILDERS, REALISTIC, build, build_realistic, conv1d_as_linear, first_output,  # noqa: E402
+                           int8_linears, linear_layers, per_token_linears)
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -91,12 +92,19 @@ def measure(name: str) -> dict:
     seconds = time.perf_counter() - start
     pt2e = quantize_pt2e(model, example, calibration)
     kept = quantize_fxq(model, example, calibration, fxq.get_default_qconfig_mapping("x86", transformers="keep"))
+    # pt2e annotates nn.Linear, not transformers' Conv1D: GPT-2 again with its Conv1D as Linear, the same layers fxq
+    # quantizes (nan for models without Conv1D)
+    same_layers = quantize_pt2e(conv1d_as_linear(model), example, calibration) \
+        if any(type(m).__name__ == "Conv1D" for m in model.modules()) else None
     with torch.no_grad():
         reference = first_output(model(*held_out))
         return {"model": name, "fxq": sqnr(reference, first_output(quantized(*held_out))),
                 "fxq_x86": sqnr(reference, first_output(kept(*held_out))),
                 "pt2e": sqnr(reference, first_output(pt2e(*held_out))) if pt2e is not None else float("nan"),
-                "int8": int8_linears(quantized), "linears": linear_layers(model), "seconds": seconds}
+                "pt2e_same": sqnr(reference, first_output(same_layers(*held_out))) if same_layers is not None
+                else float("nan"),
+                "int8": int8_linears(quantized), "linears": linear_layers(model), "seconds": seconds,
+                "per_token": per_token_linears(quantized)}
 
 
 def one_thread_ms(run) -> float:
@@ -116,7 +124,8 @@ def measure_realistic(name: str, layers: int, compile_pt2e: bool) -> dict:
         reference = first_output(model(*held_out))
         row = {"model": f"{name} ({layers} layers)", "fxq_db": sqnr(reference, first_output(quantized(*held_out))),
                "pt2e_db": sqnr(reference, first_output(pt2e(*held_out))) if pt2e is not None else float("nan"),
-               "int8": int8_linears(quantized), "linears": linear_layers(model)}
+               "int8": int8_linears(quantized), "linears": linear_layers(model),
+               "per_token": per_token_linears(quantized)}
     row["fp32_ms"] = one_thread_ms(lambda: model(*held_out))
     row["fxq_ms"] = one_thread_ms(lambda: quantized(*held_out))
     row["pt2e_ms"] = one_thread_ms(lambda: pt2e(*held_out)) if pt2e is not None else float("nan")
@@ -133,12 +142,12 @@ def print_realistic(names, layers: int, compile_pt2e: bool) -> None:
     print("batch 1, 1 thread, median ms; ratio = int8 / fp32 (below 1: int8 faster); pt2e eager runs its "
           "quantize-dequantize reference graph, pt2e compiled (--compile) the fused int8 kernels")
     print(f"{'model':<18} {'fp32 ms':>8} {'fxq ms':>8} {'fxq x':>6} {'pt2e ms':>8} {'pt2e x':>7} "
-          f"{'compiled x':>11} {'fxq dB':>7} {'pt2e dB':>8} {'int8 linears':>13}")
+          f"{'compiled x':>11} {'fxq dB':>7} {'pt2e dB':>8} {'int8 linears':>13} {'per token':>10}")
     for name in names:
         r = measure_realistic(name, layers, compile_pt2e)
         print(f"{r['model']:<18} {r['fp32_ms']:>8.1f} {r['fxq_ms']:>8.1f} {r['fxq_ms'] / r['fp32_ms']:>6.2f} "
               f"{r['pt2e_ms']:>8.1f} {r['pt2e_ms'] / r['fp32_ms']:>7.2f} {r['compiled_ms'] / r['fp32_ms']:>11.2f} "
-              f"{r['fxq_db']:>7.1f} {r['pt2e_db']:>8.1f} {r['int8']:>6} / {r['linears']:<4}", flush=True)
+              f"{r['fxq_db']:>7.1f} {r['pt2e_db']:>8.1f} {r['int8']:>6} / {r['linears']:<4} {r['per_token']:>10}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -162,12 +171,12 @@ def main(argv=None) -> None:
     print("SQNR in dB vs float on a held-out batch; 'fxq' = get_default_qconfig_mapping() (no extra arguments), "
           "'fxq x86' = get_default_qconfig_mapping(transformers='keep'); lowering "
           f"{resolve_lowering()}, cost model {os.environ['FXQ_COST_MODEL']}")
-    print(f"{'model':<11} {'fxq dB':>7} {'fxq x86 dB':>11} {'pt2e dB':>8} {'int8 linears':>13} "
-          f"{'prepare+convert s':>18}")
+    print(f"{'model':<11} {'fxq dB':>7} {'fxq x86 dB':>11} {'pt2e dB':>8} {'pt2e Conv1D int8 dB':>20} "
+          f"{'int8 linears':>13} {'per token':>10} {'prepare+convert s':>18}")
     for name in args.models or list(BUILDERS):
         r = measure(name)
-        print(f"{r['model']:<11} {r['fxq']:>7.1f} {r['fxq_x86']:>11.1f} {r['pt2e']:>8.1f} "
-              f"{r['int8']:>6} / {r['linears']:<4} {r['seconds']:>18.1f}", flush=True)
+        print(f"{r['model']:<11} {r['fxq']:>7.1f} {r['fxq_x86']:>11.1f} {r['pt2e']:>8.1f} {r['pt2e_same']:>20.1f} "
+              f"{r['int8']:>6} / {r['linears']:<4} {r['per_token']:>10} {r['seconds']:>18.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -99,13 +99,37 @@ def linear_layers(model: nn.Module) -> int:
 
 
 def int8_linears(quantized: nn.Module) -> int:
-    """The converted model's linear layers that run an int8 kernel: fxq's plain Int8Linear (the default lowering)
-    or the quantized-tensor Linear / LinearReLU."""
+    """The converted model's linear layers that run an int8 kernel: fxq's plain Int8Linear (the default lowering;
+    Int8DynamicLinear too, which quantizes its input per token on each call: the transformer mapping's choice
+    where calibration finds rows one scale cannot hold) or the quantized-tensor Linear / LinearReLU."""
     from fxq.nn import plain
     from fxq.nn import quantized as qnn
 
-    return sum(isinstance(m, (qnn.Linear, qnn.LinearReLU)) or
-               (isinstance(m, plain.Linear) and not isinstance(m, plain.DynamicLinear)) for m in quantized.modules())
+    return sum(isinstance(m, (qnn.Linear, qnn.LinearReLU, plain.Linear)) for m in quantized.modules())
+
+
+def per_token_linears(quantized: nn.Module) -> int:
+    """How many of those quantize their input per token (fxq.nn.plain.DynamicLinear)."""
+    from fxq.nn import plain
+
+    return sum(isinstance(m, plain.DynamicLinear) for m in quantized.modules())
+
+
+def conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with transformers' Conv1D layers (GPT-2: ``x @ W + b``) as the equal nn.Linear, so that
+    quantizers that annotate only nn.Linear (pt2e's X86InductorQuantizer) quantize the same layers fxq does."""
+    import copy
+
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child).__name__ == "Conv1D":
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(module, name, linear)
+    return model
 
 
 def first_output(output) -> torch.Tensor:

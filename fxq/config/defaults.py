@@ -23,6 +23,7 @@ from fxq.config.lowering import resolve_lowering
 from fxq.nn.plain.saturation import plain_linear_saturates
 from fxq.nn.quantized.saturation import linear_kernel_saturates
 from fxq.nn.weight_pairs import PLAIN, kernel_pairs_saturate
+from fxq.observers.row_checked import RowCheckedHistogramObserver
 
 __all__ = ["get_default_qconfig_mapping", "get_default_dynamic_qconfig_mapping", "fixed_qparams_observers",
            "get_transformer_qconfig_mapping"]
@@ -122,10 +123,13 @@ def get_default_dynamic_qconfig_mapping(dtype: torch.dtype = torch.qint8) -> QCo
     """The modules PyTorch AO's quantize_dynamic converts by default for `dtype`, as a mapping (global None).
 
     qint8 and float16: Linear and the recurrent modules; quint8: Embedding and EmbeddingBag weights only.
-    qint8 Linear weights are per channel and its activations per token (PyTorch AO's default: both per tensor).
+    qint8 Linear weights are per channel, as wide as this CPU's int8 kernel multiplies exactly by 8-bit
+    activations (8 bits with VNNI / AMX, pair-limited without: fxq.observers.PairLimitedPerChannelObserver), and
+    its activations per token (PyTorch AO's default: both per tensor, 8-bit weights). F.linear too: torch.export
+    spells transformers' Conv1D (GPT-2) as a linear.
 
-    >>> get_default_dynamic_qconfig_mapping().qconfig_for("fc", (torch.nn.Linear,)).short()
-    'QConfig(act=PlaceholderObserver(quint8, is_dynamic=True, per_token=True, quant_max=255, quant_min=0), w=PerChannelMinMaxObserver(qint8, per_channel_symmetric))'
+    >>> get_default_dynamic_qconfig_mapping().qconfig_for("fc", (torch.nn.Linear,)).activation()
+    PlaceholderObserver(dtype=torch.quint8, is_dynamic=True, per_token=True)
     """
     if dtype not in _DYNAMIC_QCONFIGS:
         valid = ", ".join(str(d) for d in _DYNAMIC_QCONFIGS)
@@ -138,7 +142,8 @@ def get_default_dynamic_qconfig_mapping(dtype: torch.dtype = torch.qint8) -> QCo
         # MiniLM's embedding cosine to fp32 (tools/bench_transformer.py): per-tensor 0.948, per-channel weights 0.977
         # (same speed), and per-token activations 0.995 (about 15% more time, still faster than fp32). The recurrent
         # cells keep per-tensor weights and activations (their kernels take one scale)
-        mapping.set_object_type(nn.Linear, per_token_dynamic_qconfig)
+        linear = QConfig(per_token_dynamic_qconfig.activation, _exact_weight_observer(False))
+        mapping.set_object_type(nn.Linear, linear).set_object_type(F.linear, linear)
     return mapping
 
 
@@ -161,9 +166,9 @@ def get_transformer_qconfig_mapping(reduce_range: bool = False, weight_bits: Opt
     8-bit weights (saturated), 41.4 dB with 7-bit ones (36.9 dB with 7-bit activations instead).
 
     >>> get_transformer_qconfig_mapping(weight_bits=8).qconfig_for("fc", (torch.nn.Linear,)).short()
-    'FloatOutputQConfig(act=HistogramObserver(reduce_range=False), w=PerChannelMinMaxObserver(qint8, per_channel_symmetric))'
+    'FloatOutputQConfig(act=RowCheckedHistogramObserver(reduce_range=False), w=PerChannelMinMaxObserver(qint8, per_channel_symmetric))'
     """
-    activation = obs.HistogramObserver.with_args(reduce_range=reduce_range)
+    activation = RowCheckedHistogramObserver.with_args(reduce_range=reduce_range)
     if weight_bits is None:
         return _linears_with(FloatOutputQConfig(activation, _exact_weight_observer(reduce_range)))
     if not 2 <= weight_bits <= 8:
