@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, STATIC
-from fxq.nn import fused, plain, reference
+from fxq.nn import fused, plain, reference, reference_recurrent
 from fxq.nn.plain._base import seven_bit_weights, weights_never_saturate
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
@@ -189,6 +189,19 @@ def dynamic_functional_linear(low: Lowering, match: Match) -> bool:
     return True
 
 
+_RECURRENT = {reference_recurrent.LSTM: plain.recurrent.LSTM, reference_recurrent.GRU: plain.recurrent.GRU}
+
+
+def dynamic_recurrent(low: Lowering, match: Match) -> bool:
+    """A dynamic-mode reference LSTM / GRU -> plain int8 projections around a float recurrence (no qint8 weight)."""
+    node = match.anchor
+    module = low.modules[node.target]
+    if low.mode(node) != DYNAMIC or type(module) not in _RECURRENT:
+        return False
+    low.set_module(node.target, _RECURRENT[type(module)].from_reference(module))
+    return True
+
+
 def _per_token(low: Lowering, node: fx.Node) -> bool:
     return bool(getattr(low.qconfig(node).activation(), "per_token", False))
 
@@ -336,6 +349,7 @@ _WEIGHTED = tuple(_PLAIN_TYPE) + _FUSED
 def _rows():
     yield row((reference.Linear, fused.LinearReLU), dynamic_linear)                  # dynamic: x -> linear
     yield row(LINEAR_FUNCTIONS, dynamic_functional_linear)                           # dynamic: x -> F.linear
+    yield row(tuple(_RECURRENT), dynamic_recurrent)                                  # dynamic: LSTM / GRU
     yield row(chain(_WEIGHTED, BOUNDED + RELU), weighted_module)                     # dq -> conv -> relu6 -> q
     yield row(_WEIGHTED, weighted_module)                                            # dq -> linear(+relu) -> q
     yield row(chain(LINEAR_FUNCTIONS, BOUNDED + RELU), functional_weighted(float_linear))

@@ -246,7 +246,7 @@ def test_exported_and_reloaded_plain_models_compute_the_same():
 
 def test_weight_only_and_reference_modules_make_no_quantized_tensor():
     """Weight-only layers and the reference modules an op without a plain kernel keeps (ConvTranspose) take their
-    int8 weights from float arithmetic. Dynamic LSTM / GRU still pack PyTorch AO's quantized weights (README)."""
+    int8 weights from float arithmetic (dynamic LSTM / GRU: tests/test_recurrent_dynamic.py)."""
     embedding_model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 8)).eval()
     tokens = torch.randint(0, 50, (2, 5))
     prepared = fxq.prepare_fx(embedding_model, fxq.get_weight_only_qconfig_mapping(), (tokens,))

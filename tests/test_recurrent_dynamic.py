@@ -37,7 +37,7 @@ CASES = [("LSTM", {"num_layers": 2}), ("LSTM", {"bidirectional": True, "batch_fi
 
 
 @pytest.mark.parametrize("kind, options", CASES)
-def test_dynamic_recurrent_matches_torch_ao(kind, options):
+def test_dynamic_recurrent_matches_torch_ao(kind, options, quantized_lowering):
     tao = torch_ao()
     model = Tagger(kind, **options).eval()
     example = (torch.randn(6, 7, 16),)
@@ -66,7 +66,7 @@ def test_float16_recurrent_weights(kind):
         assert sqnr(_flat(model(*example)), _flat(ours(*example))) > 50
 
 
-def test_reference_lstm_reads_quantize_dequantized_weights_and_matches_the_int8_cells():
+def test_reference_lstm_reads_quantize_dequantized_weights_and_matches_the_int8_cells(quantized_lowering):
     model = Tagger("LSTM", num_layers=2).eval()
     example = (torch.randn(6, 3, 16),)
     mapping = fxq.QConfigMapping().set_global(fxq.default_dynamic_qconfig)
@@ -74,6 +74,7 @@ def test_reference_lstm_reads_quantize_dequantized_weights_and_matches_the_int8_
     assert reference.rnn._get_name() == "ReferenceQuantizedLSTM"
     weight = reference.rnn.quantized_weight("weight_hh_l1")
     assert weight.dtype == torch.qint8 and not torch.equal(weight.dequantize(), model.rnn.weight_hh_l1)
+    assert torch.equal(reference.rnn.dequantized_weight("weight_hh_l1"), weight.dequantize())  # no qint8 needed
     with torch.no_grad():
         # the reference quantizes weights only; the cells also quantize activations per step
         assert sqnr(_flat(reference(*example)), _flat(_convert(model, mapping, example)(*example))) > 30
@@ -118,3 +119,45 @@ def test_weight_only_embedding_reference_is_readable_and_lowers_to_the_same_numb
         rows_reference = reference.get_submodule("0")(indices)
         assert torch.allclose(rows_reference, lowered.get_submodule("0")(indices), atol=1e-6)
         assert sqnr(model(indices), lowered(indices)) > 30
+
+
+@pytest.mark.parametrize("kind, options", CASES)
+def test_plain_dynamic_recurrent_makes_no_quantized_tensor_and_beats_the_quantized_cells(kind, options):
+    """The default (plain) lowering: int8 projections on oneDNN around a float recurrence; PyTorch AO's cells keep
+    qint8 weights, which torch 2.13 deprecates."""
+    from fxq.nn import plain
+    from no_quantized_tensors import no_quantized_tensors
+
+    model = Tagger(kind, **options).eval()
+    example = (torch.randn(6, 7, 16),)
+    mapping = fxq.QConfigMapping().set_global(fxq.default_dynamic_qconfig)
+    prepared = fxq.prepare_fx(model, mapping, example)
+    prepared(*example)
+    with no_quantized_tensors(), torch.no_grad():
+        ours = fxq.convert_fx(prepared)
+        mine = _flat(ours(*example))
+    assert isinstance(ours.rnn, getattr(plain.recurrent, kind))
+    with torch.no_grad():
+        reference = _flat(model(*example))
+        cells = _flat(fxq.convert_fx(prepared, {"lowering": "quantized"})(*example))
+        assert sqnr(reference, mine) >= sqnr(reference, cells) - 0.5
+        assert torch.equal(_flat(saved_and_loaded(ours)(*example)), mine)
+        assert torch.equal(_flat(copy.deepcopy(ours)(*example)), mine)
+
+
+def test_plain_lstm_takes_unbatched_input_and_an_initial_state_as_nn_lstm_does():
+    from fxq.nn import plain, reference_recurrent
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True).eval()
+    ref = reference_recurrent.LSTM.from_float(lstm, fxq.observers.default_per_channel_weight_observer)
+    plain_lstm = plain.recurrent.LSTM.from_reference(ref)
+    x, state = torch.randn(5, 8), (torch.randn(4, 16), torch.randn(4, 16))
+    with torch.no_grad():
+        expected, (h, c) = lstm(x, state)
+        got, (h2, c2) = plain_lstm(x, state)
+    assert got.shape == expected.shape and h2.shape == h.shape and c2.shape == c.shape
+    assert sqnr(expected, got) > 30 and sqnr(c, c2) > 30
+    packed = nn.utils.rnn.pack_sequence([torch.randn(3, 8)])
+    with pytest.raises(NotImplementedError, match="packed sequences"):
+        plain_lstm(packed)

@@ -43,10 +43,20 @@ class _ReferenceRecurrent:
             return torch.quantize_per_tensor(weight, float(scale), int(zero_point), self.weight_dtype)
         return quantize_per_channel(weight, scale, zero_point, 0, self.weight_dtype)
 
+    def dequantized_weight(self, name: str) -> torch.Tensor:
+        """``quantized_weight(name).dequantize()`` in float arithmetic: no (deprecated) quantized tensor is made."""
+        weight = getattr(self, name).detach().float()
+        scale, zero_point = getattr(self, name + "_scale").float(), getattr(self, name + "_zero_point")
+        if self.weight_per_channel:
+            scale, zero_point = scale.reshape(-1, 1), zero_point.reshape(-1, 1)
+        info = torch.iinfo(torch.int8 if self.weight_dtype == torch.qint8 else torch.uint8)
+        integers = torch.clamp(torch.round(weight * (1.0 / scale)) + zero_point, info.min, info.max)
+        return (integers - zero_point) * scale
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         float_weights = self._flat_weights
         names = set(self.weight_names())
-        self._flat_weights = [self.quantized_weight(name).dequantize() if name in names else value
+        self._flat_weights = [self.dequantized_weight(name) if name in names else value
                               for name, value in zip(self._flat_weights_names, float_weights)]
         try:
             return super().forward(*args, **kwargs)

@@ -6,6 +6,7 @@ qint8 / qint32, which torch 2.13 deprecates) is created by building or running t
     linear     Linear, LinearBinary (fused residual add)
     conv       Conv1d/2d/3d, ConvBinary1d/2d (fused residual add)
     dynamic    DynamicLinear: float in and out, activations quantized per call (per tensor or per token)
+    recurrent  LSTM, GRU: dynamic int8 projections (DynamicLinear) around a float recurrence
     saturation whether this CPU's kernel loses full-range uint8 x int8 products
     traced     ``fxq::plain_linear`` / ``fxq::plain_conv``: what Linear and Conv become under torch.export/compile
 
@@ -15,13 +16,13 @@ qint8 / qint32, which torch 2.13 deprecates) is created by building or running t
 """
 import torch  # noqa: F401  (the docstring example uses it)
 
-from fxq.nn.plain import ops, traced
+from fxq.nn.plain import ops, recurrent, traced
 from fxq.nn.plain.conv import Conv1d, Conv2d, Conv3d, ConvBinary1d, ConvBinary2d
 from fxq.nn.plain.dynamic import DynamicLinear
 from fxq.nn.plain.linear import Linear, LinearBinary
 from fxq.nn.plain.saturation import plain_linear_saturates
 
-__all__ = ["ops", "traced", "Linear", "LinearBinary", "Conv1d", "Conv2d", "Conv3d", "ConvBinary1d", "ConvBinary2d",
+__all__ = ["ops", "recurrent", "traced", "Linear", "LinearBinary", "Conv1d", "Conv2d", "Conv3d", "ConvBinary1d", "ConvBinary2d",
            "DynamicLinear", "plain_linear_saturates", "reads_uint8"]
 
 
