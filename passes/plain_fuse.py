@@ -64,7 +64,34 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if _is_quantize(node) and _drop_rounding(node):
             ctx.count("roundings no int8 op reads removed")
     remove_dead(gm, ctx)
+    ctx.count("residual sums in place", _sum_in_place(gm, modules_of(gm)))
     return gm
+
+
+def _sum_in_place(gm: fx.GraphModule, modules: dict) -> int:
+    """Let a residual kernel sum into its uint8 residual (no copy) where that tensor is the kernel's to overwrite:
+    made fresh by an int8 kernel, a quantize or the uint8 max pool (not a view of something else), and read by
+    nothing after the kernel (ResNet's identity branch: read by the block's first conv, then summed into)."""
+    order = {node: index for index, node in enumerate(gm.graph.nodes)}
+    count = 0
+    for node in gm.graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(module, tuple(_BINARY.values())) or len(node.args) != 2:
+            continue
+        residual = node.args[1]
+        if _fresh_uint8(residual, modules) and all(order[user] <= order[node] for user in residual.users):
+            module.sums_in_place = True
+            count += 1
+    return count
+
+
+def _fresh_uint8(node, modules: dict) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_module":  # a residual kernel's output is its own residual tensor, which it owned
+        module = modules.get(node.target)
+        return plain.reads_uint8(module) or isinstance(module, tuple(_BINARY.values()))
+    return _is_quantize(node) or (node.op == "call_function" and node.target is torch.ops.quantized.max_pool2d)
 
 
 def _only_dequantize(node: fx.Node) -> Optional[fx.Node]:

@@ -143,6 +143,38 @@ def test_residual_add_and_activations_fuse_into_the_kernels():
     assert fxq.convert_fx(prepared).get_submodule("up").post_op == "gelu"
 
 
+class _Block(nn.Module):
+    """ResNet's basic block; ``keep_identity`` also returns the identity branch, read after the residual sum."""
+
+    def __init__(self, keep_identity: bool):
+        super().__init__()
+        self.stem, self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), \
+            nn.Conv2d(8, 8, 3, padding=1)
+        self.keep_identity = keep_identity
+
+    def forward(self, x):
+        identity = torch.relu(self.stem(x))
+        out = torch.relu(self.conv2(torch.relu(self.conv1(identity))) + identity)
+        return (out, identity.flatten(1).mean(1)) if self.keep_identity else out
+
+
+@pytest.mark.parametrize("keep_identity", [False, True])
+def test_a_residual_nothing_reads_later_is_summed_into_without_a_copy(keep_identity):
+    model, x = _Block(keep_identity).eval(), torch.randn(2, 3, 8, 8)
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,))
+    prepared(x)
+    converted = fxq.convert_fx(prepared)
+    binary = converted.get_submodule("conv2")
+    assert isinstance(binary, plain.ConvBinary2d) and binary.sums_in_place is not keep_identity
+    with torch.no_grad():
+        fast = converted(x)
+        binary.sums_in_place = False
+        copied = converted(x)
+    for a, b in zip(*(t if isinstance(t, tuple) else (t,) for t in (fast, copied))):
+        assert torch.equal(a, b)  # the identity branch kept its values where something read it after the sum
+    assert sqnr(model(x)[0] if keep_identity else model(x), fast[0] if keep_identity else fast) > 25
+
+
 def test_the_float_readers_of_a_kernel_get_fp32_from_it():
     _, prepared, x = _prepared("residual")
     converted = fxq.convert_fx(prepared)

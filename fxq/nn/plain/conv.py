@@ -200,7 +200,9 @@ class _ConvBinary(_ConvNd):
     """``post_op(conv(x) + accum)`` on ``qconv2d_pointwise.binary`` ("sum"); ``post_op`` is "none" or "relu"."""
 
     _post_ops = {"none": 0, "relu": 0}
-    _extra_attributes = _ConvNd._extra_attributes + ("accum_scale", "accum_zero_point")
+    _extra_attributes = _ConvNd._extra_attributes + ("accum_scale", "accum_zero_point", "sums_in_place")
+    # set by the lowering where nothing reads the residual after this kernel: the kernel may then sum into it
+    sums_in_place = False
 
     def __init__(self, *args, accum_scale: Optional[float] = None, accum_zero_point: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -234,8 +236,10 @@ class _ConvBinary(_ConvNd):
                              f"{self.output_shape(x)}, got {tuple(accum.shape)}.")
         scale, zero_point, dtype = self._output_arguments()
         accum_scale, accum_zero_point = self.accum_scale, self.accum_zero_point
+        owned = self.sums_in_place
         if accum_scale is not None and dtype is not None:  # uint8 residual into a float output: sum in float
             accum, accum_scale, accum_zero_point = (accum.float() - accum_zero_point) * accum_scale, None, 0
+            owned = True  # a new tensor
         if self._dims == 1:
             x, accum = x.unsqueeze(2), accum.unsqueeze(2)
         if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
@@ -245,8 +249,9 @@ class _ConvBinary(_ConvNd):
                 self.groups, self.input_scale, self.input_zero_point, scale, zero_point, dtype,
                 1.0 if accum_scale is None else accum_scale, accum_zero_point, self.post_op)
             return y.squeeze(2) if self._dims == 1 else y
-        # the kernel sums into the residual in place and needs it channels_last: always a fresh copy
-        accum = accum.clone(memory_format=torch.channels_last)
+        # the kernel sums into the residual in place and needs it channels_last: a copy, unless it is ours to overwrite
+        if not (owned and accum.is_contiguous(memory_format=torch.channels_last)):
+            accum = accum.clone(memory_format=torch.channels_last)
         y = torch.ops.onednn.qconv2d_pointwise.binary(
             x, self.input_scale, self.input_zero_point, self.packed_weight(), self.weight_scale,
             self.weight_zero_point, accum, self.bias, *self._geometry(), self.groups, scale, zero_point, dtype,

@@ -132,7 +132,9 @@ class LinearBinary(Linear):
         torch.Size([2, 4])
     """
 
-    _extra_attributes = Linear._extra_attributes + ("other_scale", "other_zero_point")
+    _extra_attributes = Linear._extra_attributes + ("other_scale", "other_zero_point", "sums_in_place")
+    # set by the lowering where nothing reads ``other`` after this kernel: the kernel may then sum into it
+    sums_in_place = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, input_scale: float = 1.0,
                  input_zero_point: int = 0, output_scale: Optional[float] = None, output_zero_point: int = 0,
@@ -150,7 +152,8 @@ class LinearBinary(Linear):
         self._check_other(x, other)
         scale, zero_point, dtype = self._output_arguments()
         if self.other_scale is not None and dtype is None:  # uint8 + uint8: "sum" accumulates into its operand
-            other, other_scale, other_zero_point, binary = other.clone(), self.other_scale, self.other_zero_point, "sum"
+            other = other if self.sums_in_place and other.is_contiguous() else other.clone()
+            other_scale, other_zero_point, binary = self.other_scale, self.other_zero_point, "sum"
         else:
             if self.other_scale is not None:
                 other = (other.float() - self.other_zero_point) * self.other_scale
