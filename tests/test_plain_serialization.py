@@ -95,6 +95,16 @@ def test_changing_the_weight_repacks():
     assert torch.allclose(module(x) - module.bias, -(before - module.bias), atol=1e-4)
 
 
+def test_setting_a_qparam_or_post_op_after_a_call_takes_effect():
+    # the kernel arguments are cached between calls: any attribute write must rebuild them
+    module, (x,) = _modules_and_inputs()[1]
+    before = module(x)
+    module.post_op = "relu"
+    assert torch.equal(module(x), before.clamp(min=0))
+    module.post_op, module.bias = "none", torch.zeros_like(module.bias)
+    assert not torch.equal(module(x), before)
+
+
 def test_replacing_the_weight_buffer_repacks():
     module, (x,) = _modules_and_inputs()[1]
     before = module(x)

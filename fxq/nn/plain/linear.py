@@ -102,16 +102,20 @@ class Linear(PlainWeightedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        scale, zero_point, dtype = self._output_arguments()
         if tracing():  # one opaque op that packs at run time (see fxq.nn.plain.traced)
+            scale, zero_point, dtype = self._output_arguments()
             return torch.ops.fxq.plain_linear(
                 x, self.weight, self.weight_scale, self.weight_zero_point, self.bias, self.input_scale,
                 self.input_zero_point, scale, zero_point, dtype, self.post_op, [float(a) for a in self.post_op_args],
                 self.post_op_algorithm)
-        return torch.ops.onednn.qlinear_pointwise(
-            x, self.input_scale, self.input_zero_point, self.packed_weight(), self.weight_scale,
-            self.weight_zero_point, self.bias, scale, zero_point, dtype, self.post_op, list(self.post_op_args),
-            self.post_op_algorithm)
+        return torch.ops.onednn.qlinear_pointwise(x, *self._kernel_arguments(self._arguments))
+
+    def _arguments(self) -> tuple:
+        """qlinear_pointwise's arguments after the input."""
+        scale, zero_point, dtype = self._output_arguments()
+        return (self.input_scale, self.input_zero_point, self.packed_weight(), self.weight_scale,
+                self.weight_zero_point, self.bias, scale, zero_point, dtype, self.post_op, list(self.post_op_args),
+                self.post_op_algorithm)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._qparams_repr()}"
