@@ -70,8 +70,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 def _sum_in_place(gm: fx.GraphModule, modules: dict) -> int:
     """Let a residual kernel sum into its uint8 residual (no copy) where that tensor is the kernel's to overwrite:
-    made fresh by an int8 kernel, a quantize or the uint8 max pool (not a view of something else), and read by
-    nothing after the kernel (ResNet's identity branch: read by the block's first conv, then summed into)."""
+    made fresh by an int8 kernel, a quantize or the uint8 max pool (not a view of something else), not the
+    kernel's own input, and read before the kernel only by ops that make new tensors (ResNet's identity branch:
+    read by the block's first conv, then summed into)."""
     order = {node: index for index, node in enumerate(gm.graph.nodes)}
     count = 0
     for node in gm.graph.nodes:
@@ -79,10 +80,17 @@ def _sum_in_place(gm: fx.GraphModule, modules: dict) -> int:
         if not isinstance(module, tuple(_BINARY.values())) or len(node.args) != 2:
             continue
         residual = node.args[1]
-        if _fresh_uint8(residual, modules) and all(order[user] <= order[node] for user in residual.users):
+        readers = [user for user in residual.users if user is not node]
+        if node.args[0] is not residual and _fresh_uint8(residual, modules) \
+                and all(order[user] < order[node] and _copies(user, modules) for user in readers):
             module.sums_in_place = True
             count += 1
     return count
+
+
+def _copies(reader: fx.Node, modules: dict) -> bool:
+    """A reader whose output is a new tensor, not a view that could be read after the residual is overwritten."""
+    return _fresh_uint8(reader, modules) or _is_dequantize(reader)
 
 
 def _fresh_uint8(node, modules: dict) -> bool:
