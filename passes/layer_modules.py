@@ -14,7 +14,8 @@ a shared or computed weight stays a call (equalization then skips it, naming it)
 
 Requires: an exported graph (``ctx.tracer == "export"``) after fuse (GPT-2's addmm is an aten.linear on its
 transposed weight by then); runs only when ``_equalization_config`` asks for equalization or smoothing.
-Guarantees: the graph computes the same values; no get_attr node of a converted weight is left.
+Guarantees: the graph computes the same values; no get_attr node of a converted weight is left; a converted
+linear / conv followed by a relu is fused with it (LinearReLU, ConvReLU2d) as fuse fuses a traced graph's modules.
 Position: after fuse and choose_default_mapping (which reads the aten calls), before assign_qconfig.
 
 Before / after::
@@ -29,6 +30,7 @@ from typing import Optional
 from torch import fx, nn
 
 from fxq.passes.context import PassContext, free_name, modules_of
+from fxq.patterns.fusion import FUSION
 from fxq.patterns.layer_modules import ATEN_TARGET_KEY, LAYER_MODULES, LayerModule
 
 
@@ -51,7 +53,25 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         modules[path] = layer.module
         _call_module(gm, node, path, layer)
         ctx.count(f"{type(layer.module).__name__} calls made modules")
+        if _fuse_activation(gm, node, modules):
+            ctx.count(f"fused {type(modules[path]).__name__}")
     return gm
+
+
+def _fuse_activation(gm: fx.GraphModule, node: fx.Node, modules: dict) -> bool:
+    """Fuse the new module with the relu after it (patterns/fusion.py's module rows: Linear -> relu => LinearReLU),
+    as fuse does on a symbolically traced graph: the relu's output then has the one observer, not the layer's."""
+    match = FUSION.match(node, modules)
+    if match is None or any(extra.op == "call_module" for extra in match.nodes[1:]):
+        return False  # a batch norm after it: torch.export's was folded already, or it is not one fuse would fold
+    fused = match.rule.action(modules[node.target], *[None] * (len(match.nodes) - 1))
+    parent_path, _, name = node.target.rpartition(".")
+    setattr(gm.get_submodule(parent_path), name, fused)
+    modules[node.target] = fused
+    for extra in reversed(match.nodes[1:]):
+        extra.replace_all_uses_with(node)
+        gm.graph.erase_node(extra)
+    return True
 
 
 def _place(gm: fx.GraphModule, layer: LayerModule) -> str:
