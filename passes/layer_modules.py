@@ -1,8 +1,9 @@
-"""On a torch.export graph, turn the linear and layer-norm calls equalization and SmoothQuant rescale into module
-calls (``nn.Linear`` / ``nn.LayerNorm`` holding the same weight tensors), per patterns/layer_modules.py.
+"""On a torch.export graph, turn the linear, conv and layer-norm calls equalization and SmoothQuant rescale into
+module calls (``nn.Linear`` / ``nn.Conv*d`` / ``nn.LayerNorm`` holding the same weight tensors), per
+patterns/layer_modules.py.
 
-Input-weight equalization and SmoothQuant fold their factors into the weights of ``nn.Linear`` / ``nn.LayerNorm``
-modules; an exported graph has ``aten.linear(x, w, b)`` and ``aten.layer_norm(x, shape, w, b, eps)`` on
+Input-weight equalization and SmoothQuant fold their factors into the weights of such modules; an exported graph
+has ``aten.linear(x, w, b)``, ``aten.conv2d(x, w, b, ...)`` and ``aten.layer_norm(x, shape, w, b, eps)`` on
 ``get_attr`` weights instead, so without this pass they would find nothing to rescale. Each such call whose weight
 (and bias) are attributes no other node reads becomes ``module(x)``: the node keeps its name, position and meta
 (scope, ``nn_module_stack``, recorded value), and records the aten op it was (``fxq_aten_target``) so that

@@ -1,7 +1,8 @@
 """Which aten layer calls of a torch.export graph become module calls, and the module each becomes.
 
-Equalization and SmoothQuant rescale the weights of ``nn.Linear`` / ``nn.LayerNorm`` modules; an exported graph
-calls ``aten.linear(x, w, b)`` and ``aten.layer_norm(x, shape, w, b, eps)`` on ``get_attr`` weights instead.
+Equalization and SmoothQuant rescale the weights of ``nn.Linear`` / ``nn.Conv*d`` / ``nn.LayerNorm`` modules; an
+exported graph calls ``aten.linear(x, w, b)``, ``aten.conv2d(x, w, b, ...)`` and ``aten.layer_norm(x, shape, w, b,
+eps)`` on ``get_attr`` weights instead.
 Each row names an aten spelling and a builder: the builder gets the GraphModule and the node, and returns the
 module holding the node's own weight tensors (the same tensors, not copies) with the node's tensor input and the
 ``get_attr`` nodes it replaces, or None when the node's weights are not attributes only it reads (a shared or
