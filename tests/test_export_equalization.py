@@ -176,7 +176,10 @@ def _unsmoothed_sqnr(name):
 def test_smoothquant_on_exported_transformers(name, alpha):
     smoothed_db, quantized = _transformer_sqnr(name, fxq.SmoothQuant(alpha=alpha))
     model = _transformer(name)[0]
-    assert _scales(quantized, "smoothing")  # at least one producer was smoothed
+    scales = _scales(quantized, "smoothing")
+    assert scales  # at least one producer was smoothed
+    # ... and some folded into a LayerNorm behind export's views / eval dropout, with no op added in front
+    assert sum(node.target is torch.div for node in quantized.graph.nodes) < len(scales)
     assert hf_tiny.int8_linears(quantized) == hf_tiny.linear_layers(model)
     assert smoothed_db >= _unsmoothed_sqnr(name) - 1.0
     print(f"{name} SmoothQuant(alpha={alpha!r}): {smoothed_db:.1f} dB, without {_unsmoothed_sqnr(name):.1f} dB")
