@@ -193,3 +193,35 @@ def test_smoothquant_folds_into_exported_layer_norms_and_keeps_module_name_qconf
     assert type(quantized.get_submodule(path)) is nn.Linear  # float, as asked
     assert hf_tiny.int8_linears(quantized) == hf_tiny.linear_layers(_transformer("bert")[0]) - 1
     assert any(name.startswith("layer_norm") for name in _scales(quantized, "smoothing"))  # folded into a norm
+
+
+class GainBlock(nn.Module):
+    """F.linear on parameters of a module that holds another one: the Linear cannot take the block's place."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(8, 16) / 4), nn.Parameter(torch.randn(8) / 4)
+        self.gain = nn.Parameter(torch.full((8,), 2.0))
+
+    def forward(self, x):
+        return F.linear(x, self.w, self.b) * self.gain
+
+
+class WithGainBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = GainBlock()
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_a_linear_in_a_block_with_other_parameters_becomes_its_child_and_the_old_ones_go():
+    model, x = WithGainBlock().eval(), torch.randn(64, 16) * torch.logspace(-2, 2, 16)
+    prepared, quantized = _quantize(model, [x], _static(), EQUALIZE, EXPORT)
+    assert isinstance(prepared.get_submodule("block.w_module"), nn.Linear)
+    assert {key for key in prepared.state_dict() if key.startswith("block.")} == {
+        "block.gain", "block.w_module.weight", "block.w_module.bias"}
+    _, traced = _quantize(model, [x], _static(), EQUALIZE, {"tracer": "fx"})
+    assert _scales(quantized, "equalization")
+    assert abs(sqnr(model(x), quantized(x)) - sqnr(model(x), traced(x))) <= 0.5
