@@ -26,8 +26,6 @@ Before / after::
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional
-
 from torch import fx, nn
 
 from fxq.passes.context import PassContext, free_name, modules_of
@@ -103,7 +101,7 @@ def _holds_only(holder: nn.Module, layer: LayerModule) -> bool:
 
 def _call_module(gm: fx.GraphModule, node: fx.Node, path: str, layer: LayerModule) -> None:
     """Make ``node`` the module call in place (same name, position, users and meta) and erase the get_attrs."""
-    aten_target: Optional[object] = node.target
+    aten_target = node.target
     node.op, node.target = "call_module", path
     node.args, node.kwargs = (layer.input,), {}
     node.meta[ATEN_TARGET_KEY] = aten_target
