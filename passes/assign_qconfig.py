@@ -18,6 +18,7 @@ from torch import fx
 from fxq.graph.modes import STATIC, quant_mode
 from fxq.passes.context import PassContext, modules_of
 from fxq.patterns.fusion import FUSED_CONSTITUENTS
+from fxq.patterns.layer_modules import ATEN_TARGET_KEY
 from fxq.patterns.matcher import op_of
 from fxq.patterns.modes import MODE_OPS, WEIGHTED_OPS
 from fxq.graph.tracer import module_classes, scope_of
@@ -59,7 +60,10 @@ def _lookup_key(node: fx.Node, modules: dict, classes: Optional[dict] = None) ->
 
     An aten op (torch.export's graph) is also looked up by its torch spelling (``F.layer_norm`` for
     ``aten.layer_norm``) and by the class of the module whose forward emitted it: ``set_object_type(nn.Linear, ...)``
-    selects the ``aten.linear`` of every Linear, as it selects the Linear modules of a symbolically traced graph."""
+    selects the ``aten.linear`` of every Linear, as it selects the Linear modules of a symbolically traced graph.
+    A module call that was an aten call (passes/layer_modules.py) is looked up as that call was."""
+    if node.op == "call_module" and ATEN_TARGET_KEY in node.meta:
+        return _aten_key(node, node.meta[ATEN_TARGET_KEY], classes)
     if node.op == "call_module":
         module_type = type(modules[node.target])
         parts = FUSED_CONSTITUENTS.get(module_type, ())
@@ -69,10 +73,15 @@ def _lookup_key(node: fx.Node, modules: dict, classes: Optional[dict] = None) ->
         owner = type(modules[scope.path]) if scope.path in modules else type(None)
         return scope.path, (owner, node.target), scope.path
     if isinstance(node.target, torch._ops.OpOverload):
-        owner = (classes or {}).get(scope.path) if scope.path else None
-        candidates = (node.target, TORCH_SPELLING.get(node.target), owner if isinstance(owner, type) else None)
-        return scope.path, tuple(c for c in candidates if c is not None), scope.path
+        return _aten_key(node, node.target, classes)
     return scope.path, (node.target,), scope.path
+
+
+def _aten_key(node: fx.Node, target, classes: Optional[dict]) -> tuple:
+    scope = scope_of(node)
+    owner = (classes or {}).get(scope.path) if scope.path else None
+    candidates = (target, TORCH_SPELLING.get(target), owner if isinstance(owner, type) else None)
+    return scope.path, tuple(c for c in candidates if c is not None), scope.path
 
 
 def _mode(qconfig, node: fx.Node, path: str):

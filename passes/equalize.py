@@ -35,7 +35,7 @@ from fxq.equalization import graph as eqg
 from fxq.equalization.observers import ChannelRangeObserver, WeightEqualizationObserver
 from fxq.equalization import requantize
 from fxq.equalization.scales import along, equalization_scale, scale_weight, tied_scale
-from fxq.passes.context import (PassContext, delete_unused_submodules, free_name, modules_of,
+from fxq.passes.context import (PassContext, attribute_value, delete_unused_submodules, free_name, modules_of,
                                 register_new_buffer)
 
 
@@ -150,7 +150,7 @@ def _insert_mul(gm: fx.GraphModule, input_observer: fx.Node, layer: fx.Node, sca
 def _weight(gm: fx.GraphModule, layer: fx.Node, modules: dict) -> torch.Tensor:
     if layer.op == "call_module":
         return eqg.inner_module(modules[layer.target]).weight
-    return getattr(gm, eqg.weight_attr(layer).target)
+    return attribute_value(gm, eqg.weight_attr(layer).target)  # dotted on exported graphs
 
 
 def _rescale_weight(gm: fx.GraphModule, layer: fx.Node, column, row, modules: dict, ctx: PassContext) -> None:
@@ -163,11 +163,12 @@ def _rescale_weight(gm: fx.GraphModule, layer: fx.Node, column, row, modules: di
             module.bias = nn.Parameter(module.bias.detach() * row, module.bias.requires_grad)
         return
     attr = eqg.weight_attr(layer)
-    weight = scale_weight(getattr(gm, attr.target), column, row, eqg.groups_of(layer, modules))
+    weight = scale_weight(attribute_value(gm, attr.target), column, row, eqg.groups_of(layer, modules))
     attr.target = register_new_buffer(gm, f"{attr.target}_equalized", weight)
     bias = eqg.argument(layer, 2, "bias")
     if row is not None and bias is not None:
-        bias.target = register_new_buffer(gm, f"{bias.target}_equalized", getattr(gm, bias.target).detach() * row)
+        bias.target = register_new_buffer(gm, f"{bias.target}_equalized",
+                                          attribute_value(gm, bias.target).detach() * row)
     _reobserve_weight(gm, layer, weight, modules, ctx)
 
 

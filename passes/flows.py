@@ -49,11 +49,6 @@ def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepa
     prepare_config = PrepareCustomConfig.coerce(prepare_custom_config)
     check_configs(prepare_config)
     gm, tracer = trace_copy(model, prepare_config, example_inputs)
-    if tracer == "export" and (equalization_mapping is not None or isinstance(equalization_config, SmoothQuant)):
-        raise NotImplementedError("_equalization_config (input-weight equalization, SmoothQuant) on a torch.export "
-                                  "graph: both rescale nn.Linear / nn.LayerNorm modules, which an aten-level graph "
-                                  "does not call, so they would change nothing. Fix: prepare_custom_config="
-                                  "{'tracer': 'fx'} (leaves for what does not trace), or drop _equalization_config")
     if qat and tracer == "export":
         raise NotImplementedError("prepare_qat_fx on a torch.export graph: QAT needs module-level batch norm and "
                                   "weights, which an aten-level graph does not have; pass the nn.Module with "

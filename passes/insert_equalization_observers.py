@@ -31,6 +31,7 @@ from fxq.equalization import requantize
 from fxq.equalization.channels import channel_map
 from fxq.equalization.observers import ChannelRangeObserver, InputEqualizationObserver, WeightEqualizationObserver
 from fxq.equalization.qconfig import EqualizationQConfig
+from fxq.graph.tracer import module_classes
 from fxq.observers import ObserverBase
 from fxq.passes.assign_qconfig import _lookup_key
 from fxq.passes.context import PassContext, free_name, modules_of
@@ -58,12 +59,13 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 def _selected_nodes(gm: fx.GraphModule, modules: dict, mapping: Any):
     """(node, EqualizationQConfig) for nodes the mapping selects, resolved with the qconfig precedence rules."""
     calls_so_far: Counter = Counter()
+    classes = module_classes(gm) or {}  # an exported graph's aten calls are also selected by their module's class
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function", "call_method") or _is_equalization_node(node, modules):
             continue
         if node.op == "call_module" and isinstance(modules[node.target], ObserverBase):
             continue
-        path, object_types, counted_in = _lookup_key(node, modules)
+        path, object_types, counted_in = _lookup_key(node, modules, classes)
         index = calls_so_far[(counted_in, object_types[0])]
         calls_so_far[(counted_in, object_types[0])] += 1
         qconfig = mapping.qconfig_for(path, object_types, index, counted_in=counted_in, node=node)

@@ -27,7 +27,7 @@ from fxq.passes import (convert_standalone, observe_custom_modules, observe_io, 
 from fxq.passes import cost_model, equalize, insert_equalization_observers, insert_smoothing_observers, smooth
 from fxq.passes import functionalize_inplace, reshape_views, tag_declared_quantizers, warn_nothing_quantized
 from fxq.passes import convert_qat_modules, float_outputs, swap_qat_modules
-from fxq.passes import per_token_fallback, plain_fuse, plain_values
+from fxq.passes import layer_modules, per_token_fallback, plain_fuse, plain_values
 from fxq.passes.context import PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], fx.GraphModule]
@@ -37,6 +37,7 @@ PREPARE = [
     record_values.run,     # later passes read the shapes and dtypes it records
     fuse.run,              # before qconfigs: a fused module gets one qconfig, looked up by its fused type too
     choose_default_mapping.run,  # after fuse (GPT-2's addmm is a linear by then), before assign_qconfig reads it
+    layer_modules.run,     # export + equalization / SmoothQuant only: their aten linears and norms as modules to rescale
     assign_qconfig.run,
     cost_model.run,        # opt-in: layers slower in int8 than in float lose their qconfig before observers go in
     insert_observers.run,

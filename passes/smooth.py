@@ -3,7 +3,9 @@
 Per SmoothingObserver R (from insert_smoothing_observers) behind producer P's output observer O:
 ``s = max|X|^alpha / max|W|^(1 - alpha)`` per channel (fxq.equalization.smoothing; W over every linear reading
 R, so q, k and v share one factor; alpha searched per producer when the config says ``"search"``).
-P's weight and bias are divided by ``s`` and each linear's weight columns multiplied by it (new Parameters),
+P's weight and bias are divided by ``s`` (P a norm / linear module, or one behind channel-keeping views and eval
+dropouts, fxq.equalization.smoothing.producer_path; other producers get a ``div`` in front of O) and each
+linear's weight columns multiplied by it (new Parameters),
 O is rebuilt as if it had watched the smoothed values (fxq.equalization.requantize), and any other user of R
 (a post-norm residual add, the model output) reads ``O * s`` (a float ``mul``), so the model computes what it
 computed before. The factor is kept as a buffer ``<producer>_smoothing_scale``.
@@ -22,7 +24,7 @@ from torch import fx, nn
 
 from fxq.equalization import graph as eqg
 from fxq.equalization import requantize
-from fxq.equalization.smoothing import (ALPHA_GRID, SmoothingObserver, choose_alpha, is_producer, producer_module,
+from fxq.equalization.smoothing import (ALPHA_GRID, SmoothingObserver, choose_alpha, producer_module, producer_path,
                                        scale_consumer, scale_producer, smoothing_scale)
 from fxq.passes.context import PassContext, delete_unused_submodules, modules_of, register_new_buffer
 
@@ -39,7 +41,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                      and isinstance(eqg.inner_module(modules[u.target]), nn.Linear)]
         if not record.has_data() or not consumers:
             ctx.warnings.append(f"smoothing skipped for '{observer.args[0].name}': its record saw no data")
-        elif _fold(gm, node, consumers, modules):
+        elif _fold(gm, node, consumers, modules, calls):
             ctx.count("producers smoothed")
         else:
             ctx.count("left alone (smoothing did not lower the int8 error)")
@@ -49,7 +51,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return gm
 
 
-def _fold(gm: fx.GraphModule, node: fx.Node, consumers: list, modules: dict) -> bool:
+def _fold(gm: fx.GraphModule, node: fx.Node, consumers: list, modules: dict, calls) -> bool:
     """Smooth one value if that lowers the int8 error on the record's rows; False when it was left alone."""
     record, observer = modules[node.target], node.args[0]
     producer = observer.args[0]
@@ -63,9 +65,11 @@ def _fold(gm: fx.GraphModule, node: fx.Node, consumers: list, modules: dict) -> 
     w_absmax = torch.stack([m.weight.detach().abs().amax(dim=0) for m in linears]).amax(dim=0)
     scale = smoothing_scale(x_absmax, w_absmax, alpha)
     name = register_new_buffer(gm, f"{producer.name}_smoothing_scale", scale)
-    if is_producer(producer, modules):
-        scale_producer(producer_module(modules[producer.target]), scale)
-        _restore(gm, producer, [u for u in producer.users if u is not observer], producer, name)
+    path = producer_path(producer, modules, calls, scale.numel())
+    if path:  # a norm / linear, perhaps behind views: fold the division into its weights
+        scale_producer(producer_module(modules[path[-1].target]), scale)
+        for value, on_path in zip(path, [observer] + path[:-1]):
+            _restore(gm, value, [u for u in value.users if u is not on_path], value, name)
     else:  # a GELU, an input: divide in front of the observer; its other users keep reading it as it was
         _divide_before(gm, producer, observer, name)
     for linear in linears:

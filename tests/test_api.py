@@ -166,13 +166,13 @@ def test_debug_dump_dir_has_the_graph_after_every_pass_and_timings(tmp_path):
     prepare_files = sorted(p.name for p in (tmp_path / "prepare").iterdir())
     def expected(passes):  # one numbered file per pass of the pipeline, in its order
         return [f"{i:02d}-{run.__module__.rsplit('.', 1)[-1]}.txt" for i, run in enumerate(passes, 1)] + ["timing.txt"]
-    assert prepare_files[:7] == ["01-functionalize_inplace.txt", "02-record_values.txt", "03-fuse.txt",
-                                 "04-choose_default_mapping.txt", "05-assign_qconfig.txt", "06-cost_model.txt",
-                                 "07-insert_observers.txt"]
+    assert prepare_files[:8] == ["01-functionalize_inplace.txt", "02-record_values.txt", "03-fuse.txt",
+                                 "04-choose_default_mapping.txt", "05-layer_modules.txt", "06-assign_qconfig.txt",
+                                 "07-cost_model.txt", "08-insert_observers.txt"]
     assert prepare_files == expected(pipeline.PREPARE)
     convert_files = sorted(p.name for p in (tmp_path / "convert").iterdir())
     assert convert_files == expected(pipeline.CONVERT)
-    assert "activation_post_process_0" in (tmp_path / "prepare" / "07-insert_observers.txt").read_text()
+    assert "activation_post_process_0" in (tmp_path / "prepare" / "08-insert_observers.txt").read_text()
     timing = (tmp_path / "prepare" / "timing.txt").read_text()
     assert "fused Linear -> ReLU|relu|relu|relu|relu_: 1" in timing or "fused" in timing
     assert "output observers: 1" in timing

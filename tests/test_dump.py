@@ -155,7 +155,7 @@ def test_per_pass_dumps_hold_the_table_and_the_code(tmp_path):
     fxq.prepare_fx(Small().eval(), fxq.get_default_qconfig_mapping(), (torch.randn(2, 1, 6, 6),),
                    debug_dump_dir=str(tmp_path))
     fused = (tmp_path / "prepare" / "03-fuse.txt").read_text()
-    observed = (tmp_path / "prepare" / "07-insert_observers.txt").read_text()
+    observed = (tmp_path / "prepare" / "08-insert_observers.txt").read_text()
     assert re.search(r"^\d+\s+bn\s", (tmp_path / "prepare" / "02-record_values.txt").read_text(), re.M)
     assert not re.search(r"^\d+\s+bn\s", fused, re.M)  # batch norm folded into conv by the fuse pass
     assert re.search(r"^\d+\s+activation_post_process_0\s+call_module", observed, re.M)

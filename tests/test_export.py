@@ -100,7 +100,7 @@ def test_the_default_mapping_on_an_exported_transformer_is_the_transformer_mappi
                                   debug_dump_dir=str(tmp_path))
     notes = [r.getMessage() for r in caplog.records if "get_transformer_qconfig_mapping()" in r.getMessage()]
     assert len(notes) == 1 and "layer norm" in notes[0]
-    assert "# qconfig mapping: get_transformer_qconfig_mapping()" in (tmp_path / "prepare" / "05-assign_qconfig.txt") \
+    assert "# qconfig mapping: get_transformer_qconfig_mapping()" in (tmp_path / "prepare" / "06-assign_qconfig.txt") \
         .read_text()
     prepared(x)
     quantized = fxq.convert_fx(prepared)
@@ -332,11 +332,24 @@ def test_module_level_config_keys_on_an_exported_graph_raise_with_the_fix():
                        {"non_traceable_module_class": [nn.ReLU]})
 
 
-def test_equalization_and_smoothing_on_an_exported_graph_raise_instead_of_doing_nothing():
-    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+def test_equalization_and_smoothing_on_an_exported_graph_work_like_on_the_traced_one():
+    # they used to raise here; their layers are modules now (passes/layer_modules.py): same kernels, same SQNR
+    model, batches, x = Small().eval(), _images(), torch.randn(4, 3, 8, 8)
+    reference = model(x)["out"]
     for config in (fxq.SmoothQuant(), fxq.QConfigMapping().set_global(fxq.default_equalization_qconfig)):
-        with pytest.raises(NotImplementedError, match="'tracer': 'fx'"):
-            fxq.prepare_fx(_exported(model, x), fxq.get_default_qconfig_mapping(), (x,), None, config)
+        traced = _quantize_with(model, x, batches, config, "fx")
+        exported = _quantize_with(_exported(model, x), x, batches, config, None)
+        assert abs(sqnr(reference, exported(x)["out"]) - sqnr(reference, traced(x)["out"])) < 1.0
+        kinds = sorted(type(m).__name__ for m in exported.modules() if isinstance(m, WeightedQuantizedModule))
+        assert kinds == ["ConvReLU2d", "Linear", "Linear"]
+
+
+def _quantize_with(model, x, batches, equalization, tracer):
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(transformers="keep"), (x,),
+                              {"tracer": tracer} if tracer else None, _equalization_config=equalization)
+    for batch in batches:
+        prepared(*batch)
+    return fxq.convert_fx(prepared)
 
 
 class FixedBatch(nn.Module):

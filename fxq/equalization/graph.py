@@ -11,6 +11,8 @@ after it; on a linear's output they would mix features). One shape op (flatten, 
 transpose, squeeze, unsqueeze) may move channels around: prepare works out which of layer1's channels each input
 feature of layer2 comes from (fxq.equalization.channels; a flatten after a conv repeats each channel H*W times).
 For such a chain the scale of layer2's input is folded into layer1's weight rows and bias instead of a ``mul``.
+An aten op (a torch.export graph) counts as its torch spelling (fxq.patterns.ops.TORCH_SPELLING): aten.relu as
+F.relu, aten.view as torch.reshape.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import fx, nn
 from fxq.equalization.observers import ChannelRangeObserver, InputEqualizationObserver
 from fxq.nn import fused
 from fxq.observers import ObserverBase
+from fxq.patterns.ops import TORCH_SPELLING
 
 LAYER_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FUSED_LAYERS = (fused.LinearReLU, fused.ConvReLU1d, fused.ConvReLU2d, fused.ConvReLU3d)
@@ -54,25 +57,30 @@ def argument(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return node.args[index] if index < len(node.args) else node.kwargs.get(name, default)
 
 
+def function_of(node: fx.Node) -> Any:
+    """A call_function node's target, an aten op as its torch spelling (aten.linear -> F.linear)."""
+    return TORCH_SPELLING.get(node.target, node.target)
+
+
 def is_layer_kind(node: fx.Node, modules: dict) -> bool:
     """Linear/conv by kind (whether or not the details allow equalizing it)."""
     if node.op == "call_module":
         return isinstance(modules[node.target], LAYER_MODULES + FUSED_LAYERS)
-    return node.op == "call_function" and node.target in LAYER_FUNCTIONS
+    return node.op == "call_function" and function_of(node) in LAYER_FUNCTIONS
 
 
 def channel_axis(node: fx.Node, modules: dict) -> int:
     """The feature dim of a layer's input and output: last for linear, 1 (channels) for conv."""
     if node.op == "call_module":
         return -1 if isinstance(inner_module(modules[node.target]), nn.Linear) else 1
-    return -1 if node.target is F.linear else 1
+    return -1 if function_of(node) is F.linear else 1
 
 
 def groups_of(node: fx.Node, modules: dict) -> Any:
     """A conv's ``groups`` (1 for linear); for a functional conv whatever its ``groups`` argument is."""
     if node.op == "call_module":
         return getattr(inner_module(modules[node.target]), "groups", 1)
-    return 1 if node.target is F.linear else argument(node, 6, "groups", 1)
+    return 1 if function_of(node) is F.linear else argument(node, 6, "groups", 1)
 
 
 def layer_problem(node: fx.Node, modules: dict, calls: Counter) -> Optional[str]:
@@ -121,7 +129,7 @@ def _is_kind(node: fx.Node, modules: dict, module_types: tuple, functions: tuple
     if node.op == "call_module":
         return isinstance(modules[node.target], module_types)
     if node.op == "call_function":
-        return node.target in functions
+        return function_of(node) in functions
     return node.op == "call_method" and node.target in methods
 
 

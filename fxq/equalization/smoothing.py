@@ -5,7 +5,8 @@ rest, so a per-tensor int8 scale spends its range on them. For a value X feeding
 divided by ``s[j] = max|X_j|^alpha / max_i max|W_i[:, j]|^(1 - alpha)`` and every L_i's weight column j is
 multiplied by it: the float model computes the same thing and the activation the int8 kernels see is flat.
 All linears reading one value (q, k and v) share its factor. Where X comes from a LayerNorm, RMSNorm or Linear
-module, the division is folded into its weight and bias, so no op is added; elsewhere (a GELU, a model input)
+module (directly, or through the channel-keeping views and eval dropouts torch.export puts in front of GPT-2's and
+BERT's linears), the division is folded into its weight and bias, so no op is added; elsewhere (a GELU, a model input)
 a ``mul`` by 1/s goes in front of X's quantize. A user of X that is not such a linear (a post-norm residual add,
 the model output) reads ``X * s``, in float.
 
@@ -15,6 +16,7 @@ the model output) reads ``X * s``, in float.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -145,6 +147,35 @@ def is_producer(node: fx.Node, modules: dict) -> bool:
         module = producer_module(modules[node.target])
         return isinstance(module, NORM_MODULES + (nn.Linear,)) and getattr(module, "weight", None) is not None
     return False
+
+
+# Ops that leave every value in its last-dim channel, so a factor folded into the norm behind them still applies:
+# a view / reshape whose new last dim is the old one (torch.export's ``view(-1, C)`` in front of GPT-2's Conv1D),
+# and dropout in eval mode (``aten.dropout(x, p, False)``, BERT's after its embedding norm).
+_VIEWS = (torch.ops.aten.view.default, torch.ops.aten.reshape.default)
+_DROPOUTS = (torch.ops.aten.dropout.default,)
+
+
+def producer_path(value: fx.Node, modules: dict, calls: Counter, width: int) -> list:
+    """``[value, ..., P]``: from ``value`` back through channel-keeping ops to a producer module P (see
+    :func:`is_producer`) called once, with ``width`` output channels; ``[]`` when there is none."""
+    path = [value]
+    while not is_producer(path[-1], modules):
+        if not _keeps_channels(path[-1], width):
+            return []
+        path.append(path[-1].args[0])
+    module = producer_module(modules[path[-1].target])
+    channels = module.weight.shape[0] if isinstance(module, nn.Linear) or module.weight.ndim == 1 else None
+    return path if calls[path[-1].target] == 1 and channels == width else []
+
+
+def _keeps_channels(node: fx.Node, width: int) -> bool:
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.target in _VIEWS:
+        shape = node.args[1] if len(node.args) > 1 else None
+        return isinstance(shape, (list, tuple)) and len(shape) > 0 and shape[-1] == width
+    return node.target in _DROPOUTS and len(node.args) > 2 and node.args[2] is False
 
 
 def producer_module(module: nn.Module) -> nn.Module:
