@@ -82,3 +82,34 @@ def test_the_observer_keeps_a_bounded_sample_out_of_its_state_dict():
     assert len(observer.call_ranges) == 40 and len(observer.call_rows) == 16
     assert all(rows.shape == (64, 16) for _, rows in observer.call_rows)
     assert set(observer.state_dict()) == set(fxq.observers.HistogramObserver().state_dict())
+
+
+def test_ranks_gather_the_rows_one_process_keeps():
+    """Distributed calibration: each rank's calls (ranges, sampled rows) are gathered in rank order, so the
+    per-token choice is the one a single process makes on the same batches."""
+    from fxq.observers.row_checked import RowCheckedMerge
+    batches = [torch.randn(3, 70, 8) * (1 + i) for i in range(5)]
+    single, first, second = (RowCheckedHistogramObserver(reduce_range=False) for _ in range(3))
+    for x in batches:
+        single(x)
+    for x in batches[:3]:
+        first(x)
+    for x in batches[3:]:
+        second(x)
+    merged = RowCheckedHistogramObserver(reduce_range=False)
+    RowCheckedMerge("obs", merged).set_records([RowCheckedMerge("obs", o).record_part() for o in (first, second)])
+    assert merged.call_ranges == single.call_ranges
+    assert [i for i, _ in merged.call_rows] == [i for i, _ in single.call_rows]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(merged.call_rows, single.call_rows))
+    assert static_cost_db(merged) == static_cost_db(single)
+
+
+def test_distributed_calibration_of_a_world_of_one_switches_the_same_linears():
+    model, batches = Causal().eval(), _batches()
+    prepared = fxq.prepare_fx(model, fxq.get_transformer_qconfig_mapping(), batches[0])
+    fxq.calibrate(prepared, batches, progress=False, distributed=True)  # no process group: the merge path, alone
+    quantized = fxq.convert_fx(prepared)
+    assert any(isinstance(m, plain.DynamicLinear) for m in quantized.modules())
+    reference = _convert(model, batches, fxq.get_transformer_qconfig_mapping())[1]
+    x = torch.randn(2, 64, 32)
+    assert torch.equal(quantized(x), reference(x))

@@ -17,6 +17,7 @@ from fxq.observers.merge import HistogramMerge, Merger, MinMaxMerge, MovingAvera
 from fxq.observers.merge_one_pass import OnePassHistogramMerge
 from fxq.observers.minmax import (MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
                                   PerChannelMinMaxObserver)
+from fxq.observers.row_checked import RowCheckedHistogramObserver, RowCheckedMerge
 from fxq.observers.simple import FixedQParamsObserver, NoopObserver, PlaceholderObserver
 
 MERGE_METHOD = "merge_states"
@@ -40,7 +41,7 @@ class UserMerge(Merger):
 # Most derived first: a class takes the merge of the first entry it is an instance of.
 BUILT_IN = ((MovingAveragePerChannelMinMaxObserver, MovingAverageMerge), (PerChannelMinMaxObserver, MinMaxMerge),
              (MovingAverageMinMaxObserver, MovingAverageMerge), (MinMaxObserver, MinMaxMerge),
-             (HistogramObserver, HistogramMerge),
+             (RowCheckedHistogramObserver, RowCheckedMerge), (HistogramObserver, HistogramMerge),
              (PlaceholderObserver, Merger), (NoopObserver, Merger), (FixedQParamsObserver, Merger))  # nothing to merge
 # fxq.calibrate(..., exact_histograms=False): histograms count in the only pass and merge approximately
 ONE_PASS = tuple((base, OnePassHistogramMerge if merge is HistogramMerge else merge) for base, merge in BUILT_IN)

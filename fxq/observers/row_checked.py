@@ -26,8 +26,9 @@ from typing import Optional
 import torch
 
 from fxq.observers.histogram import HistogramObserver
+from fxq.observers.merge import HistogramMerge
 
-__all__ = ["RowCheckedHistogramObserver", "per_token_wins", "static_cost_db", "PER_TOKEN_MARGIN_DB"]
+__all__ = ["RowCheckedHistogramObserver", "RowCheckedMerge", "per_token_wins", "static_cost_db", "PER_TOKEN_MARGIN_DB"]
 
 # Per token wins when static per-tensor noise on unseen rows is this much larger (6 dB: four times the noise, one
 # bit). On the transformers tiny models it picks GPT-2's attention output projections (static loses 8 dB in
@@ -55,10 +56,54 @@ class RowCheckedHistogramObserver(HistogramObserver):
     def _keep_rows(self, x: torch.Tensor) -> None:
         rows = x.reshape(-1, x.shape[-1]).float()
         if rows.shape[0] > _SAMPLED_ROWS:
-            generator = torch.Generator().manual_seed(rows.shape[0] + len(self.call_ranges))
+            generator = torch.Generator().manual_seed(rows.shape[0])  # the same rows of a batch on any rank
             rows = rows[torch.randperm(rows.shape[0], generator=generator)[:_SAMPLED_ROWS]]
         self.call_rows = self.call_rows[-(_KEPT_CALLS - 1):] + [(len(self.call_ranges), rows.clone())]
         self.call_ranges.append((float(x.min()), float(x.max())))
+
+
+class RowCheckedMerge(HistogramMerge):
+    """Distributed calibration (fxq.debug.distributed): the histogram merges as HistogramObserver's does, and every
+    rank's calls (range and sampled rows) are gathered in rank order, so each rank ends with what one process
+    seeing the batches in that order keeps (shards are contiguous: rank order is the original order)."""
+
+    def begin_first_pass(self):
+        super().begin_first_pass()
+        observer, record_range = self.observer, self.observer.forward
+
+        def record_range_and_rows(x: torch.Tensor) -> torch.Tensor:
+            record_range(x)
+            if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() and x.is_floating_point():
+                observer._keep_rows(x.detach())
+            return x
+        observer.forward = record_range_and_rows
+
+    def record_part(self) -> torch.Tensor:
+        """[calls, then per call: min, max, kept rows (0 when dropped), width, the rows]."""
+        kept = dict(self.observer.call_rows)
+        part = [float(len(self.observer.call_ranges))]
+        for index, (low, high) in enumerate(self.observer.call_ranges):
+            rows = kept.get(index)
+            part += [low, high, 0.0 if rows is None else float(rows.shape[0]),
+                     0.0 if rows is None else float(rows.shape[1])]
+            if rows is not None:
+                part += rows.reshape(-1).tolist()
+        return torch.tensor(part, dtype=torch.float64)
+
+    def set_records(self, per_rank: list) -> None:
+        observer = self.observer
+        observer.call_ranges, observer.call_rows = [], []
+        for part in per_rank:
+            values, at = part.tolist(), 1
+            for _ in range(int(values[0]) if values else 0):
+                low, high, count, width = values[at:at + 4]
+                at += 4
+                if count:
+                    rows = part[at:at + int(count * width)].reshape(int(count), int(width)).to(torch.float32)
+                    observer.call_rows = observer.call_rows[-(_KEPT_CALLS - 1):] + [(len(observer.call_ranges),
+                                                                                      rows)]
+                    at += int(count * width)
+                observer.call_ranges.append((low, high))
 
 
 def per_token_wins(observer: RowCheckedHistogramObserver, margin_db: float = PER_TOKEN_MARGIN_DB) -> bool:
