@@ -37,6 +37,20 @@ from fxq.passes import fold_linear_chains, fuse, pipeline
 from fxq.passes.context import PassContext
 
 
+def _check_graph_is_prepares(graph_module: fx.GraphModule, state) -> None:
+    """torch.load rebuilds a GraphModule by tracing its code again. A symbolically traced graph comes back node for
+    node (renamed at most, which get_state maps back); a torch.export graph does not (its pytree plumbing and size
+    reads trace differently), and its qconfigs would then match nothing: say so instead of quantizing nothing."""
+    expected, found = len(state.node_names or ()), len(graph_module.graph.nodes)
+    if expected and expected != found:
+        raise ValueError(
+            f"convert_fx: this prepared model's graph is not the one prepare_fx made ({found} nodes, prepare_fx left "
+            f"{expected}); torch.load traces a saved GraphModule's code again, which changes a torch.export graph, so "
+            "its qconfigs match no node. Save prepared.state_dict() instead, prepare the float model again with the "
+            "same call, load_state_dict() into it and convert that (the observers' statistics travel in the "
+            "state_dict).")
+
+
 @collector_paused()
 def prepare(model: nn.Module, qconfig_mapping: Any, example_inputs: tuple, prepare_custom_config: Any = None,
             equalization_config: Any = None, debug_dump_dir: Optional[str] = None, qat: bool = False) -> fx.GraphModule:
@@ -82,6 +96,7 @@ def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
             f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
             f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
             f"example_inputs) first")
+    _check_graph_is_prepares(graph_module, state)
     config = ConvertCustomConfig.coerce(convert_custom_config)
     check_configs(convert_config=config)
     node_meta.restore(graph_module)  # a prepared model loaded with torch.load lost its node scopes

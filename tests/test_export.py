@@ -144,6 +144,28 @@ def test_the_converted_exported_model_saves_and_loads():
     assert torch.equal(saved_and_loaded(quantized)(x)["out"], quantized(x)["out"])
 
 
+def test_a_saved_prepared_exported_model_says_to_move_its_state_dict_instead():
+    # torch.load traces the saved code again, and an exported graph does not come back node for node: convert must
+    # not quantize nothing in silence; the state_dict route gives the same model
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    mapping = fxq.get_default_qconfig_mapping(transformers="keep")
+    prepared = fxq.prepare_fx(_exported(model, x), mapping, (x,))
+    for (batch,) in _images(2):
+        prepared(batch)
+    expected = fxq.convert_fx(prepared)(x)["out"]
+    try:  # either the same model or the error naming the fix, never a model quantized differently
+        assert torch.equal(fxq.convert_fx(saved_and_loaded(prepared))(x)["out"], expected)
+    except ValueError as error:
+        assert "state_dict" in str(error)
+    shifted = saved_and_loaded(prepared)
+    shifted.graph.call_function(torch.relu, (next(iter(shifted.graph.nodes)),))  # as a re-trace that differs
+    with pytest.raises(ValueError, match="load_state_dict"):
+        fxq.convert_fx(shifted)
+    again = fxq.prepare_fx(_exported(model, x), mapping, (x,))
+    again.load_state_dict(prepared.state_dict())
+    assert torch.equal(fxq.convert_fx(again)(x)["out"], expected)
+
+
 def test_module_name_and_object_type_select_nodes_of_an_exported_graph():
     # scopes come from nn_module_stack: the aten.linear of `out` is selected by its module path and its class
     model, x = Small().eval(), torch.randn(2, 3, 8, 8)

@@ -81,7 +81,11 @@ def test_the_observer_keeps_a_bounded_sample_out_of_its_state_dict():
         observer(torch.randn(4, 500, 16))
     assert len(observer.call_ranges) == 40 and len(observer.call_rows) == 16
     assert all(rows.shape == (64, 16) for _, rows in observer.call_rows)
-    assert set(observer.state_dict()) == set(fxq.observers.HistogramObserver().state_dict())
+    state = observer.state_dict()
+    assert set(state) == set(fxq.observers.HistogramObserver().state_dict()) | {"_extra_state"}
+    loaded = RowCheckedHistogramObserver()
+    loaded.load_state_dict(state)
+    assert loaded.call_ranges == observer.call_ranges and static_cost_db(loaded) == static_cost_db(observer)
 
 
 def test_ranks_gather_the_rows_one_process_keeps():

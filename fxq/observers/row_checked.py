@@ -53,6 +53,14 @@ class RowCheckedHistogramObserver(HistogramObserver):
             self._keep_rows(x.detach())
         return result
 
+    def get_extra_state(self) -> dict:
+        """The calls' ranges and sampled rows travel in the state_dict, so a model prepared again and loaded from
+        it makes the same per-token choice."""
+        return {"call_ranges": list(self.call_ranges), "call_rows": list(self.call_rows)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.call_ranges, self.call_rows = list(state["call_ranges"]), list(state["call_rows"])
+
     def _keep_rows(self, x: torch.Tensor) -> None:
         rows = x.reshape(-1, x.shape[-1]).float()
         if rows.shape[0] > _SAMPLED_ROWS:
