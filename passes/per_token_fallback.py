@@ -1,12 +1,11 @@
 """Static linears whose rows one scale cannot hold get activations quantized per token, per call.
 
 For an input observer of the transformer mapping (fxq.observers.row_checked.RowCheckedHistogramObserver) whose
-every user is a static linear reading it as its input, ask :func:`per_token_wins`: where one per-tensor scale
-costs those rows 6 dB or more against a scale per row (GPT-2's attention output projections: the first tokens'
-context vectors are whole value vectors, the later ones averages), the observer goes and each linear switches to
+every user is a static linear reading it as its input, ask :func:`per_token_wins`: where the rows' different sizes
+alone make a scale per row worth 1.5 dB or more (GPT-2's attention output projections: the first tokens' context
+vectors are whole value vectors, the later ones averages), the observer goes and each linear switches to
 dynamic mode with per-token activations and its own weight observer (an int8 kernel still: fxq.nn.plain's
-DynamicLinear). The linear's output observer goes too when no static op reads it. Counted in the pass statistics
-and listed in the dumps' qconfig lines.
+DynamicLinear). The linear's output observer goes too when no static op reads it. Counted in the pass statistics.
 Requires: a calibrated graph. Guarantees: switched linears are in dynamic mode with no input observer.
 Position: convert, after smooth and equalize (which rebuild the observers they touch), before to_reference.
 
