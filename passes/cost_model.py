@@ -87,8 +87,9 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     """A float layer runs faster as its parts than as a fused Sequential (one module call less per layer):
     split a fused Linear/Conv + ReLU back into the layer and ``torch.relu``. Returns the nodes left float."""
     module = modules.get(node.target) if node.op == "call_module" else None
-    if not isinstance(module, _FUSED_WITH_RELU):
-        return [node]
+    if not isinstance(module, _FUSED_WITH_RELU) or _calls(gm, node.target) > 1:
+        return [node]  # a fused module called from several places stays fused: splitting it under one call drops
+        # the relu of the others
     parent, _, name = node.target.rpartition(".")
     setattr(modules[parent] if parent else gm, name, module[0])
     modules[node.target] = module[0]
@@ -98,6 +99,10 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     relu.meta.update(node.meta)  # same scope, same output shape
     relu.meta[provenance.HOLDS_KEY], node.meta[provenance.HOLDS_KEY] = node.name, None  # fxq.compare pairs the relu
     return [node, relu]
+
+
+def _calls(gm: fx.GraphModule, target: str) -> int:
+    return sum(1 for node in gm.graph.nodes if node.op == "call_module" and node.target == target)
 
 
 def _fastest(module: nn.Module, input_shape, engines: tuple) -> tuple:

@@ -70,20 +70,26 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 def _one_module_per_call(gm: fx.GraphModule, ctx: PassContext, modules: dict) -> None:
     """A module called from several places gets its own name per quantized call: each call has its own
     input/output qparams, so each becomes its own reference (then quantized) module; they share the float
-    weight. Without this, lowering the first call would swap the module under the second one too."""
-    seen: set = set()
+    weight. Without this, lowering the first call would swap the module under the second one too. Where some calls
+    stay float (a qconfig of None, the cost model), every quantized call gets a new name, so that the float calls
+    keep the float module."""
+    calls: dict = {}
     for node in gm.graph.nodes:
-        if node.op != "call_module":
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    for target, nodes in calls.items():
+        quantized = [node for node in nodes if ctx.state.modes.get(node.name) is not None]
+        if len(nodes) < 2 or not quantized:
             continue
-        if node.target in seen and ctx.state.modes.get(node.name) is not None:
-            base, index = node.target.replace(".", "_") + "_call", 1
+        first_keeps_name = len(quantized) == len(nodes)
+        for node in quantized[1:] if first_keeps_name else quantized:
+            base, index = target.replace(".", "_") + "_call", 1
             while f"{base}{index}" in modules:
                 index += 1
-            gm.add_submodule(f"{base}{index}", modules[node.target])
-            modules[f"{base}{index}"] = modules[node.target]
+            gm.add_submodule(f"{base}{index}", modules[target])
+            modules[f"{base}{index}"] = modules[target]
             node.target = f"{base}{index}"
             ctx.count("modules called from several places split per call")
-        seen.add(node.target)
 
 
 def _warn_when_uncalibrated(ctx: PassContext, observers: list) -> None:

@@ -79,3 +79,47 @@ def test_a_module_whose_other_call_is_read_is_still_not_fused():
         expected, got = model(x), converted(x)
     assert sqnr(expected[1], got[1]) >= 30
     assert sqnr(expected[0], got[0]) >= 30
+
+
+class SharedFusedLinear(nn.Module):
+    """``self.fc`` called twice, only the second call followed by a ReLU (so fuse makes it a LinearReLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(11, 6, bias=False)
+
+    def forward(self, x):
+        self.fc(x)  # dead, as in the fuzzed graph
+        return torch.relu(self.fc(x))
+
+
+def test_the_cost_model_keeps_a_shared_fused_layer_whole(monkeypatch):
+    # Found by the fuzzer (seed 7, 1000 graphs): the cost model left the first call float and split the fused
+    # Linear + ReLU under it; the second call then ran the bare Linear and lost its ReLU (0.2 dB).
+    from fxq.nn import cost_model
+    monkeypatch.setattr(cost_model, "layer_cost", lambda *args, **kwargs: cost_model.Cost(int8_ms=2.0, float_ms=1.0))
+    model, x = SharedFusedLinear().eval(), torch.randn(4, 11)
+    prepared = fxq.prepare_fx(model, fxq.get_default_qconfig_mapping(), (x,), {"cost_model": True})
+    prepared(x)
+    assert torch.equal(fxq.convert_fx(prepared)(x), model(x))  # every layer float, every relu kept
+
+
+class LinearTwiceSecondFloat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(x)))
+
+
+def test_a_float_call_of_a_shared_module_keeps_the_float_module():
+    # Also behind that fuzzed graph: when the first call of a shared module was int8 and a later one float, the
+    # first kept the module's name, lowering swapped the module, and the float call ran the int8 one (it failed)
+    model, x = LinearTwiceSecondFloat().eval(), torch.randn(8, 16)
+    mapping = fxq.get_default_qconfig_mapping().set_module_name_object_type_order("", nn.Linear, 1, None)
+    prepared = fxq.prepare_fx(model, mapping, (x,))
+    prepared(x)
+    converted = fxq.convert_fx(prepared)
+    assert type(converted.fc) is nn.Linear  # the float call's module, untouched
+    assert sqnr(model(x), converted(x)) > 30
