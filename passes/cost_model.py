@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from typing import Optional
 
 import torch
@@ -26,6 +27,7 @@ from torch import fx, nn
 
 from fxq.config.lowering import resolve_lowering
 from fxq.debug import provenance
+from fxq.equalization import graph as eqg
 from fxq.nn import cost_model
 from fxq.graph.modes import STATIC
 from fxq.nn import fused
@@ -41,7 +43,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     engines = _engines(getattr(ctx.prepare_config, "cost_model", False))
     if engines is None:
         return gm
-    modules = modules_of(gm)
+    modules, calls = modules_of(gm), eqg.call_counts(gm)
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function") or ctx.state.modes.get(node.name) != STATIC \
                 or not node.args:
@@ -55,7 +57,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             ctx.state.engines[node.name] = engine
             ctx.count(f"layers packed for {engine}")
         elif cost is not None:
-            for kept in _unfused(gm, modules, node):
+            for kept in _unfused(gm, modules, node, calls):
                 ctx.state.qconfigs[kept.name], ctx.state.modes[kept.name] = None, None
                 kept.meta[REASON_KEY] = f"cost model: {cost.describe()}"
             ctx.count("layers left float by the cost model")
@@ -83,11 +85,11 @@ def _functional_linear(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Linear]
     return nn.Linear(weight.shape[1], weight.shape[0], device="meta")
 
 
-def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
+def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node, calls: Counter) -> list:
     """A float layer runs faster as its parts than as a fused Sequential (one module call less per layer):
     split a fused Linear/Conv + ReLU back into the layer and ``torch.relu``. Returns the nodes left float."""
     module = modules.get(node.target) if node.op == "call_module" else None
-    if not isinstance(module, _FUSED_WITH_RELU) or _calls(gm, node.target) > 1:
+    if not isinstance(module, _FUSED_WITH_RELU) or calls[node.target] > 1:
         return [node]  # a fused module called from several places stays fused: splitting it under one call drops
         # the relu of the others
     parent, _, name = node.target.rpartition(".")
@@ -99,10 +101,6 @@ def _unfused(gm: fx.GraphModule, modules: dict, node: fx.Node) -> list:
     relu.meta.update(node.meta)  # same scope, same output shape
     relu.meta[provenance.HOLDS_KEY], node.meta[provenance.HOLDS_KEY] = node.name, None  # fxq.compare pairs the relu
     return [node, relu]
-
-
-def _calls(gm: fx.GraphModule, target: str) -> int:
-    return sum(1 for node in gm.graph.nodes if node.op == "call_module" and node.target == target)
 
 
 def _fastest(module: nn.Module, input_shape, engines: tuple) -> tuple:

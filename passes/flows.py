@@ -37,7 +37,7 @@ from fxq.passes import fold_linear_chains, fuse, pipeline
 from fxq.passes.context import PassContext
 
 
-def _check_graph_is_prepares(graph_module: fx.GraphModule, state) -> None:
+def _check_graph_unchanged(graph_module: fx.GraphModule, state) -> None:
     """torch.load rebuilds a GraphModule by tracing its code again. A symbolically traced graph comes back node for
     node (renamed at most, which get_state maps back); a torch.export graph does not (its pytree plumbing and size
     reads trace differently), and its qconfigs would then match nothing: say so instead of quantizing nothing."""
@@ -96,7 +96,7 @@ def convert(graph_module: fx.GraphModule, convert_custom_config: Any = None,
             f"convert_fx expects the model returned by fxq.prepare_fx (then calibrated); got a "
             f"{type(graph_module).__name__} without fxq's observers. Call fxq.prepare_fx(model, qconfig_mapping, "
             f"example_inputs) first")
-    _check_graph_is_prepares(graph_module, state)
+    _check_graph_unchanged(graph_module, state)
     config = ConvertCustomConfig.coerce(convert_custom_config)
     check_configs(convert_config=config)
     node_meta.restore(graph_module)  # a prepared model loaded with torch.load lost its node scopes

@@ -21,8 +21,8 @@ import dataclasses
 from torch import fx, nn
 
 from fxq.config.qconfig import QConfig, per_token_dynamic_qconfig
+from fxq.equalization import graph as eqg
 from fxq.graph.modes import DYNAMIC, STATIC
-from fxq.observers import ObserverBase
 from fxq.observers.row_checked import RowCheckedHistogramObserver, per_token_wins
 from fxq.passes.context import PassContext, delete_unused_submodules, modules_of
 from fxq.patterns.ops import LINEAR_FUNCTIONS
@@ -69,11 +69,8 @@ def _to_per_token(gm: fx.GraphModule, linear: fx.Node, modules: dict, ctx: PassC
     ctx.state.qconfigs[linear.name] = QConfig(per_token_dynamic_qconfig.activation, qconfig.weight)
     ctx.state.modes[linear.name] = DYNAMIC
     for user in list(linear.users):  # its output observer: float now, unless a static op reads it as its input
-        if _is_observer(user, modules) and not any(ctx.state.modes.get(reader.name) == STATIC
+        if eqg.is_observer(user, modules) and not any(ctx.state.modes.get(reader.name) == STATIC
                                                    for reader in user.users):
             user.replace_all_uses_with(linear)
             gm.graph.erase_node(user)
 
-
-def _is_observer(node: fx.Node, modules: dict) -> bool:
-    return node.op == "call_module" and isinstance(modules.get(node.target), ObserverBase)

@@ -40,6 +40,7 @@ _ADD = (operator.add, torch.add, aten.add.Tensor)
 # nor the pad whose value became a zero point)
 _SAME_ON_FLOAT = frozenset(op for op in MOVES_VALUES if not isinstance(op, type))
 _BINARY = {plain.Conv1d: plain.ConvBinary1d, plain.Conv2d: plain.ConvBinary2d, plain.Linear: plain.LinearBinary}
+_BINARY_TYPES = tuple(_BINARY.values())
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
@@ -77,7 +78,7 @@ def _sum_in_place(gm: fx.GraphModule, modules: dict) -> int:
     count = 0
     for node in gm.graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(module, tuple(_BINARY.values())) or len(node.args) != 2:
+        if not isinstance(module, _BINARY_TYPES) or len(node.args) != 2:
             continue
         residual = node.args[1]
         readers = [user for user in residual.users if user is not node]
@@ -98,7 +99,7 @@ def _fresh_uint8(node, modules: dict) -> bool:
         return False
     if node.op == "call_module":  # a residual kernel's output is its own residual tensor, which it owned
         module = modules.get(node.target)
-        return plain.reads_uint8(module) or isinstance(module, tuple(_BINARY.values()))
+        return plain.reads_uint8(module) or isinstance(module, _BINARY_TYPES)
     return _is_quantize(node) or (node.op == "call_function" and node.target is torch.ops.quantized.max_pool2d)
 
 

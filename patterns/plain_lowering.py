@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from fxq.graph.modes import DYNAMIC, STATIC
 from fxq.nn import fused, plain, reference, reference_recurrent
-from fxq.nn.plain._base import seven_bit_weights, weights_never_saturate
+from fxq.nn.plain._base import exact_with_full_range_inputs
 from fxq.patterns import lowering_modes
 from fxq.patterns.functional_weights import float_conv, float_linear
 from fxq.patterns.lowering import arg, list_sources, read_shape_from_quantized
@@ -57,12 +57,9 @@ def _post_op(low: Lowering, match: Match, module: Optional[nn.Module] = None) ->
     return "none", ()
 
 
-def _may_saturate(low: Lowering, node: fx.Node, ref: nn.Module) -> bool:
-    """Whether full-range uint8 activations meet 8-bit weights on a CPU whose int8 kernels saturate their pair
-    sums (no VNNI: fxq.nn.plain.saturation). The default x86 qconfigs keep activations to 7 bits, and the
-    transformer mapping picks 7-bit weights where that probe says so; a full-range qconfig (qnnpack's) does not."""
-    if not plain.plain_linear_saturates() or weights_never_saturate(ref):
-        return False
+def _full_range_input(low: Lowering, node: fx.Node) -> bool:
+    """Whether the layer's uint8 input uses more than 7 bits. The default x86 qconfigs keep activations to 7 bits
+    (no pair of products can saturate then); the transformer mapping and qnnpack's qconfigs do not."""
     qconfig = low.qconfig(node)
     activation = qconfig.activation() if qconfig is not None else None
     return activation is None or activation.quant_max - activation.quant_min > 127
@@ -108,8 +105,8 @@ def _lower_to(low: Lowering, match: Match, node: fx.Node, ref: nn.Module, build:
     post_op, post_args = _kernel_post_op(plain_type, post_op, post_args, out.zero_point)
     if post_op is None:
         return None
-    if _may_saturate(low, node, ref):
-        ref = seven_bit_weights(ref)
+    if _full_range_input(low, node):
+        ref = exact_with_full_range_inputs(ref)
     return build(plain_type.from_reference(ref, *in_qparams, out.scale, out.zero_point, post_op, post_args), source,
                  out)
 

@@ -50,8 +50,7 @@ class RowCheckedHistogramObserver(HistogramObserver):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = super().forward(x)
-        if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() and x.is_floating_point():
-            self._keep_rows(x.detach())
+        self._keep_rows(x)
         return result
 
     def get_extra_state(self) -> dict:
@@ -62,13 +61,22 @@ class RowCheckedHistogramObserver(HistogramObserver):
     def set_extra_state(self, state: dict) -> None:
         self.call_ranges, self.call_rows = list(state["call_ranges"]), list(state["call_rows"])
 
-    def _keep_rows(self, x: torch.Tensor) -> None:
+    def _keep_rows(self, x) -> None:
+        """Record one call: its range and a seeded sample of its rows (a float tensor of 2 dims or more only)."""
+        if not (isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() and x.is_floating_point()):
+            return
+        x = x.detach()
         rows = x.reshape(-1, x.shape[-1]).float()
         if rows.shape[0] > _SAMPLED_ROWS:
             generator = torch.Generator().manual_seed(rows.shape[0])  # the same rows of a batch on any rank
             rows = rows[torch.randperm(rows.shape[0], generator=generator)[:_SAMPLED_ROWS]]
-        self.call_rows = self.call_rows[-(_KEPT_CALLS - 1):] + [(len(self.call_ranges), rows.clone())]
-        self.call_ranges.append((float(x.min()), float(x.max())))
+        self._add_call(float(x.min()), float(x.max()), rows.clone())
+
+    def _add_call(self, low: float, high: float, rows: Optional[torch.Tensor]) -> None:
+        """Append a call's range, and its rows (when kept), dropping the rows of calls before the latest 16."""
+        if rows is not None:
+            self.call_rows = self.call_rows[-(_KEPT_CALLS - 1):] + [(len(self.call_ranges), rows)]
+        self.call_ranges.append((low, high))
 
 
 class RowCheckedMerge(HistogramMerge):
@@ -82,8 +90,7 @@ class RowCheckedMerge(HistogramMerge):
 
         def record_range_and_rows(x: torch.Tensor) -> torch.Tensor:
             record_range(x)
-            if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() and x.is_floating_point():
-                observer._keep_rows(x.detach())
+            observer._keep_rows(x)
             return x
         observer.forward = record_range_and_rows
 
@@ -107,12 +114,10 @@ class RowCheckedMerge(HistogramMerge):
             for _ in range(int(values[0]) if values else 0):
                 low, high, count, width = values[at:at + 4]
                 at += 4
-                if count:
-                    rows = part[at:at + int(count * width)].reshape(int(count), int(width)).to(torch.float32)
-                    observer.call_rows = observer.call_rows[-(_KEPT_CALLS - 1):] + [(len(observer.call_ranges),
-                                                                                      rows)]
-                    at += int(count * width)
-                observer.call_ranges.append((low, high))
+                rows = part[at:at + int(count * width)].reshape(int(count), int(width)).to(torch.float32) \
+                    if count else None
+                at += int(count * width)
+                observer._add_call(low, high, rows)
 
 
 def per_token_wins(observer: RowCheckedHistogramObserver, margin_db: float = PER_TOKEN_MARGIN_DB) -> bool:

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from fxq.nn import reference
+from fxq.nn.plain.saturation import plain_linear_saturates
 from fxq.observers.pair_limited import neighbour_pairs
 
 __all__ = ["PlainWeightedModule", "weight_int8", "weight_qparams_accepted", "check_activation", "seven_bit_weights",
-           "has_seven_bit_weights", "weights_never_saturate"]
+           "has_seven_bit_weights", "weights_never_saturate", "exact_with_full_range_inputs"]
 
 
 def weight_qparams_accepted(ref: nn.Module) -> Tuple[bool, str]:
@@ -76,6 +77,14 @@ def weights_never_saturate(ref: nn.Module) -> bool:
         return False
     sums = neighbour_pairs(ref.integer_weight().to(torch.int16)).sum(-1)
     return bool(sums.abs().max() <= 128)
+
+
+def exact_with_full_range_inputs(ref: nn.Module) -> nn.Module:
+    """``ref``, or its 7-bit refit (:func:`seven_bit_weights`) where this CPU's kernels would saturate full-range
+    uint8 inputs against its weights."""
+    if not plain_linear_saturates() or weights_never_saturate(ref):
+        return ref
+    return seven_bit_weights(ref)
 
 
 def seven_bit_weights(ref: nn.Module) -> nn.Module:

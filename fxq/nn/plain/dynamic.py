@@ -18,7 +18,7 @@ from torch import nn
 
 from fxq.nn import reference
 from fxq.nn.plain import ops
-from fxq.nn.plain._base import seven_bit_weights, weight_int8, weight_qparams_accepted, weights_never_saturate
+from fxq.nn.plain._base import exact_with_full_range_inputs, weight_int8, weight_qparams_accepted
 from fxq.nn.plain.linear import Linear
 from fxq.nn.plain.saturation import activation_quant_max, plain_linear_saturates
 from fxq.nn.plain.traced import tracing
@@ -90,7 +90,7 @@ class DynamicLinear(Linear):
             raise ValueError(f"fxq.nn.plain.DynamicLinear.from_reference: cannot run {reason}; it needs a "
                              "reference Linear with symmetric qint8 weights.")
         if quant_max is None and plain_linear_saturates():  # 8-bit activations: measured more accurate than 7-bit
-            ref, quant_max = (ref if weights_never_saturate(ref) else seven_bit_weights(ref)), 255
+            ref, quant_max = exact_with_full_range_inputs(ref), 255
         module = cls(ref.in_features, ref.out_features, ref.bias is not None, per_token, quant_max)
         module._set_weight(*weight_int8(ref, ref.out_features), ref.bias)
         return module

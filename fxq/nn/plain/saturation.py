@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-__all__ = ["plain_linear_saturates", "activation_quant_max"]
+__all__ = ["plain_linear_saturates", "activation_quant_max", "plain_linear_output"]
 
 _WIDTH = 64  # input features of the probe: 32 pairs, each 2 * 255 * 127 when exact
 
@@ -21,16 +21,21 @@ _WIDTH = 64  # input features of the probe: 32 pairs, each 2 * 255 * 127 when ex
 @functools.lru_cache(maxsize=None)
 def plain_linear_saturates() -> bool:
     """True when ``onednn::qlinear_pointwise`` loses full-range uint8 x int8 products on this CPU."""
-    x = torch.full((1, _WIDTH), 255, dtype=torch.uint8)
-    weight = torch.full((1, _WIDTH), 127, dtype=torch.int8)
     exact = 255.0 * 127.0 * _WIDTH
+    y = plain_linear_output(torch.full((1, _WIDTH), 255.0), torch.full((1, _WIDTH), 127.0))
+    return y is not None and abs(float(y) - exact) > 0.02 * exact  # None: no oneDNN kernel, nothing to avoid
+
+
+def plain_linear_output(x: torch.Tensor, weight: torch.Tensor) -> "torch.Tensor | None":
+    """``onednn::qlinear_pointwise`` of uint8 ``x`` by int8 ``weight`` (one output row), scales 1, fp32 out: the
+    kernel's integer sums as it computes them. None where this build has no oneDNN kernel."""
     try:
-        packed = torch.ops.onednn.qlinear_prepack(weight, None)
-        y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, packed, torch.ones(1), torch.zeros(1, dtype=torch.long),
-                                               None, 1.0, 0, torch.float32, "none", [], "")
-    except (RuntimeError, AttributeError):  # no oneDNN kernel in this build: nothing to avoid
-        return False
-    return abs(float(y) - exact) > 0.02 * exact
+        packed = torch.ops.onednn.qlinear_prepack(weight.to(torch.int8), None)
+        return torch.ops.onednn.qlinear_pointwise(x.to(torch.uint8), 1.0, 0, packed, torch.ones(1),
+                                                  torch.zeros(1, dtype=torch.long), None, 1.0, 0, torch.float32,
+                                                  "none", [], "")
+    except (RuntimeError, AttributeError):
+        return None
 
 
 def activation_quant_max() -> int:
